@@ -1,0 +1,209 @@
+"""Block execution: stream windows through the model, blend them, finalise interiors, merge seams.
+
+Phase 1 (``BlockRunner``) computes every window a block owns, exactly once, batching windows across
+block boundaries so the model stays busy. It finalises the block's interior at once and hands the
+partial weighted sums of the rest of its footprint to a seam store. Phase 2 (``merge_seams``) adds up
+the partial sums a block's seam band received from itself and its lower neighbours, and finalises it.
+Because every pixel's value is ``sum(w * p) / sum(w)`` over the same windows whatever the cut, the
+result does not depend on the block size or on which worker ran what.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+
+from pipeline.blending import Accumulator, finalise
+from pipeline.box import Box
+from pipeline.tiling import Block, BlockPlan
+
+
+@dataclass
+class BlockInput:
+    """A block's normalised pixels over its read region, and where there is no data."""
+
+    block: Block
+    image: np.ndarray  # (C, *read.shape) float32
+    nodata: np.ndarray | None = None  # (*read.shape) bool, True = no data
+
+
+class Sink(Protocol):
+    """Receives finalised regions. Each region lies inside one block's write region."""
+
+    def write(self, box: Box, scores: np.ndarray, covered: np.ndarray) -> None: ...
+
+
+class SeamStore(Protocol):
+    """Holds the partial sums one block hands to the merge, keyed by block index."""
+
+    def put(self, index: tuple[int, ...], pieces: list[tuple[Box, np.ndarray]]) -> None: ...
+
+    def get(self, index: tuple[int, ...]) -> list[tuple[Box, np.ndarray]]: ...
+
+    def drop(self, index: tuple[int, ...]) -> None: ...
+
+
+class MemorySeams:
+    """In-process seam store for the single-process sweep."""
+
+    def __init__(self) -> None:
+        self._pieces: dict[tuple[int, ...], list[tuple[Box, np.ndarray]]] = {}
+
+    def put(self, index: tuple[int, ...], pieces: list[tuple[Box, np.ndarray]]) -> None:
+        self._pieces[index] = pieces
+
+    def get(self, index: tuple[int, ...]) -> list[tuple[Box, np.ndarray]]:
+        return self._pieces.get(index, [])
+
+    def drop(self, index: tuple[int, ...]) -> None:
+        self._pieces.pop(index, None)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(a.nbytes for pieces in self._pieces.values() for _, a in pieces)
+
+
+def window_is_empty(window: Box, block_input: BlockInput) -> bool:
+    """True when every pixel of the window inside the scene is nodata (the window is skipped)."""
+    if block_input.nodata is None:
+        return False
+    view = block_input.nodata[window.slices(block_input.block.read.start)]
+    return bool(view.all())
+
+
+def prefetch(items: Iterable[Block], read: Callable[[Block], BlockInput], depth: int = 2) -> Iterator[BlockInput]:
+    """Read the next blocks in a background thread while the current one computes."""
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="tilewise-prefetch") as pool:
+        queue: deque[Future[BlockInput]] = deque()
+        source = iter(items)
+        for block in source:
+            queue.append(pool.submit(read, block))
+            if len(queue) > depth:
+                yield queue.popleft().result()
+        while queue:
+            yield queue.popleft().result()
+
+
+@dataclass
+class _Open:
+    block_input: BlockInput
+    acc: Accumulator | None
+    pending: int = 0
+    sealed: bool = False
+
+
+@dataclass
+class BlockRunner:
+    """Phase 1 over a stream of blocks, in order. Calls ``on_done(block, acc)`` as each completes."""
+
+    plan: BlockPlan
+    predict: Callable[[np.ndarray], np.ndarray]
+    weights: np.ndarray
+    batch_size: int = 4
+    on_done: Callable[[Block, Accumulator | None, int], None] = lambda b, a, k: None
+    channels: int | None = None  # K, learnt from the first prediction when not given
+    windows_run: int = 0
+    windows_skipped: int = 0
+    _open: deque[_Open] = field(default_factory=deque)
+    _batch: list[tuple[_Open, Box, np.ndarray]] = field(default_factory=list)
+
+    def run(self, inputs: Iterable[BlockInput]) -> None:
+        for block_input in inputs:
+            entry = _Open(block_input, None)
+            self._open.append(entry)
+            for index in self.plan.block_windows(block_input.block):
+                window = self.plan.window(index)
+                if window_is_empty(window, block_input):
+                    self.windows_skipped += 1
+                    continue
+                patch = block_input.image[(slice(None), *window.slices(block_input.block.read.start))]
+                entry.pending += 1
+                self._batch.append((entry, window, patch))
+                if len(self._batch) >= self.batch_size:
+                    self._flush()
+            entry.sealed = True
+            self._retire()
+        self._flush()
+        self._retire()
+        if self._open:
+            raise ValueError("every window lies wholly in nodata: nothing to compute")
+
+    def _flush(self) -> None:
+        if not self._batch:
+            return
+        batch, self._batch = self._batch, []
+        predictions = self.predict(np.stack([patch for _, _, patch in batch]))
+        self.windows_run += len(batch)
+        if self.channels is None:
+            self.channels = int(predictions.shape[1])
+        for (entry, window, _), prediction in zip(batch, predictions, strict=True):
+            if entry.acc is None:
+                entry.acc = Accumulator(entry.block_input.block.read, self.channels, self.weights)
+            entry.acc.add(window, prediction)
+            entry.pending -= 1
+
+    def _retire(self) -> None:
+        # Blocks retire in order, and only once K is known (a block may have skipped all its windows).
+        while self.channels is not None and self._open and self._open[0].sealed and not self._open[0].pending:
+            entry = self._open.popleft()
+            self.on_done(entry.block_input.block, entry.acc, self.channels)
+
+
+def finish_block(
+    plan: BlockPlan, block: Block, acc: Accumulator | None, sink: Sink, seams: SeamStore
+) -> None:
+    """Phase 1 output: write the interior, and hand the partial sums of the rest to the seam store."""
+    scene = plan.scene
+    if acc is None:  # no window ran: its interior (if any) is uncovered, and it hands nothing over
+        seams.put(block.index, [])
+        return
+    if not block.interior.empty:
+        scores, covered = finalise(acc.take(block.interior))
+        sink.write(block.interior, scores, covered)
+    pieces = []
+    for box in block.spill:
+        inside = box.intersect(scene)
+        if not inside.empty:
+            pieces.append((inside, acc.take(inside)))
+    seams.put(block.index, pieces)
+
+
+def merge_seams(plan: BlockPlan, block: Block, channels: int, sink: Sink, seams: SeamStore) -> None:
+    """Phase 2: finalise a block's seam band from the partial sums of its contributors."""
+    contributions = [piece for c in plan.contributors(block.index) for piece in seams.get(c)]
+    for band in block.seam:
+        sums = np.zeros((channels + 1, *band.shape), dtype=np.float32)
+        for box, partial in contributions:
+            overlap = box.intersect(band)
+            if not overlap.empty:
+                sums[(slice(None), *overlap.slices(band.start))] += partial[
+                    (slice(None), *overlap.slices(box.start))
+                ]
+        scores, covered = finalise(sums)
+        sink.write(band, scores, covered)
+
+
+class SweepMerger:
+    """Runs phase 2 of each block as soon as phase 1 of its contributors is done (sweep order),
+    and frees partial sums once every block that needs them has merged."""
+
+    def __init__(self, plan: BlockPlan, sink: Sink, seams: SeamStore) -> None:
+        self.plan, self.sink, self.seams = plan, sink, seams
+        self.remaining: dict[tuple[int, ...], int] = {}
+        self.peak_seam_bytes = 0
+
+    def __call__(self, block: Block, acc: Accumulator | None, channels: int) -> None:
+        finish_block(self.plan, block, acc, self.sink, self.seams)
+        if isinstance(self.seams, MemorySeams):
+            self.peak_seam_bytes = max(self.peak_seam_bytes, self.seams.nbytes)
+        merge_seams(self.plan, block, channels, self.sink, self.seams)
+        for c in self.plan.contributors(block.index):
+            left = self.remaining.get(c, len(self.plan.consumers(c))) - 1
+            self.remaining[c] = left
+            if left == 0:
+                self.seams.drop(c)
