@@ -155,11 +155,14 @@ class BlockRunner:
 
 
 def finish_block(
-    plan: BlockPlan, block: Block, acc: Accumulator | None, sink: Sink, seams: SeamStore
+    plan: BlockPlan, block: Block, acc: Accumulator | None, channels: int, sink: Sink, seams: SeamStore
 ) -> None:
     """Phase 1 output: write the interior, and hand the partial sums of the rest to the seam store."""
     scene = plan.scene
-    if acc is None:  # no window ran: its interior (if any) is uncovered, and it hands nothing over
+    if acc is None:  # every window was skipped: the interior is uncovered and nothing is handed over
+        if not block.interior.empty:
+            sums = np.zeros((channels + 1, *block.interior.shape), dtype=np.float32)
+            sink.write(block.interior, *finalise(sums))
         seams.put(block.index, [])
         return
     if not block.interior.empty:
@@ -198,7 +201,7 @@ class SweepMerger:
         self.peak_seam_bytes = 0
 
     def __call__(self, block: Block, acc: Accumulator | None, channels: int) -> None:
-        finish_block(self.plan, block, acc, self.sink, self.seams)
+        finish_block(self.plan, block, acc, channels, self.sink, self.seams)
         if isinstance(self.seams, MemorySeams):
             self.peak_seam_bytes = max(self.peak_seam_bytes, self.seams.nbytes)
         merge_seams(self.plan, block, channels, self.sink, self.seams)
