@@ -101,7 +101,11 @@ def sweep(
 
 
 def _predictor(model: Any, device: str, tta: bool, activation: str) -> Predictor:
-    return model if isinstance(model, Predictor) else Predictor(model, device=device, tta=tta, activation=activation)
+    return (
+        model
+        if isinstance(model, Predictor)
+        else Predictor(model, device=device, tta=tta, activation=activation)
+    )
 
 
 def _out_channels(model: Any) -> int | None:
@@ -136,8 +140,18 @@ def infer_array(
     channels = _out_channels(model)
     plan = _plan(image.shape, patch_size, overlap, block_size, channels or 16)
     sink = ScoreSink(out, plan.spatial_shape)
-    sweep(image, predict, plan, sink, blend=blend, sigma_scale=sigma_scale, overlap=overlap,
-          batch_size=batch_size, mask=mask, channels=channels)
+    sweep(
+        image,
+        predict,
+        plan,
+        sink,
+        blend=blend,
+        sigma_scale=sigma_scale,
+        overlap=overlap,
+        batch_size=batch_size,
+        mask=mask,
+        channels=channels,
+    )
     return sink.out
 
 
@@ -168,11 +182,17 @@ def infer_labels(
     plan = _plan(image.shape, patch_size, overlap, block_size, channels or 16)
     if out is None:
         out = np.empty(plan.spatial_shape, np.uint8)
-
-    def nodata(box: Any) -> np.ndarray | None:
-        return read_padded_mask(mask, box) if mask is not None else None
-
-    sink = LabelSink(out, nodata_label=nodata_label, nodata=nodata)
-    sweep(image, predict, plan, sink, blend=blend, sigma_scale=sigma_scale, overlap=overlap,
-          batch_size=batch_size, mask=mask, channels=channels)
+    sink = LabelSink(out, nodata_label=nodata_label)
+    sweep(
+        image,
+        predict,
+        plan,
+        sink,
+        blend=blend,
+        sigma_scale=sigma_scale,
+        overlap=overlap,
+        batch_size=batch_size,
+        mask=mask,
+        channels=channels,
+    )
     return out

@@ -50,7 +50,7 @@ def _separable(profiles: Sequence[np.ndarray]) -> np.ndarray:
 
 def _centre_profile(n: int, overlap: float) -> np.ndarray:
     """1 over the central ``n * (1 - overlap)`` pixels, ~0 elsewhere: each pixel keeps its central window."""
-    keep = max(1, int(round(n * (1 - overlap))))
+    keep = max(1, round(n * (1 - overlap)))
     lo = (n - keep) // 2
     profile = np.zeros(n)
     profile[lo : lo + keep] = 1.0
@@ -77,9 +77,10 @@ class Accumulator:
         view += prediction * self.weights
         self.sums[(-1, *where)] += self.weights
 
-    def take(self, box: Box) -> np.ndarray:
-        """Copy of the sums over ``box`` (inside the region), ``(K + 1, *box.shape)``."""
-        return self.sums[(slice(None), *box.slices(self.region.start))].copy()
+    def take(self, box: Box, *, copy: bool = True) -> np.ndarray:
+        """The sums over ``box`` (inside the region), ``(K + 1, *box.shape)``; a view if not ``copy``."""
+        view = self.sums[(slice(None), *box.slices(self.region.start))]
+        return view.copy() if copy else view
 
 
 def finalise(sums: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

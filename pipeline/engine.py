@@ -76,7 +76,9 @@ def window_is_empty(window: Box, block_input: BlockInput) -> bool:
     return bool(view.all())
 
 
-def prefetch(items: Iterable[Block], read: Callable[[Block], BlockInput], depth: int = 2) -> Iterator[BlockInput]:
+def prefetch(
+    items: Iterable[Block], read: Callable[[Block], BlockInput], depth: int = 2
+) -> Iterator[BlockInput]:
     """Read the next blocks in a background thread while the current one computes."""
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="tilewise-prefetch") as pool:
         queue: deque[Future[BlockInput]] = deque()
@@ -105,7 +107,7 @@ class BlockRunner:
     predict: Callable[[np.ndarray], np.ndarray]
     weights: np.ndarray
     batch_size: int = 4
-    on_done: Callable[[Block, Accumulator | None, int], None] = lambda b, a, k: None
+    on_done: Callable[[BlockInput, Accumulator | None, int], None] = lambda b, a, k: None
     channels: int | None = None  # K, learnt from the first prediction when not given
     windows_run: int = 0
     windows_skipped: int = 0
@@ -151,29 +153,32 @@ class BlockRunner:
         # Blocks retire in order, and only once K is known (a block may have skipped all its windows).
         while self.channels is not None and self._open and self._open[0].sealed and not self._open[0].pending:
             entry = self._open.popleft()
-            self.on_done(entry.block_input.block, entry.acc, self.channels)
+            self.on_done(entry.block_input, entry.acc, self.channels)
 
 
 def finish_block(
-    plan: BlockPlan, block: Block, acc: Accumulator | None, channels: int, sink: Sink, seams: SeamStore
-) -> None:
-    """Phase 1 output: write the interior, and hand the partial sums of the rest to the seam store."""
-    scene = plan.scene
+    plan: BlockPlan, block_input: BlockInput, acc: Accumulator | None, channels: int, sink: Sink
+) -> list[tuple[Box, np.ndarray]]:
+    """Phase 1 output: write the interior to ``sink``; return the partial sums of the rest.
+
+    Nodata pixels get zero weight, so they finalise as uncovered wherever their sums end up.
+    """
+    block = block_input.block
     if acc is None:  # every window was skipped: the interior is uncovered and nothing is handed over
         if not block.interior.empty:
             sums = np.zeros((channels + 1, *block.interior.shape), dtype=np.float32)
             sink.write(block.interior, *finalise(sums))
-        seams.put(block.index, [])
-        return
+        return []
+    if block_input.nodata is not None:
+        acc.sums[:, block_input.nodata] = 0.0
     if not block.interior.empty:
-        scores, covered = finalise(acc.take(block.interior))
-        sink.write(block.interior, scores, covered)
+        sink.write(block.interior, *finalise(acc.take(block.interior, copy=False)))
     pieces = []
     for box in block.spill:
-        inside = box.intersect(scene)
+        inside = box.intersect(plan.scene)
         if not inside.empty:
             pieces.append((inside, acc.take(inside)))
-    seams.put(block.index, pieces)
+    return pieces
 
 
 def merge_seams(plan: BlockPlan, block: Block, channels: int, sink: Sink, seams: SeamStore) -> None:
@@ -200,8 +205,9 @@ class SweepMerger:
         self.remaining: dict[tuple[int, ...], int] = {}
         self.peak_seam_bytes = 0
 
-    def __call__(self, block: Block, acc: Accumulator | None, channels: int) -> None:
-        finish_block(self.plan, block, acc, channels, self.sink, self.seams)
+    def __call__(self, block_input: BlockInput, acc: Accumulator | None, channels: int) -> None:
+        block = block_input.block
+        self.seams.put(block.index, finish_block(self.plan, block_input, acc, channels, self.sink))
         if isinstance(self.seams, MemorySeams):
             self.peak_seam_bytes = max(self.peak_seam_bytes, self.seams.nbytes)
         merge_seams(self.plan, block, channels, self.sink, self.seams)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -45,20 +44,22 @@ class ScoreSink:
         self.out[(slice(None), *box.slices())] = scores
 
 
-def argmax_labels(
-    scores: np.ndarray, covered: np.ndarray, nodata: np.ndarray | None, nodata_label: int
-) -> np.ndarray:
-    """uint8 class ids; ``nodata_label`` where no window ran or the caller's mask says no data."""
+def argmax_labels(scores: np.ndarray, covered: np.ndarray, nodata_label: int) -> np.ndarray:
+    """uint8 class ids; ``nodata_label`` where no window ran or the pixel is nodata (not covered)."""
     labels = np.argmax(np.nan_to_num(scores, nan=-np.inf), axis=0).astype(np.uint8)
-    invalid = ~covered if nodata is None else (~covered | nodata)
-    labels[invalid] = nodata_label
+    labels[~covered] = nodata_label
     return labels
+
+
+def quantise(scores: np.ndarray) -> np.ndarray:
+    """Probabilities in [0, 1] as uint8 0-255 (0 where uncovered)."""
+    return np.rint(np.clip(np.nan_to_num(scores, nan=0.0), 0.0, 1.0) * 255.0).astype(np.uint8)
 
 
 class LabelSink:
     """Writes argmax labels (and optionally uint8 probabilities) without holding the scene's scores.
 
-    ``nodata(box)`` gives the caller's nodata mask for a region; those pixels get ``nodata_label``.
+    ``origin`` is the scene position of ``out[0, ...]``, so a sink can fill one block's canvas.
     """
 
     def __init__(
@@ -66,19 +67,16 @@ class LabelSink:
         out: Any,
         *,
         nodata_label: int = 255,
-        nodata: Callable[[Box], np.ndarray | None] | None = None,
         probabilities: Any = None,
+        origin: tuple[int, ...] | None = None,
     ) -> None:
         self.out = out
         self.nodata_label = nodata_label
-        self.nodata = nodata
         self.probabilities = probabilities
-        self.pixels = 0
+        self.origin = origin
 
     def write(self, box: Box, scores: np.ndarray, covered: np.ndarray) -> None:
-        mask = self.nodata(box) if self.nodata is not None else None
-        self.out[box.slices()] = argmax_labels(scores, covered, mask, self.nodata_label)
+        where = box.slices(self.origin)
+        self.out[where] = argmax_labels(scores, covered, self.nodata_label)
         if self.probabilities is not None:
-            probs = np.clip(np.nan_to_num(scores, nan=0.0), 0.0, 1.0) * 255.0
-            self.probabilities[(slice(None), *box.slices())] = np.rint(probs).astype(np.uint8)
-        self.pixels += box.size
+            self.probabilities[(slice(None), *where)] = quantise(scores)

@@ -72,9 +72,13 @@ def test_sigma_scale_and_batch_size_pass_through():
 
 def test_labels_write_into_zarr_from_zarr(tmp_path):
     x = np.random.default_rng(2).normal(size=(2, 130, 120)).astype(np.float32)
-    src = zarr.create_array(store=str(tmp_path / "in.zarr"), shape=x.shape, dtype="float32", chunks=(2, 64, 64))
+    src = zarr.create_array(
+        store=str(tmp_path / "in.zarr"), shape=x.shape, dtype="float32", chunks=(2, 64, 64)
+    )
     src[:] = x
-    dst = zarr.create_array(store=str(tmp_path / "out.zarr"), shape=x.shape[1:], dtype="uint8", chunks=(64, 64))
+    dst = zarr.create_array(
+        store=str(tmp_path / "out.zarr"), shape=x.shape[1:], dtype="uint8", chunks=(64, 64)
+    )
     net = _net(2, 2)
     infer_labels(src, net, patch_size=32, block_size=64, out=dst)
     assert (dst[:] == infer_array(x, net, patch_size=32).argmax(0)).all()

@@ -1,0 +1,267 @@
+"""Label and probability COGs that open correctly in QGIS, written without holding the scene in memory.
+
+Rows are streamed into a tiled staging GTiff, then GDAL's COG driver builds the overviews and the final
+layout in one copy; the result appears at its final name only by atomic rename.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Sequence
+from contextlib import suppress
+from pathlib import Path
+from typing import Any
+from xml.etree import ElementTree as ET
+
+import numpy as np
+import rasterio
+import rasterio.shutil
+from rasterio.errors import RasterioError
+from rasterio.windows import Window
+
+from pipeline.atomic import atomic_path, temp_sibling
+from pipeline.errors import ConfigError, InputError, OutputError
+from pipeline.scene import GeoMeta
+
+_PREDICTOR_CODECS = {"DEFLATE", "ZSTD", "LZW", "LZMA"}
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:300] if text else type(exc).__name__
+
+
+def _to_uint8(block: Any, what: str, dest: Path, *, scale_floats: bool = False) -> np.ndarray:
+    arr = np.asarray(block)
+    if arr.dtype == np.uint8:
+        return arr
+    if scale_floats and np.issubdtype(arr.dtype, np.floating):
+        return np.clip(np.rint(np.nan_to_num(arr) * 255.0), 0, 255).astype(np.uint8)
+    if arr.dtype != bool and not np.issubdtype(arr.dtype, np.integer):
+        raise InputError(f"{what} must be uint8, got {arr.dtype}", path=str(dest))
+    if arr.size and (arr.min() < 0 or arr.max() > 255):
+        raise InputError(f"{what} values outside 0..255", path=str(dest))
+    return arr.astype(np.uint8)
+
+
+def _pam_xml(class_names: Sequence[str], class_colors: Sequence[tuple[int, int, int]]) -> str:
+    """PAM sidecar with category names and a thematic RAT: rasterio cannot set either, GDAL reads both,
+    and QGIS takes its paletted legend labels from the category names."""
+    root = ET.Element("PAMDataset")
+    band = ET.SubElement(root, "PAMRasterBand", band="1")
+    cats = ET.SubElement(band, "CategoryNames")
+    for name in class_names:
+        ET.SubElement(cats, "Category").text = name
+    rat = ET.SubElement(band, "GDALRasterAttributeTable", tableType="thematic")
+    # GFT: 0 integer, 2 string; GFU: 5 MinMax (the pixel value), 2 Name, 6/7/8 Red/Green/Blue.
+    fields = [("Value", 0, 5), ("Class", 2, 2), ("Red", 0, 6), ("Green", 0, 7), ("Blue", 0, 8)]
+    for i, (name, typ, usage) in enumerate(fields):
+        fd = ET.SubElement(rat, "FieldDefn", index=str(i))
+        ET.SubElement(fd, "Name").text = name
+        ET.SubElement(fd, "Type").text = str(typ)
+        ET.SubElement(fd, "Usage").text = str(usage)
+    for value, (name, rgb) in enumerate(zip(class_names, class_colors, strict=True)):
+        row = ET.SubElement(rat, "Row", index=str(value))
+        for cell in (value, name, *rgb):
+            ET.SubElement(row, "F").text = str(cell)
+    return ET.tostring(root, encoding="unicode")
+
+
+def _aux(path: Path) -> Path:
+    return path.with_name(path.name + ".aux.xml")
+
+
+def _write_cog(
+    dest: str | os.PathLike[str],
+    *,
+    shape: tuple[int, int, int],
+    read_rows: Callable[[int, int], np.ndarray],
+    meta: GeoMeta,
+    nodata: int | None,
+    overwrite: bool,
+    block_rows: int,
+    resampling: str,
+    compress: str,
+    setup: Callable[[Any], None],
+    pam: str | None = None,
+) -> Path:
+    """Stream ``read_rows(r0, r1) -> (count, r1-r0, W) uint8`` into a staging GTiff, then COG-copy it.
+
+    The COG and its PAM ``.aux.xml`` (if GDAL wrote one) are moved into place together: sidecar first,
+    the COG last, so the final name never points at a half-written file.
+    """
+    dest = Path(dest)
+    count, height, width = shape
+    if block_rows < 1:
+        raise ConfigError(f"block_rows must be >= 1, got {block_rows}")
+    compress = compress.upper()
+    options: dict[str, Any] = {
+        "BLOCKSIZE": 512,
+        "COMPRESS": compress,
+        "OVERVIEW_RESAMPLING": resampling,
+        "BIGTIFF": "IF_SAFER",
+    }
+    if compress in _PREDICTOR_CODECS:
+        options["PREDICTOR"] = 2
+    profile = {
+        "driver": "GTiff",
+        "width": width,
+        "height": height,
+        "count": count,
+        "dtype": "uint8",
+        "crs": meta.crs,
+        "transform": meta.transform,
+        "nodata": nodata,
+        "tiled": True,
+        "blockxsize": 512,
+        "blockysize": 512,
+        "compress": "zstd",
+        "zstd_level": 1,
+        "bigtiff": "if_safer",
+    }
+    try:
+        with atomic_path(dest, overwrite=overwrite) as tmp:
+            stage = temp_sibling(dest)
+            try:
+                with rasterio.open(stage, "w", **profile) as dst:
+                    if "AREA_OR_POINT" in meta.tags:  # keeps the input's GeoTIFF tie-point convention
+                        dst.update_tags(AREA_OR_POINT=meta.tags["AREA_OR_POINT"])
+                    setup(dst)
+                    for r0 in range(0, height, block_rows):
+                        r1 = min(height, r0 + block_rows)
+                        dst.write(read_rows(r0, r1), window=Window(0, r0, width, r1 - r0))
+                if pam is not None:
+                    _aux(stage).write_text(pam, encoding="utf-8")
+                rasterio.shutil.copy(stage, tmp, driver="COG", **options)
+                if _aux(tmp).exists():
+                    os.replace(_aux(tmp), _aux(dest))
+                elif _aux(dest).exists():
+                    _aux(dest).unlink()  # a stale sidecar would relabel the new file
+            finally:
+                for leftover in (stage, _aux(stage), _aux(tmp)):
+                    with suppress(OSError):
+                        leftover.unlink(missing_ok=True)
+    except RasterioError as exc:  # GDAL errors that are not OSErrors (those atomic_path already maps)
+        raise OutputError(f"cannot write COG: {_reason(exc)}", path=str(dest)) from exc
+    return dest
+
+
+def _check_classes(
+    class_names: Sequence[str], class_colors: Sequence[Sequence[int]] | None, nodata: int | None, dest: Path
+) -> None:
+    if not class_names:
+        raise ConfigError("at least one class name is needed", path=str(dest))
+    if class_colors is not None:
+        if len(class_colors) != len(class_names):
+            raise ConfigError(f"{len(class_colors)} colours for {len(class_names)} classes", path=str(dest))
+        if any(len(c) != 3 or not all(0 <= int(v) <= 255 for v in c) for c in class_colors):
+            raise ConfigError("class colours must be (r, g, b) with 0..255 values", path=str(dest))
+    if nodata is not None and not len(class_names) <= nodata <= 255:
+        raise ConfigError(
+            f"nodata {nodata} must be in {len(class_names)}..255 (above the class ids)", path=str(dest)
+        )
+
+
+def write_cog_labels(
+    labels: Any,
+    dest: str | os.PathLike[str],
+    *,
+    meta: GeoMeta,
+    class_names: Sequence[str],
+    class_colors: Sequence[tuple[int, int, int]],
+    nodata: int = 255,
+    overwrite: bool = False,
+    block_rows: int = 1024,
+    compress: str = "DEFLATE",
+    tags: dict[str, str] | None = None,
+) -> Path:
+    """Write ``(H, W)`` class ids (numpy, zarr, anything sliceable) as a paletted COG, atomically.
+
+    Overviews use MODE so they hold only class ids or nodata. Class names land three ways so every
+    reader finds them: a ``CLASS_NAMES`` JSON tag in the TIFF, and category names + a RAT in the PAM
+    ``dest.aux.xml`` GDAL writes beside it (GTiff cannot hold those itself).
+    """
+    dest = Path(dest)
+    if len(labels.shape) != 2:
+        raise InputError(f"labels must be (H, W), got shape {tuple(labels.shape)}", path=str(dest))
+    _check_classes(class_names, class_colors, nodata, dest)
+    colors = [tuple(int(v) for v in c) for c in class_colors]
+
+    def setup(dst: Any) -> None:
+        cmap = {i: (0, 0, 0, 255) for i in range(256)}
+        cmap.update({i: (*rgb, 255) for i, rgb in enumerate(colors)})
+        cmap[nodata] = (0, 0, 0, 0)
+        dst.write_colormap(1, cmap)
+        dst.update_tags(
+            CLASS_NAMES=json.dumps(list(class_names)),
+            CLASS_COLORS=json.dumps(["#{:02x}{:02x}{:02x}".format(*c) for c in colors]),
+            **(tags or {}),
+        )
+        dst.update_tags(1, NODATA_MEANING="no prediction (outside the scene or no valid input)")
+
+    def read_rows(r0: int, r1: int) -> np.ndarray:
+        return _to_uint8(labels[r0:r1], "labels", dest)[None]
+
+    height, width = (int(n) for n in labels.shape)
+    return _write_cog(
+        dest,
+        shape=(1, height, width),
+        read_rows=read_rows,
+        meta=meta,
+        nodata=nodata,
+        overwrite=overwrite,
+        block_rows=block_rows,
+        resampling="MODE",
+        compress=compress,
+        setup=setup,
+        pam=_pam_xml(class_names, colors),
+    )
+
+
+def write_cog_probabilities(
+    probs: Any,
+    dest: str | os.PathLike[str],
+    *,
+    meta: GeoMeta,
+    class_names: Sequence[str],
+    overwrite: bool = False,
+    block_rows: int = 1024,
+    compress: str = "DEFLATE",
+    tags: dict[str, str] | None = None,
+) -> Path:
+    """Write ``(K, H, W)`` probabilities as a K-band uint8 COG (band k = class k, scale 1/255).
+
+    Floats in [0, 1] are accepted and quantised to 0..255. Overviews use AVERAGE (these are
+    continuous values), and each band is described by its class name.
+    """
+    dest = Path(dest)
+    if len(probs.shape) != 3:
+        raise InputError(f"probabilities must be (K, H, W), got shape {tuple(probs.shape)}", path=str(dest))
+    count, height, width = (int(n) for n in probs.shape)
+    _check_classes(class_names, None, None, dest)
+    if count != len(class_names):
+        raise ConfigError(f"{count} probability bands for {len(class_names)} classes", path=str(dest))
+
+    def setup(dst: Any) -> None:
+        for k, name in enumerate(class_names, start=1):
+            dst.set_band_description(k, name)
+        dst.scales = [1.0 / 255.0] * count
+        dst.offsets = [0.0] * count
+        dst.update_tags(CLASS_NAMES=json.dumps(list(class_names)), **(tags or {}))
+
+    def read_rows(r0: int, r1: int) -> np.ndarray:
+        return _to_uint8(probs[:, r0:r1], "probabilities", dest, scale_floats=True)
+
+    return _write_cog(
+        dest,
+        shape=(count, height, width),
+        read_rows=read_rows,
+        meta=meta,
+        nodata=None,
+        overwrite=overwrite,
+        block_rows=block_rows,
+        resampling="AVERAGE",
+        compress=compress,
+        setup=setup,
+    )

@@ -1,0 +1,244 @@
+"""GDAL rasters in (GeoTIFF, COG, VRT, JP2, ``s3://``...) and QGIS-ready label / probability COGs out.
+
+Reads are windowed and padded here: rasterio's boundless reads go through a temporary VRT, which is
+slow and wrong for some VRT sources. Writers never hold a whole scene: rows are streamed into a tiled
+temporary GTiff, then GDAL's COG driver builds overviews and the final layout in a single copy
+(the writers live in ``cog.py`` and are re-exported here).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import rasterio
+from rasterio.enums import MaskFlags, Resampling
+from rasterio.errors import RasterioError
+from rasterio.windows import Window
+
+from pipeline.box import Box
+from pipeline.errors import FormatError, InputError
+from pipeline.formats.cog import write_cog_labels, write_cog_probabilities
+from pipeline.scene import GeoMeta
+
+__all__ = [
+    "GeoTiffScene",
+    "gdal_path",
+    "is_geotiff_like",
+    "open_geotiff",
+    "write_cog_labels",
+    "write_cog_probabilities",
+]
+
+GDAL_EXTENSIONS = frozenset(
+    {".tif", ".tiff", ".gtif", ".gtiff", ".vrt", ".img", ".jp2", ".j2k", ".ecw", ".sid", ".ntf", ".nitf"}
+    | {".hgt", ".dem", ".asc", ".bil", ".rst", ".hdr", ".dt2", ".kea", ".grd"}
+)
+_VSI_PREFIX = {"s3": "/vsis3/", "gs": "/vsigs/", "gcs": "/vsigs/", "az": "/vsiaz/", "abfs": "/vsiaz/"}
+
+
+def is_geotiff_like(path: str | os.PathLike[str]) -> bool:
+    """True when the name looks like a GDAL raster this reader should own (by extension only)."""
+    name = str(path).split("?", 1)[0].rstrip("/").lower()
+    return any(name.endswith(ext) for ext in GDAL_EXTENSIONS)
+
+
+def gdal_path(uri: str) -> str:
+    """Map URLs onto GDAL virtual file systems (``s3://b/k`` -> ``/vsis3/b/k``); paths pass through."""
+    scheme, sep, rest = uri.partition("://")
+    if not sep:
+        return uri
+    scheme = scheme.lower()
+    if scheme == "file":
+        return rest
+    if scheme in ("http", "https"):
+        return f"/vsicurl/{uri}"
+    if scheme in _VSI_PREFIX:
+        return _VSI_PREFIX[scheme] + rest
+    raise InputError(f"unsupported URL scheme {scheme!r}", path=uri)
+
+
+def _reason(exc: BaseException) -> str:
+    """GDAL's message, first line, without the path it usually repeats (ours is prefixed anyway)."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return text[:300]
+
+
+@contextmanager
+def _gdal_errors(uri: str, action: str) -> Iterator[None]:
+    """Turn rasterio/GDAL failures while reading into one-line ``FormatError``s naming the file."""
+    try:
+        yield
+    except RasterioError as exc:
+        raise FormatError(f"{action}: {_reason(exc)}", path=uri) from exc
+
+
+def _open_dataset(path: str, uri: str) -> Any:
+    if not path.startswith("/vsi"):
+        local = Path(path)
+        if not local.exists():
+            raise InputError("file not found", path=uri)
+        if local.is_dir():
+            raise InputError("is a folder, not a raster file", path=uri)
+        if local.stat().st_size == 0:
+            raise FormatError("empty file (0 bytes)", path=uri)
+    try:
+        return rasterio.open(path)
+    except RasterioError as exc:
+        reason = _reason(exc)
+        if "No such file" in reason or "does not exist" in reason:
+            raise InputError("not found", path=uri) from exc
+        if "not recognized" in reason:
+            raise FormatError("not a raster GDAL can read", path=uri) from exc
+        raise FormatError(f"corrupt or truncated raster ({reason})", path=uri) from exc
+
+
+def _gsd(t: Any) -> tuple[float, float]:
+    """Pixel size (y, x) in CRS units; correct for rotated/skewed transforms too."""
+    return (math.hypot(t.b, t.e), math.hypot(t.a, t.d))
+
+
+class GeoTiffScene:
+    """A GDAL raster as a ``(C, H, W)`` Scene; one open handle, reopened lazily after unpickling.
+
+    A rasterio dataset is not thread-safe, so reads on one scene are serialised by a lock; give each
+    thread its own scene (or a pickled copy) to read in parallel.
+    """
+
+    def __init__(self, uri: str, *, bands: Sequence[int] | None = None) -> None:
+        self.uri = str(uri)
+        self.path = gdal_path(self.uri)
+        self._lock = threading.RLock()
+        self._ds: Any = _open_dataset(self.path, self.uri)
+        ds = self._ds
+        picked = list(range(1, ds.count + 1)) if bands is None else [int(b) for b in bands]
+        if not picked or any(not 1 <= b <= ds.count for b in picked):
+            self.close()
+            raise InputError(f"bands {picked} not within 1..{ds.count} (1-based)", path=self.uri)
+        self.bands = picked
+        self.dtype: np.dtype = np.dtype(np.result_type(*(ds.dtypes[b - 1] for b in picked)))
+        self.shape: tuple[int, ...] = (len(picked), ds.height, ds.width)
+        self._nodatavals = [ds.nodatavals[b - 1] for b in picked]
+        self._has_mask = any(
+            MaskFlags.per_dataset in ds.mask_flag_enums[b - 1] or MaskFlags.alpha in ds.mask_flag_enums[b - 1]
+            for b in picked
+        )
+        self.meta = GeoMeta(
+            crs=ds.crs,
+            transform=ds.transform,
+            nodata=self._nodatavals[0],
+            gsd=_gsd(ds.transform),
+            tags={str(k): str(v) for k, v in ds.tags().items()},
+        )
+        # A truncated file often opens fine (header first) and fails on its last block: find out now.
+        h, w = self.spatial_shape
+        with _gdal_errors(self.uri, "truncated or corrupt, cannot read pixels"):
+            ds.read(self.bands, window=Window(w - 1, h - 1, 1, 1))
+
+    @property
+    def spatial_shape(self) -> tuple[int, ...]:
+        return self.shape[1:]
+
+    @property
+    def dataset(self) -> Any:
+        """The open rasterio dataset (reopened on first use after unpickling or ``close``)."""
+        if self._ds is None:
+            self._ds = _open_dataset(self.path, self.uri)
+        return self._ds
+
+    def _window(self, inner: Box) -> Window:
+        (r0, c0), (r1, c1) = inner.start, inner.stop
+        return Window(c0, r0, c1 - c0, r1 - r0)
+
+    def _inside(self, box: Box) -> Box:
+        if box.ndim != 2:
+            raise InputError(f"2-D box expected, got {box}", path=self.uri)
+        return box.intersect(Box.from_shape(self.spatial_shape))
+
+    def read(self, box: Box, fill: float = 0.0) -> np.ndarray:
+        """``(C, *box.shape)`` pixels in the scene dtype; ``fill`` where the box leaves the raster."""
+        inner = self._inside(box)
+        out = np.full((self.shape[0], *box.shape), fill, dtype=self.dtype)
+        if inner.empty:
+            return out
+        with self._lock, _gdal_errors(self.uri, f"cannot read {inner}"):
+            data = self.dataset.read(self.bands, window=self._window(inner), out_dtype=self.dtype)
+        out[(slice(None), *inner.slices(box.start))] = data
+        return out
+
+    def read_nodata(self, box: Box) -> np.ndarray | None:
+        """True where no valid data: nodata in every band (GDAL's dataset-mask rule), NaN in any band,
+        masked by an internal/sidecar mask or alpha band, or outside the raster."""
+        is_float = np.issubdtype(self.dtype, np.floating)
+        has_value = any(v is not None for v in self._nodatavals)
+        if not (has_value or is_float or self._has_mask):
+            return None
+        out = np.ones(box.shape, dtype=bool)
+        inner = self._inside(box)
+        if inner.empty:
+            return out
+        win = self._window(inner)
+        invalid = np.zeros(inner.shape, dtype=bool)
+        with self._lock, _gdal_errors(self.uri, f"cannot read {inner}"):
+            if has_value or is_float:
+                data = self.dataset.read(self.bands, window=win)
+                if has_value:
+                    per_band = [
+                        (np.isnan(d) if np.isnan(v) else d == v) if v is not None else np.zeros(d.shape, bool)
+                        for d, v in zip(data, self._nodatavals, strict=True)
+                    ]
+                    invalid |= np.logical_and.reduce(per_band)
+                if is_float:
+                    invalid |= np.isnan(data).any(axis=0)
+            if self._has_mask:
+                invalid |= self.dataset.read_masks(self.bands[0], window=win) == 0
+        out[inner.slices(box.start)] = invalid
+        return out
+
+    def read_overview(self, max_size: int) -> np.ndarray:
+        """The whole scene decimated (nearest) so its longer side is at most ``max_size``.
+
+        GDAL serves it from the file's overviews when it has them, so this is cheap even for huge COGs.
+        """
+        h, w = self.spatial_shape
+        scale = min(1.0, max_size / max(h, w))
+        out_shape = (self.shape[0], max(1, round(h * scale)), max(1, round(w * scale)))
+        with self._lock, _gdal_errors(self.uri, "cannot read overview"):
+            return self.dataset.read(
+                self.bands, out_shape=out_shape, resampling=Resampling.nearest, out_dtype=self.dtype
+            )
+
+    def close(self) -> None:
+        if self._ds is not None:
+            self._ds.close()
+            self._ds = None
+
+    def __enter__(self) -> GeoTiffScene:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_ds"] = None
+        state["_lock"] = None
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.RLock()
+
+    def __repr__(self) -> str:
+        return f"GeoTiffScene({self.uri!r}, bands={self.bands}, shape={self.shape}, dtype={self.dtype})"
+
+
+def open_geotiff(uri: str, *, bands: list[int] | None = None) -> GeoTiffScene:
+    """Open any GDAL raster (local path, VRT, ``s3://``, ``/vsis3/``...); ``bands`` are 1-based."""
+    return GeoTiffScene(uri, bands=bands)
