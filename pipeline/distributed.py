@@ -1,0 +1,186 @@
+"""The Dask executor: one scene's blocks spread over many worker processes, GPUs or machines.
+
+Tasks carry a ``SceneTask`` (paths and numbers) and block indices; workers read their own regions,
+write their own files and chunks, and return small stats. Phase-1 tasks take runs of consecutive
+blocks so windows batch across block boundaries and the graph stays small (hundreds of tasks, not
+millions). Phase 2 runs once every phase-1 result is on disk. A worker that dies has its tasks
+rescheduled by Dask; because every write is a whole file or a whole chunk renamed or overwritten by
+its single owner, a retry is harmless.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from pipeline.blockwork import SceneTask, TaskStats, cached_model, phase1, phase2
+from pipeline.config import JobConfig
+from pipeline.errors import ExecutionError
+from pipeline.execute import Progress, needs_phase1
+from pipeline.workstore import Index, WorkStore
+
+
+def _threads(n: int) -> None:
+    import torch
+
+    torch.set_num_threads(n)
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ[var] = str(n)
+
+
+try:
+    from distributed.diagnostics.plugin import WorkerPlugin
+except ImportError:  # pragma: no cover - dask is a dependency
+    WorkerPlugin = object  # type: ignore[assignment,misc]
+
+
+class TilewiseWorker(WorkerPlugin):  # type: ignore[misc,valid-type]
+    """Sets torch threads on each worker and loads the bundle once, from its path (never tensors)."""
+
+    name = "tilewise"
+
+    def __init__(self, threads: int = 1, bundle_path: str | None = None, bundle_hash: str = "",
+                 device: str = "cpu") -> None:  # fmt: skip
+        self.threads, self.bundle_path, self.bundle_hash, self.device = (
+            threads,
+            bundle_path,
+            bundle_hash,
+            device,
+        )
+
+    def setup(self, worker: Any) -> None:
+        _threads(self.threads)
+        if self.bundle_path:
+            cached_model(self.bundle_path, self.bundle_hash, self.device)
+
+
+def _phase1_task(task: SceneTask, indices: list[Index]) -> TaskStats:
+    stats = phase1(task, indices)
+    stats.worker = os.environ.get("CUDA_VISIBLE_DEVICES", "") + f"pid{os.getpid()}"
+    return stats
+
+
+def _phase2_task(task: SceneTask, indices: list[Index]) -> int:
+    store = WorkStore(task.work_dir)
+    for index in indices:
+        phase2(task, index, store)
+    return len(indices)
+
+
+def chunks(items: list[Index], workers: int, per_worker: int = 4, cap: int = 64) -> list[list[Index]]:
+    """Runs of consecutive blocks: about ``per_worker`` tasks per worker, at most ``cap`` blocks each."""
+    if not items:
+        return []
+    size = max(1, min(cap, math.ceil(len(items) / max(1, workers * per_worker))))
+    return [items[i : i + size] for i in range(0, len(items), size)]
+
+
+class DaskExecutor:
+    def __init__(self, client: Any, *, threads: int = 1, device: str = "auto") -> None:
+        self.client = client
+        self.threads, self.device = threads, device
+        self.tasks_submitted = 0
+        self._bundle = ""
+
+    @property
+    def gpu(self) -> bool:
+        """Tasks ask for a GPU only when the workers offer one (else they would wait forever)."""
+        workers = self.client.scheduler_info().get("workers", {}).values()
+        return any("GPU" in (w.get("resources") or {}) for w in workers)
+
+    def _load_model_on_workers(self, task: SceneTask) -> None:
+        if self._bundle != task.bundle_hash:
+            plugin = TilewiseWorker(self.threads, task.bundle_path, task.bundle_hash, task.device)
+            self.client.register_plugin(plugin)
+            self._bundle = task.bundle_hash
+
+    @property
+    def workers(self) -> int:
+        return max(1, len(self.client.scheduler_info().get("workers", {})))
+
+    def run(self, task: SceneTask, progress: Progress | None = None) -> TaskStats:
+        from distributed import as_completed
+        from distributed.client import FutureCancelledError
+        from distributed.scheduler import KilledWorker
+
+        plan, store = task.plan, WorkStore(task.work_dir)
+        self._load_model_on_workers(task)
+        order = [b.index for b in plan.blocks()]
+        resources = {"GPU": 1} if self.gpu else None
+        todo = [i for i in order if needs_phase1(plan, store, i)]
+        total = len(order)
+        stats = TaskStats()
+        try:
+            futures = [
+                self.client.submit(_phase1_task, task, group, pure=False, resources=resources, retries=1)
+                for group in chunks(todo, self.workers)
+            ]
+            self.tasks_submitted += len(futures)
+            for fut in as_completed(futures):
+                s: TaskStats = fut.result()
+                stats.blocks += s.blocks
+                stats.windows += s.windows
+                stats.skipped += s.skipped
+                stats.read_s += s.read_s
+                stats.compute_s += s.compute_s
+            pending = [i for i in order if not store.is_merged(i)]
+            merged = total - len(pending)
+            if progress:
+                progress(merged, total)
+            merges = [
+                self.client.submit(_phase2_task, task, group, pure=False, retries=1)
+                for group in chunks(pending, self.workers, per_worker=2)
+            ]
+            self.tasks_submitted += len(merges)
+            for fut in as_completed(merges):
+                merged += fut.result()
+                if progress:
+                    progress(merged, total)
+        except KilledWorker as exc:
+            raise ExecutionError(
+                f"a block task of this scene kept killing workers ({exc}); the scene is abandoned",
+                path=task.source.uri,
+            ) from exc
+        except FutureCancelledError as exc:
+            raise ExecutionError("the cluster cancelled this scene's tasks", path=task.source.uri) from exc
+        stats.merged = merged
+        return stats
+
+
+@contextmanager
+def dask_executor(config: JobConfig) -> Iterator[DaskExecutor]:
+    """A client to the given scheduler, or a LocalCluster of worker processes on 127.0.0.1.
+
+    With CUDA and dask-cuda installed, ``LocalCUDACluster`` starts one worker per GPU, each seeing only
+    its own device through CUDA_VISIBLE_DEVICES.
+    """
+    from distributed import Client, LocalCluster
+
+    ex = config.execution
+    if ex.scheduler:
+        with Client(ex.scheduler, timeout="30s") as client:
+            yield DaskExecutor(client, threads=ex.threads_per_worker, device=ex.device)
+        return
+    common: dict[str, Any] = {"host": "127.0.0.1", "dashboard_address": "127.0.0.1:0",
+                              "threads_per_worker": ex.threads_per_worker}  # fmt: skip
+    cluster: Any = None
+    if ex.device in ("cuda", "auto") and _cuda_available():
+        try:
+            from dask_cuda import LocalCUDACluster
+
+            cluster = LocalCUDACluster(resources={"GPU": 1}, **common)
+        except ImportError:
+            cluster = None
+    if cluster is None:
+        cluster = LocalCluster(n_workers=ex.workers or 1, processes=True, **common)
+    with cluster, Client(cluster) as client:
+        yield DaskExecutor(client, threads=ex.threads_per_worker, device=ex.device)
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()

@@ -1,0 +1,44 @@
+"""Which reader opens a path, and how a SceneSource becomes a Scene on any worker."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from pipeline.errors import FormatError
+
+if TYPE_CHECKING:
+    from pipeline.blockwork import SceneSource
+
+GEO_SUFFIXES = (".tif", ".tiff", ".vrt", ".img", ".jp2", ".gtiff")
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
+ZARR_SUFFIXES = (".zarr",)
+
+
+def kind_of(uri: str) -> str | None:
+    """The reader family for a path or URL, by its extension (None if not a scene)."""
+    name = uri.rstrip("/").lower()
+    if name.endswith(NIFTI_SUFFIXES):
+        return "nifti"
+    if name.endswith(ZARR_SUFFIXES):
+        return "zarr"
+    if name.endswith(GEO_SUFFIXES):
+        return "geotiff"
+    return None
+
+
+def open_source(source: SceneSource) -> Any:
+    options = dict(source.options)
+    if source.kind == "geotiff":
+        from pipeline.formats.geotiff import open_geotiff
+
+        return open_geotiff(source.uri, **options)
+    if source.kind == "nifti":
+        from pipeline.formats.nifti import open_nifti
+
+        uris = list(source.uris) if len(source.uris) > 1 else source.uri
+        return open_nifti(uris, **options)
+    if source.kind == "zarr":
+        from pipeline.formats.zarr import open_zarr
+
+        return open_zarr(source.uri, **options)
+    raise FormatError(f"no reader for scene kind {source.kind!r}", path=source.uri)
