@@ -1,0 +1,116 @@
+"""``tilewise bundle``: make a fresh bundle, or look inside one before trusting it with a job."""
+
+from __future__ import annotations
+
+import json
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from models.bundle import Bundle, init_bundle, load_bundle
+from pipeline.errors import OutputError, TilewiseError
+
+bundle_app = typer.Typer(help="Create and inspect model bundles.", no_args_is_help=True, add_completion=False)
+
+
+class Arch(StrEnum):
+    unet = "unet"
+    fcn = "fcn"
+
+
+def _fail(exc: TilewiseError) -> typer.Exit:
+    Console(stderr=True, soft_wrap=True).print(f"[bold red]error:[/] {exc}", markup=True, highlight=False)
+    return typer.Exit(code=exc.exit_code)
+
+
+def _int_list(text: str | None, option: str) -> list[int] | None:
+    if text is None:
+        return None
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise typer.BadParameter(
+            f"expected comma-separated integers, got {text!r}", param_hint=option
+        ) from None
+    if not values or any(v < 1 for v in values):
+        raise typer.BadParameter(f"expected positive integers, got {text!r}", param_hint=option)
+    return values
+
+
+@bundle_app.command("init")
+def init_cmd(
+    out: Annotated[Path, typer.Option("--out", help="Bundle folder to create.")],
+    classes: Annotated[str, typer.Option("--classes", help="Class names, comma-separated, e.g. land,water.")],
+    arch: Annotated[Arch, typer.Option("--arch", help="Network architecture.")] = Arch.unet,
+    spatial_dims: Annotated[int, typer.Option("--spatial-dims", min=2, max=3, help="2 or 3.")] = 2,
+    in_channels: Annotated[int, typer.Option("--in-channels", min=1, help="Input channels/bands.")] = 3,
+    patch_size: Annotated[int | None, typer.Option("--patch-size", min=1, help="Patch edge.")] = None,
+    features: Annotated[str | None, typer.Option("--features", help="Widths, e.g. 16,32,64.")] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing folder.")] = False,
+) -> None:
+    """Make a randomly initialised bundle (smoke tests, training start)."""
+    names = [c.strip() for c in classes.split(",") if c.strip()]
+    if not names:
+        raise typer.BadParameter("give at least one class name", param_hint="--classes")
+    feats = _int_list(features, "--features")
+    if out.exists() and not overwrite:
+        raise _fail(OutputError("exists; pass --overwrite to replace it", path=str(out)))
+    try:
+        bundle = init_bundle(
+            out, arch.value, spatial_dims, in_channels, names, patch_size, feats, overwrite=overwrite
+        )
+    except TilewiseError as exc:
+        raise _fail(exc) from None
+    Console().print(
+        f"wrote bundle [bold]{bundle.config.name}[/] to {bundle.path} (sha256 {bundle.hash[:12]})"
+    )
+
+
+def _swatch(color: str) -> Text:
+    return Text("  ", style=f"on {color}") + Text(f" {color}")
+
+
+def render(bundle: Bundle) -> Table:
+    cfg = bundle.config
+    arch = {k: v for k, v in cfg.architecture.items() if k != "name"}
+    norm = cfg.inputs.normalization.model_dump(exclude_defaults=True, exclude={"kind"})
+    table = Table(title=f"bundle {cfg.name}", show_header=False, title_justify="left")
+    table.add_column("field", style="bold")
+    table.add_column("value", overflow="fold")  # never truncate the hash
+    table.add_row("path", str(bundle.path))
+    table.add_row("architecture", f"{cfg.architecture['name']} {json.dumps(arch, default=str)}")
+    table.add_row("spatial dims", str(cfg.spatial_dims))
+    bands = f" (bands {cfg.inputs.band_indexes})" if cfg.inputs.band_indexes else ""
+    table.add_row("channels", ", ".join(cfg.inputs.channels) + bands)
+    table.add_row("normalization", f"{cfg.inputs.normalization.kind} {json.dumps(norm) if norm else ''}")
+    table.add_row("patch size", " x ".join(str(p) for p in cfg.patch_size))
+    table.add_row("overlap", f"{cfg.overlap:g}")
+    if cfg.spatial_dims == 3:
+        table.add_row("orientation", cfg.orientation)
+    table.add_row("target spacing", str(cfg.target_spacing) if cfg.target_spacing else "as is")
+    table.add_row("activation", cfg.output_activation)
+    classes = Text()
+    for i, c in enumerate(cfg.classes):
+        classes += Text(f"{i}: {c.name} ") + _swatch(c.color) + Text("\n" if i < len(cfg.classes) - 1 else "")
+    table.add_row("classes", classes)
+    table.add_row("parameters", f"{bundle.param_count():,}")
+    table.add_row("sha256", bundle.hash)
+    for key, value in cfg.card.items():
+        table.add_row(f"card.{key}", value if isinstance(value, str) else json.dumps(value, default=str))
+    return table
+
+
+@bundle_app.command("info")
+def info_cmd(path: Annotated[Path, typer.Argument(help="Bundle folder (or its model.yaml).")]) -> None:
+    """Show what a bundle expects and produces."""
+    try:
+        bundle = load_bundle(path)
+        table = render(bundle)
+    except TilewiseError as exc:
+        raise _fail(exc) from None
+    Console().print(table)
