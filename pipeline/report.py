@@ -30,8 +30,11 @@ def pixel_area_m2(meta: GeoMeta, rows: int, cols: int) -> float | None:
     if meta.crs.is_geographic:
         from pyproj import Geod
 
-        x0, y0 = t * (cols / 2, rows / 2)
-        x1, y1 = t * (cols / 2 + 1, rows / 2 + 1)
+        def xy(col: float, row: float) -> tuple[float, float]:
+            return t.c + t.a * col + t.b * row, t.f + t.d * col + t.e * row
+
+        x0, y0 = xy(cols / 2, rows / 2)
+        x1, y1 = xy(cols / 2 + 1, rows / 2 + 1)
         area, _ = Geod(ellps="WGS84").polygon_area_perimeter([x0, x1, x1, x0], [y0, y0, y1, y1])
         return abs(area)
     factor = meta.crs.linear_units_factor[1] if meta.crs.linear_units_factor else 1.0

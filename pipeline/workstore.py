@@ -58,6 +58,7 @@ class WorkStore:
     ) -> bool:
         """Create the store, or keep it when it belongs to the same plan. Returns True if resumed."""
         state_file = self.root / "state.json"
+        state = json.loads(json.dumps(state, sort_keys=True))  # tuples compare as the lists they load as
         if state_file.exists():
             try:
                 if json.loads(state_file.read_text()) == state:
