@@ -181,9 +181,15 @@ def finish_block(
     return pieces
 
 
-def merge_seams(plan: BlockPlan, block: Block, channels: int, sink: Sink, seams: SeamStore) -> None:
+def merge_seams(
+    plan: BlockPlan,
+    block: Block,
+    channels: int,
+    sink: Sink,
+    pieces: Callable[[tuple[int, ...]], list[tuple[Box, np.ndarray]]],
+) -> None:
     """Phase 2: finalise a block's seam band from the partial sums of its contributors."""
-    contributions = [piece for c in plan.contributors(block.index) for piece in seams.get(c)]
+    contributions = [piece for c in plan.contributors(block.index) for piece in pieces(c)]
     for band in block.seam:
         sums = np.zeros((channels + 1, *band.shape), dtype=np.float32)
         for box, partial in contributions:
@@ -210,7 +216,7 @@ class SweepMerger:
         self.seams.put(block.index, finish_block(self.plan, block_input, acc, channels, self.sink))
         if isinstance(self.seams, MemorySeams):
             self.peak_seam_bytes = max(self.peak_seam_bytes, self.seams.nbytes)
-        merge_seams(self.plan, block, channels, self.sink, self.seams)
+        merge_seams(self.plan, block, channels, self.sink, self.seams.get)
         for c in self.plan.contributors(block.index):
             left = self.remaining.get(c, len(self.plan.consumers(c))) - 1
             self.remaining[c] = left

@@ -5,11 +5,11 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from pipeline.errors import FormatError
+from pipeline.formats.geotiff import is_geotiff_like
 
 if TYPE_CHECKING:
     from pipeline.blockwork import SceneSource
 
-GEO_SUFFIXES = (".tif", ".tiff", ".vrt", ".img", ".jp2", ".gtiff")
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 ZARR_SUFFIXES = (".zarr",)
 
@@ -21,7 +21,7 @@ def kind_of(uri: str) -> str | None:
         return "nifti"
     if name.endswith(ZARR_SUFFIXES):
         return "zarr"
-    if name.endswith(GEO_SUFFIXES):
+    if is_geotiff_like(name):
         return "geotiff"
     return None
 

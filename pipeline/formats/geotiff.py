@@ -38,7 +38,7 @@ __all__ = [
 
 GDAL_EXTENSIONS = frozenset(
     {".tif", ".tiff", ".gtif", ".gtiff", ".vrt", ".img", ".jp2", ".j2k", ".ecw", ".sid", ".ntf", ".nitf"}
-    | {".hgt", ".dem", ".asc", ".bil", ".rst", ".hdr", ".dt2", ".kea", ".grd"}
+    | {".hgt", ".dem", ".asc", ".bil", ".rst", ".dt2", ".kea"}
 )
 _VSI_PREFIX = {"s3": "/vsis3/", "gs": "/vsigs/", "gcs": "/vsigs/", "az": "/vsiaz/", "abfs": "/vsiaz/"}
 
@@ -138,8 +138,12 @@ class GeoTiffScene:
         )
         # A truncated file often opens fine (header first) and fails on its last block: find out now.
         h, w = self.spatial_shape
-        with _gdal_errors(self.uri, "truncated or corrupt, cannot read pixels"):
-            ds.read(self.bands, window=Window(w - 1, h - 1, 1, 1))
+        try:
+            with _gdal_errors(self.uri, "truncated or corrupt, cannot read pixels"):
+                ds.read(self.bands, window=Window(w - 1, h - 1, 1, 1))
+        except FormatError:
+            self.close()
+            raise
 
     @property
     def spatial_shape(self) -> tuple[int, ...]:

@@ -1,0 +1,31 @@
+"""Paths of the real sample data (../shared/data, see its MANIFEST.md); tests skip where it is absent."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+DATA = Path(os.environ.get("TILEWISE_DATA", Path(__file__).resolve().parents[4] / "shared" / "data"))
+GEO = DATA / "geo"
+RGB_BYTE = GEO / "rasterio" / "RGB.byte.tif"
+RGB_TENTH = GEO / "rasterio" / "rgb-byte-tenth.tif"
+PAN_ATLANTA = GEO / "solaris" / "sample_geotiff.tif"
+PAN_VEGAS_4326 = GEO / "solaris" / "road_mask_input.tif"
+MS1_FLOAT = GEO / "solaris" / "ms1.tif"
+S2_STACK = GEO / "derived" / "S2A_T33UUU_20170216_L1C_B02-B03-B04-B08_10m.tif"
+S2_LANDCOVER = GEO / "derived" / "S2A_T33UUU_20170216_osm_landcover_10m.tif"
+BUILDINGS_MASK = GEO / "derived" / "sample_geotiff_buildings_mask.tif"
+MNI_T1 = DATA / "medical" / "nilearn" / "mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz"
+MNI_GM = DATA / "medical" / "nilearn" / "mni_icbm152_gm_tal_nlin_sym_09a_converted.nii.gz"
+
+
+def need(*paths: Path) -> None:
+    """Skip the calling test when a sample file is missing (e.g. a clone without ../shared)."""
+    missing = [str(p) for p in paths if not p.exists()]
+    if missing:
+        pytest.skip(f"sample data missing: {', '.join(missing)}")
+
+
+requires_data = pytest.mark.skipif(not GEO.is_dir(), reason=f"sample data folder {GEO} missing")

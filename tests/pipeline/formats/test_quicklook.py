@@ -1,0 +1,163 @@
+"""Quicklook PNGs for real 2-D rasters and a real 3-D brain volume, through any Scene."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import rasterio
+from PIL import Image
+
+from pipeline.box import Box
+from pipeline.errors import InputError, OutputError
+from pipeline.formats.geotiff import open_geotiff
+from pipeline.formats.quicklook import write_quicklook
+from pipeline.scene import VolumeMeta
+from tests.pipeline.formats.sample_data import (
+    MNI_GM,
+    MNI_T1,
+    RGB_BYTE,
+    S2_LANDCOVER,
+    S2_STACK,
+    need,
+    requires_data,
+)
+
+pytestmark = requires_data
+
+COVER_COLORS = [
+    (0, 0, 0),
+    (34, 139, 34),
+    (255, 215, 0),
+    (124, 252, 0),
+    (173, 255, 47),
+    (139, 69, 19),
+    (0, 128, 128),
+    (255, 0, 0),
+    (30, 144, 255),
+]
+S2_OPTS = {"class_colors": COVER_COLORS, "rgb_bands": (2, 1, 0)}  # the stack is B, G, R, NIR
+
+
+class PlainScene:
+    """Any Scene without ``read_overview``: forces the generic strip-sampling path."""
+
+    def __init__(self, inner):
+        self.inner, self.uri, self.shape = inner, inner.uri, inner.shape
+        self.dtype, self.meta = inner.dtype, inner.meta
+
+    @property
+    def spatial_shape(self):
+        return self.shape[1:]
+
+    def read(self, box, fill=0.0):
+        return self.inner.read(box, fill)
+
+    def read_nodata(self, box):
+        return self.inner.read_nodata(box)
+
+    def close(self):
+        pass
+
+
+def _colors_in(png):
+    rgb = np.asarray(Image.open(png).convert("RGB")).reshape(-1, 3)
+    return {tuple(c) for c in np.unique(rgb, axis=0).tolist()}
+
+
+def _landcover():
+    with rasterio.open(S2_LANDCOVER) as src:
+        cover = src.read(1)
+    cover[cover == 0] = 255  # unlabelled -> nodata, left unpainted
+    return cover
+
+
+def test_sentinel2_quicklook_with_overlay(tmp_path):
+    scene, cover = open_geotiff(str(S2_STACK)), _landcover()
+    dest = tmp_path / "s2.png"
+    write_quicklook(scene, cover, dest, max_size=512, alpha=1.0, **S2_OPTS)
+    image = Image.open(dest)
+    assert image.format == "PNG" and image.size == (512, 256)
+    present = {c for c in range(1, 9) if (cover[1::3, 1::3] == c).sum() > 200}
+    assert {COVER_COLORS[c] for c in present} <= _colors_in(dest)
+
+    blended = tmp_path / "half.png"
+    write_quicklook(scene, cover, blended, max_size=512, alpha=0.5, **S2_OPTS)
+    none = tmp_path / "none.png"
+    write_quicklook(scene, cover, none, max_size=512, alpha=0.0, **S2_OPTS)
+    a, b, c = (np.asarray(Image.open(p), dtype=np.int32) for p in (dest, blended, none))
+    painted = (a != c).any(axis=2)
+    assert 0.1 < painted.mean() < 0.6  # about the labelled share of the scene (31 %)
+    assert np.abs(2 * b[painted] - a[painted] - c[painted]).max() <= 2  # half way between
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["half.png", "none.png", "s2.png"]
+
+
+def test_generic_scene_path_matches_the_overview_path(tmp_path):
+    scene, cover = open_geotiff(str(S2_STACK)), _landcover()
+    for name, s in (("fast.png", scene), ("plain.png", PlainScene(scene))):
+        write_quicklook(s, cover, tmp_path / name, max_size=600, **S2_OPTS)
+    fast, plain = (np.asarray(Image.open(tmp_path / n)) for n in ("fast.png", "plain.png"))
+    assert fast.shape == plain.shape == (300, 600, 3)
+    assert (fast == plain).all(axis=2).mean() > 0.99
+
+
+def test_nodata_collar_stays_black_and_small_scenes_are_not_upscaled(tmp_path):
+    scene = open_geotiff(str(RGB_BYTE))
+    invalid = scene.read_nodata(Box.from_shape(scene.spatial_shape))
+    bright = scene.read(Box.from_shape(scene.spatial_shape))[0] > 80
+    labels = np.where(invalid, 255, bright).astype(np.uint8)
+    dest = tmp_path / "rgb.png"
+    write_quicklook(scene, labels, dest, class_colors=[(0, 0, 255), (255, 255, 0)], max_size=1024)
+    rgb = np.asarray(Image.open(dest))
+    assert rgb.shape == (718, 791, 3)
+    assert (rgb[invalid] == 0).all() and rgb[~invalid].any()
+
+
+def test_three_views_of_a_brain_volume(tmp_path):
+    need(MNI_T1, MNI_GM)
+    nib = pytest.importorskip("nibabel")
+    t1 = nib.load(MNI_T1)
+    volume = np.asarray(t1.dataobj)[None]  # (1, X, Y, Z), RAS
+    grey = (np.asarray(nib.load(MNI_GM).dataobj) > 128).astype(np.uint8)
+
+    class Volume:
+        uri, shape, dtype = str(MNI_T1), volume.shape, volume.dtype
+        meta = VolumeMeta(affine=t1.affine, spacing=(1.0, 1.0, 1.0))
+        spatial_shape = volume.shape[1:]
+
+        def read(self, box, fill=0.0):
+            return volume[(slice(None), *box.slices())]
+
+        def read_nodata(self, box):
+            return None
+
+        def close(self):
+            pass
+
+    nx, ny, nz = volume.shape[1:]
+    dest = tmp_path / "brain.png"
+    write_quicklook(
+        Volume(), grey, dest, class_colors=[(0, 0, 0), (255, 0, 0)], nodata=None, alpha=1.0, max_size=512,
+        views=("axial", "coronal", "sagittal"),
+    )  # fmt: skip
+    image = Image.open(dest)
+    assert image.size == (nx + nx + ny, max(ny, nz))  # side by side, none upscaled
+    assert (0, 0, 0) in _colors_in(dest) and (255, 0, 0) in _colors_in(dest)
+    axial = np.asarray(Image.open(dest))[:ny, :nx]
+    np.testing.assert_array_equal((axial == (255, 0, 0)).all(axis=2), grey[:, :, nz // 2].T[::-1] == 1)
+
+    small = tmp_path / "small.png"
+    write_quicklook(Volume(), grey, small, class_colors=[(0, 0, 0), (255, 0, 0)], max_size=100)
+    assert max(Image.open(small).size) == 100
+
+
+def test_shape_mismatch_and_existing_output(tmp_path):
+    scene = open_geotiff(str(S2_STACK))
+    with pytest.raises(InputError, match="shape"):
+        write_quicklook(scene, np.zeros((10, 10), np.uint8), tmp_path / "x.png", class_colors=[(0, 0, 0)])
+    dest = tmp_path / "x.png"
+    dest.write_bytes(b"old")
+    with pytest.raises(OutputError):
+        write_quicklook(scene, _landcover(), dest, class_colors=COVER_COLORS)
+    assert dest.read_bytes() == b"old"
+    write_quicklook(scene, _landcover(), dest, class_colors=COVER_COLORS, overwrite=True, max_size=64)
+    assert Image.open(dest).size == (64, 32)
