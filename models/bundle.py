@@ -33,9 +33,17 @@ WEIGHTS_NAME = "weights.safetensors"
 PICKLE_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin")
 # Tableau 10: distinguishable, colour-blind friendlier than primaries; later classes get golden-ratio hues.
 PALETTE = (
-    "#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f",
-    "#edc948", "#b07aa1", "#ff9da7", "#9c755f", "#bab0ac",
-)  # fmt: skip
+    "#4e79a7",
+    "#f28e2b",
+    "#e15759",
+    "#76b7b2",
+    "#59a14f",
+    "#edc948",
+    "#b07aa1",
+    "#ff9da7",
+    "#9c755f",
+    "#bab0ac",
+)
 _HEX = re.compile(r"^#[0-9a-fA-F]{6}$")
 
 

@@ -18,8 +18,12 @@ from rich.table import Table
 from models.bundle_cli import bundle_app
 from pipeline.errors import TilewiseError
 
-app = typer.Typer(help="Exact, seam-free segmentation of huge rasters and volumes.", no_args_is_help=True,
-                  add_completion=False, pretty_exceptions_enable=False)  # fmt: skip
+app = typer.Typer(
+    help="Exact, seam-free segmentation of huge rasters and volumes.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
 app.add_typer(bundle_app, name="bundle")
 console = Console(stderr=True)
 out = Console()
@@ -89,20 +93,37 @@ def run(
 
     try:
         cfg = _config(
-            config, input=input, output=output, model=model, **{
-                "outputs.format": format, "outputs.probabilities": probabilities,
-                "outputs.polygons": polygons, "tiling.patch_size": _ints(patch_size),
-                "tiling.overlap": overlap, "tiling.blend": blend, "tiling.block_size": _ints(block_size),
-                "execution.batch_size": batch_size, "execution.device": device, "execution.tta": tta,
-                "outputs.min_object_size": min_object_size, "execution.workers": workers,
-                "execution.scheduler": scheduler, "outputs.overwrite": overwrite,
+            config,
+            input=input,
+            output=output,
+            model=model,
+            **{
+                "outputs.format": format,
+                "outputs.probabilities": probabilities,
+                "outputs.polygons": polygons,
+                "tiling.patch_size": _ints(patch_size),
+                "tiling.overlap": overlap,
+                "tiling.blend": blend,
+                "tiling.block_size": _ints(block_size),
+                "execution.batch_size": batch_size,
+                "execution.device": device,
+                "execution.tta": tta,
+                "outputs.min_object_size": min_object_size,
+                "execution.workers": workers,
+                "execution.scheduler": scheduler,
+                "outputs.overwrite": overwrite,
                 "outputs.keep_work": keep_work,
             },
-        )  # fmt: skip
+        )
         with Progress(
-            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("{task.fields[rate]}"), TimeRemainingColumn(), console=console, transient=False,
-        ) as bar:  # fmt: skip
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[rate]}"),
+            TimeRemainingColumn(),
+            console=console,
+            transient=False,
+        ) as bar:
             import time
 
             def factory(uri: str, _: int) -> Any:
@@ -152,8 +173,16 @@ def plan(
     from pipeline.tiling import BlockPlan
 
     try:
-        cfg = _config(config, input=input, model=model, **{"tiling.patch_size": _ints(patch_size),
-                      "tiling.overlap": overlap, "tiling.block_size": _ints(block_size)})  # fmt: skip
+        cfg = _config(
+            config,
+            input=input,
+            model=model,
+            **{
+                "tiling.patch_size": _ints(patch_size),
+                "tiling.overlap": overlap,
+                "tiling.block_size": _ints(block_size),
+            },
+        )
         if not cfg.model:
             raise typer.BadParameter("--model is required")
         bundle = load_bundle(cfg.model)
@@ -170,9 +199,16 @@ def plan(
                 for b, r in zip(block, roi, strict=True):
                     footprint *= b + r
                 mb = footprint * 4 * (bundle.num_classes + 1 + scene.shape[0]) / 2**20
-                table.add_row(source.uri, "x".join(map(str, scene.shape)), "x".join(map(str, roi)),
-                              str(p.window_count), str(int(__import__("math").prod(p.grid_shape))),
-                              "x".join(map(str, block)), f"{mb:.0f}", "")  # fmt: skip
+                table.add_row(
+                    source.uri,
+                    "x".join(map(str, scene.shape)),
+                    "x".join(map(str, roi)),
+                    str(p.window_count),
+                    str(int(__import__("math").prod(p.grid_shape))),
+                    "x".join(map(str, block)),
+                    f"{mb:.0f}",
+                    "",
+                )
                 scene.close()
             except TilewiseError as exc:
                 table.add_row(source.uri, "", "", "", "", "", "", f"[red]{exc}[/red]")

@@ -42,8 +42,9 @@ class TilewiseWorker(WorkerPlugin):  # type: ignore[misc,valid-type]
 
     name = "tilewise"
 
-    def __init__(self, threads: int = 1, bundle_path: str | None = None, bundle_hash: str = "",
-                 device: str = "cpu") -> None:  # fmt: skip
+    def __init__(
+        self, threads: int = 1, bundle_path: str | None = None, bundle_hash: str = "", device: str = "cpu"
+    ) -> None:
         self.threads, self.bundle_path, self.bundle_hash, self.device = (
             threads,
             bundle_path,
@@ -164,8 +165,11 @@ def dask_executor(config: JobConfig) -> Iterator[DaskExecutor]:
         with Client(ex.scheduler, timeout="30s") as client:
             yield DaskExecutor(client, threads=ex.threads_per_worker, device=ex.device)
         return
-    common: dict[str, Any] = {"host": "127.0.0.1", "dashboard_address": "127.0.0.1:0",
-                              "threads_per_worker": ex.threads_per_worker}  # fmt: skip
+    common: dict[str, Any] = {
+        "host": "127.0.0.1",
+        "dashboard_address": "127.0.0.1:0",
+        "threads_per_worker": ex.threads_per_worker,
+    }
     cluster: Any = None
     if ex.device in ("cuda", "auto") and _cuda_available():
         try:

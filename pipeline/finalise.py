@@ -56,17 +56,27 @@ def write_outputs(
     if fmt == "geotiff":
         from pipeline.formats.cog import write_cog_labels, write_cog_probabilities
 
-        write_cog_labels(labels, paths["labels"], meta=meta, class_names=names, class_colors=colors,
-                         nodata=nodata, overwrite=overwrite, tags=tags)  # fmt: skip
+        write_cog_labels(
+            labels,
+            paths["labels"],
+            meta=meta,
+            class_names=names,
+            class_colors=colors,
+            nodata=nodata,
+            overwrite=overwrite,
+            tags=tags,
+        )
         if probs is not None:
-            write_cog_probabilities(probs, paths["probabilities"], meta=meta, class_names=names,
-                                    overwrite=overwrite, tags=tags)  # fmt: skip
+            write_cog_probabilities(
+                probs, paths["probabilities"], meta=meta, class_names=names, overwrite=overwrite, tags=tags
+            )
     elif fmt == "nifti":
         from pipeline.formats.nifti import write_nifti_labels, write_nifti_probabilities
 
         native = scene.to_native_labels(np.asarray(labels[...]))
-        write_nifti_labels(native, paths["labels"], scene=scene, class_names=names, class_colors=colors,
-                           overwrite=overwrite)  # fmt: skip
+        write_nifti_labels(
+            native, paths["labels"], scene=scene, class_names=names, class_colors=colors, overwrite=overwrite
+        )
         if probs is not None:
             scores = scene.to_native_scores(np.asarray(probs[...]))
             write_nifti_probabilities(scores, paths["probabilities"], scene=scene, overwrite=overwrite)
@@ -74,12 +84,30 @@ def write_outputs(
         from pipeline.formats.zarr import write_geo_zarr, write_ome_zarr_labels
 
         if isinstance(meta, GeoMeta):
-            write_geo_zarr(labels, paths["labels"], meta=meta, class_names=names, class_colors=colors,
-                           nodata=nodata, overwrite=overwrite)  # fmt: skip
+            write_geo_zarr(
+                labels,
+                paths["labels"],
+                meta=meta,
+                class_names=names,
+                class_colors=colors,
+                nodata=nodata,
+                overwrite=overwrite,
+            )
         else:
             spacing = meta.spacing if isinstance(meta, VolumeMeta) else None
-            write_ome_zarr_labels(labels, paths["labels"], class_names=names, class_colors=colors,
-                                  spacing=spacing, overwrite=overwrite)  # fmt: skip
+            # NIfTI scenes are (X, Y, Z) in the engine; zarr scenes keep their own axis names
+            axes = getattr(scene, "axes", None) or ("xyz"[: len(labels.shape)] if spacing else None)
+            if axes is not None and len(axes) != len(labels.shape):
+                axes = axes[-len(labels.shape) :]
+            write_ome_zarr_labels(
+                labels,
+                paths["labels"],
+                class_names=names,
+                class_colors=colors,
+                spacing=spacing,
+                axes=axes,
+                overwrite=overwrite,
+            )
         if probs is not None:
             import zarr
 
@@ -92,10 +120,12 @@ def write_outputs(
     if "polygons" in paths and isinstance(meta, GeoMeta):
         from pipeline.formats.vector import write_polygons
 
-        write_polygons(labels, paths["polygons"], meta=meta, class_names=names, nodata=nodata,
-                       overwrite=overwrite)  # fmt: skip
+        write_polygons(
+            labels, paths["polygons"], meta=meta, class_names=names, nodata=nodata, overwrite=overwrite
+        )
     if "quicklook" in paths:
         from pipeline.formats.quicklook import write_quicklook
 
-        write_quicklook(scene, labels, paths["quicklook"], class_colors=colors, nodata=nodata,
-                        overwrite=overwrite)  # fmt: skip
+        write_quicklook(
+            scene, labels, paths["quicklook"], class_colors=colors, nodata=nodata, overwrite=overwrite
+        )

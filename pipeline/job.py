@@ -92,12 +92,16 @@ def plan_scene(scene: Any, bundle: Any, config: JobConfig) -> tuple[tuple[int, .
     return roi, float(overlap), block
 
 
-def _fail_reason(exc: BaseException) -> str:
+def _fail_reason(exc: BaseException, uri: str) -> str:
+    """One line naming the scene and what is wrong."""
     if isinstance(exc, TilewiseError):
-        return str(exc)
-    if isinstance(exc, MemoryError):
-        return "out of memory; lower tiling.memory_budget_mb or --batch-size"
-    return f"internal error {type(exc).__name__}: {exc}"
+        text = str(exc)
+    elif isinstance(exc, MemoryError):
+        text = "out of memory; lower tiling.memory_budget_mb or --batch-size"
+    else:
+        text = f"internal error {type(exc).__name__}: {exc}"
+    text = " ".join(text.split())
+    return text if isinstance(exc, TilewiseError) and exc.path else f"{uri}: {text}"
 
 
 def run_scene(
@@ -119,7 +123,7 @@ def run_scene(
     except Exception as exc:
         if debug:
             raise
-        result.status, result.reason = "failed", _fail_reason(exc)
+        result.status, result.reason = "failed", _fail_reason(exc, source.uri)
         if not isinstance(exc, TilewiseError):
             result.report["traceback"] = traceback.format_exc(limit=8)
     result.seconds = round(time.perf_counter() - t0, 3)
@@ -207,9 +211,18 @@ def _run(
         clean_stale_temps(out_dir)
 
 
-def _report(source: SceneSource, scene: Any, bundle: Any, config: JobConfig, task: SceneTask,
-            store: WorkStore, stats: Any, resumed: bool, paths: dict[str, Path],
-            timings: dict[str, float]) -> dict[str, Any]:  # fmt: skip
+def _report(
+    source: SceneSource,
+    scene: Any,
+    bundle: Any,
+    config: JobConfig,
+    task: SceneTask,
+    store: WorkStore,
+    stats: Any,
+    resumed: bool,
+    paths: dict[str, Path],
+    timings: dict[str, float],
+) -> dict[str, Any]:
     labels = store.labels("r")
     counts, nodata = class_counts(labels, task.classes, task.nodata_label)
     meta = scene.meta

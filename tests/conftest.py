@@ -38,13 +38,26 @@ def bundle_factory(tmp_path_factory: pytest.TempPathFactory):
 
     made: dict[tuple, Path] = {}
 
-    def make(dims: int, channels: int, classes: list[str], patch: int, features: list[int] | None = None,
-             arch: str = "unet") -> Path:  # fmt: skip
+    def make(
+        dims: int,
+        channels: int,
+        classes: list[str],
+        patch: int,
+        features: list[int] | None = None,
+        arch: str = "unet",
+    ) -> Path:
         key = (dims, channels, tuple(classes), patch, tuple(features or ()), arch)
         if key not in made:
             out = tmp_path_factory.mktemp("bundle") / "b"
-            init_bundle(out, arch=arch, spatial_dims=dims, in_channels=channels, classes=classes,
-                        patch_size=patch, features=features)  # fmt: skip
+            init_bundle(
+                out,
+                arch=arch,
+                spatial_dims=dims,
+                in_channels=channels,
+                classes=classes,
+                patch_size=patch,
+                features=features,
+            )
             made[key] = out
         return made[key]
 

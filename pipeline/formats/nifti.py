@@ -44,8 +44,21 @@ CACHE_THRESHOLD_BYTES = 256 * 2**20
 _SLAB_BYTES = 64 * 2**20
 _CHANNEL_FILE = re.compile(r"^(?P<case>.+)_(?P<idx>\d{4})(?P<ext>\.nii(?:\.gz)?)$")
 # Header fields that define the voxel-to-world mapping: copied verbatim so the affine is bit-identical.
-_GRID_FIELDS = ("qform_code", "sform_code", "quatern_b", "quatern_c", "quatern_d", "qoffset_x", "qoffset_y",
-                "qoffset_z", "srow_x", "srow_y", "srow_z", "pixdim", "xyzt_units")  # fmt: skip
+_GRID_FIELDS = (
+    "qform_code",
+    "sform_code",
+    "quatern_b",
+    "quatern_c",
+    "quatern_d",
+    "qoffset_x",
+    "qoffset_y",
+    "qoffset_z",
+    "srow_x",
+    "srow_y",
+    "srow_z",
+    "pixdim",
+    "xyzt_units",
+)
 LABEL_INTENT = 1002  # NIFTI_INTENT_LABEL
 _SPACES = re.compile(r"\s+")
 _ITKSNAP_HEADER = f"""{"#" * 48}
@@ -198,8 +211,14 @@ def _build_cache(src: _Source, path: str, dest: Path) -> None:
     streaming = _Source(src.uri, nib.load(path, keep_file_open=True))
     has_nan = False
     try:
-        arr = zarr.create_array(store=str(tmp), shape=shape, dtype=src.dtype, chunks=tuple(chunks),
-                                compressors=fast_compressor(), fill_value=0)  # fmt: skip
+        arr = zarr.create_array(
+            store=str(tmp),
+            shape=shape,
+            dtype=src.dtype,
+            chunks=tuple(chunks),
+            compressors=fast_compressor(),
+            fill_value=0,
+        )
         for c in range(shape[3]):
             for a in range(0, shape[axis], step):
                 sl = [slice(0, n) for n in shape[:3]]
@@ -251,9 +270,14 @@ class NiftiScene:
     """A NIfTI volume or channel set as ``(C, *spatial)`` in the engine's orientation and spacing."""
 
     def __init__(
-        self, uris: list[str], orientation: str = "RAS", target_spacing: Sequence[float] | None = None,
-        order: int = 1, cache_dir: str | None = None, cache_threshold_bytes: int = CACHE_THRESHOLD_BYTES,
-    ) -> None:  # fmt: skip
+        self,
+        uris: list[str],
+        orientation: str = "RAS",
+        target_spacing: Sequence[float] | None = None,
+        order: int = 1,
+        cache_dir: str | None = None,
+        cache_threshold_bytes: int = CACHE_THRESHOLD_BYTES,
+    ) -> None:
         self._args = (uris, orientation, target_spacing, order, cache_dir, cache_threshold_bytes)
         self.uri, self.files = uris[0], list(uris)
         cache = Path(cache_dir or os.environ.get("TILEWISE_CACHE_DIR") or tempfile.gettempdir())

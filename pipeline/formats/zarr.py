@@ -344,11 +344,20 @@ def write_ome_zarr_labels(
         try:
             root = zarr.open_group(str(build), mode="w", zarr_format=3 if ngff_version == "0.5" else 2)
             fmt = FormatV05() if ngff_version == "0.5" else FormatV04()
-            write_labels(data, root, name=image_name, scaler=None, scale_factors=factors,
-                         method=Methods.NEAREST, fmt=fmt, axes=dims,
-                         scale={d: spacing[i] for d, i in zip(dims, order, strict=True)},
-                         axes_units=dict.fromkeys(dims, unit) if unit else None,
-                         storage_options={"chunks": tuple(chunk)}, label_metadata=meta)  # fmt: skip
+            write_labels(
+                data,
+                root,
+                name=image_name,
+                scaler=None,
+                scale_factors=factors,
+                method=Methods.NEAREST,
+                fmt=fmt,
+                axes=dims,
+                scale={d: spacing[i] for d, i in zip(dims, order, strict=True)},
+                axes_units=dict.fromkeys(dims, unit) if unit else None,
+                storage_options={"chunks": tuple(chunk)},
+                label_metadata=meta,
+            )
             os.replace(build / "labels" / image_name, tmp)
         finally:
             shutil.rmtree(build, ignore_errors=True)
@@ -405,9 +414,17 @@ def write_geo_zarr(
             comp: Any = numcodecs.Blosc(cname="zstd", clevel=3, shuffle=numcodecs.Blosc.SHUFFLE)
         else:
             comp = fast_compressor()
-        arr = zarr.create_array(store=str(tmp), shape=shape, dtype=np.uint8, chunks=chunk, compressors=comp,
-                                fill_value=0 if nodata is None else nodata, zarr_format=zarr_format,
-                                attributes=attrs, **extra)  # fmt: skip
+        arr = zarr.create_array(
+            store=str(tmp),
+            shape=shape,
+            dtype=np.uint8,
+            chunks=chunk,
+            compressors=comp,
+            fill_value=0 if nodata is None else nodata,
+            zarr_format=zarr_format,
+            attributes=attrs,
+            **extra,
+        )
         for r0 in range(0, shape[0], chunk[0]):
             arr[r0 : r0 + chunk[0]] = np.asarray(labels[(*lead, slice(r0, r0 + chunk[0]))], dtype=np.uint8)
     return dest
@@ -448,9 +465,17 @@ def create_work_array(
                     f"work store exists as {have}, wanted {want} (shape, dtype, chunks, shards)", path=uri
                 )
             return old
-    return zarr.create_array(store=store, shape=shape, dtype=dtype, chunks=chunks, shards=shards_t,
-                             zarr_format=3, fill_value=fill_value, compressors=fast_compressor(),
-                             overwrite=True)  # fmt: skip
+    return zarr.create_array(
+        store=store,
+        shape=shape,
+        dtype=dtype,
+        chunks=chunks,
+        shards=shards_t,
+        zarr_format=3,
+        fill_value=fill_value,
+        compressors=fast_compressor(),
+        overwrite=True,
+    )
 
 
 def open_work_array(path: str | os.PathLike[str], *, mode: str = "r+") -> zarr.Array:

@@ -27,17 +27,50 @@ def cluster(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("cluster")
     sched_file = tmp / "scheduler.json"
     env = {**os.environ, "DASK_TEMPORARY_DIRECTORY": str(tmp / "dask"), "OMP_NUM_THREADS": "1"}
-    procs = [subprocess.Popen([str(BIN / "dask"), "scheduler", "--host", "127.0.0.1", "--port", "0",
-                               "--dashboard-address", "127.0.0.1:0", "--scheduler-file", str(sched_file)],
-                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]  # fmt: skip
+    procs = [
+        subprocess.Popen(
+            [
+                str(BIN / "dask"),
+                "scheduler",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                "0",
+                "--dashboard-address",
+                "127.0.0.1:0",
+                "--scheduler-file",
+                str(sched_file),
+            ],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+    ]
     deadline = time.time() + 60
     while not sched_file.exists() and time.time() < deadline:
         time.sleep(0.2)
     for _ in range(2):
-        procs.append(subprocess.Popen([str(BIN / "dask"), "worker", "--scheduler-file", str(sched_file),
-                                       "--nthreads", "1", "--host", "127.0.0.1", "--dashboard-address",
-                                       "127.0.0.1:0", "--memory-limit", "4GiB"],
-                                      env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))  # fmt: skip
+        procs.append(
+            subprocess.Popen(
+                [
+                    str(BIN / "dask"),
+                    "worker",
+                    "--scheduler-file",
+                    str(sched_file),
+                    "--nthreads",
+                    "1",
+                    "--host",
+                    "127.0.0.1",
+                    "--dashboard-address",
+                    "127.0.0.1:0",
+                    "--memory-limit",
+                    "4GiB",
+                ],
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+        )
     client = Client(scheduler_file=str(sched_file), timeout="60s")
     client.wait_for_workers(2, timeout=90)
     address = client.scheduler.address
@@ -53,8 +86,17 @@ def cluster(tmp_path_factory):
 
 
 def _run(src: Path, out: Path, bundle: Path, **over) -> object:
-    cfg = load_config(None, {"input": str(src), "output": str(out), "model": str(bundle),
-                             "tiling.block_size": [128], "outputs.quicklook": False, **over})  # fmt: skip
+    cfg = load_config(
+        None,
+        {
+            "input": str(src),
+            "output": str(out),
+            "model": str(bundle),
+            "tiling.block_size": [128],
+            "outputs.quicklook": False,
+            **over,
+        },
+    )
     (result,) = run_batch(cfg)
     assert result.status == "ok", result.reason
     return result
@@ -64,8 +106,12 @@ def test_cluster_output_is_byte_identical_to_local(tmp_path, data, bundle_factor
     client, address = cluster
     bundle = bundle_factory(2, 4, ["land", "water"], 64, [8, 16])
     local = _run(data / S2, tmp_path / "local", bundle, **{"outputs.probabilities": True})
-    dist = _run(data / S2, tmp_path / "dask", bundle, **{"outputs.probabilities": True,
-                                                         "execution.scheduler": address})  # fmt: skip
+    dist = _run(
+        data / S2,
+        tmp_path / "dask",
+        bundle,
+        **{"outputs.probabilities": True, "execution.scheduler": address},
+    )
     for key in ("labels", "probabilities"):
         assert Path(local.outputs[key]).read_bytes() == Path(dist.outputs[key]).read_bytes()
     # both workers took part, and the model was loaded by the worker plugin (by path, not tensors)
@@ -82,8 +128,9 @@ def test_worker_sigkill_mid_run_still_byte_identical(tmp_path, data, bundle_fact
 
     def job() -> None:
         try:
-            box["result"] = _run(data / S2, out, bundle, **{"execution.scheduler": address,
-                                                           "outputs.keep_work": True})  # fmt: skip
+            box["result"] = _run(
+                data / S2, out, bundle, **{"execution.scheduler": address, "outputs.keep_work": True}
+            )
         except BaseException as exc:  # surfaced below
             box["error"] = exc
 

@@ -112,11 +112,17 @@ def test_bad_scene_fails_alone_with_reason_and_no_output(tmp_path, data, bundle_
 def test_cli_exit_codes(tmp_path, data, bundle_factory):
     bundle = bundle_factory(2, 3, ["a", "b"], 32, [4, 8])
     cmd = [sys.executable, "-m", "pipeline", "run"]
-    ok = subprocess.run([*cmd, str(data / "geo/rasterio/rgb-byte-tenth.tif"), str(tmp_path / "o"), "-m",
-                         str(bundle)], capture_output=True, text=True)  # fmt: skip
+    ok = subprocess.run(
+        [*cmd, str(data / "geo/rasterio/rgb-byte-tenth.tif"), str(tmp_path / "o"), "-m", str(bundle)],
+        capture_output=True,
+        text=True,
+    )
     assert ok.returncode == 0, ok.stderr
-    wrong = subprocess.run([*cmd, str(data / "geo/solaris/sample_geotiff.tif"), str(tmp_path / "o2"), "-m",
-                            str(bundle)], capture_output=True, text=True)  # fmt: skip
+    wrong = subprocess.run(
+        [*cmd, str(data / "geo/solaris/sample_geotiff.tif"), str(tmp_path / "o2"), "-m", str(bundle)],
+        capture_output=True,
+        text=True,
+    )
     assert wrong.returncode == 1
     assert "sample_geotiff.tif" in wrong.stderr and "bands" in wrong.stderr
     assert "Traceback" not in wrong.stderr + wrong.stdout
@@ -157,10 +163,11 @@ def test_resume_after_sigkill_is_byte_identical(tmp_path, data, bundle_factory):
     state = json.loads((scene_work / "state.json").read_text())
     plan = BlockPlan.build(state["shape"], state["roi"], state["overlap"], state["block"])
     persisted = {
-        b.index for b in plan.blocks()
+        b.index
+        for b in plan.blocks()
         if (scene_work / "blocks" / ("_".join(map(str, b.index)) + ".npz")).exists()
         or (scene_work / "merged" / "_".join(map(str, b.index))).exists()
-    }  # fmt: skip
+    }
     assert 0 < len(persisted) < int(np.prod(plan.grid_shape))
     expected = sum(b.window_count for b in plan.blocks() if b.index not in persisted)
     rerun = subprocess.run([*args, str(out), *opts], capture_output=True, text=True)

@@ -136,9 +136,15 @@ def test_three_views_of_a_brain_volume(tmp_path):
     nx, ny, nz = volume.shape[1:]
     dest = tmp_path / "brain.png"
     write_quicklook(
-        Volume(), grey, dest, class_colors=[(0, 0, 0), (255, 0, 0)], nodata=None, alpha=1.0, max_size=512,
+        Volume(),
+        grey,
+        dest,
+        class_colors=[(0, 0, 0), (255, 0, 0)],
+        nodata=None,
+        alpha=1.0,
+        max_size=512,
         views=("axial", "coronal", "sagittal"),
-    )  # fmt: skip
+    )
     image = Image.open(dest)
     assert image.size == (nx + nx + ny, max(ny, nz))  # side by side, none upscaled
     assert (0, 0, 0) in _colors_in(dest) and (255, 0, 0) in _colors_in(dest)
