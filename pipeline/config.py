@@ -19,7 +19,7 @@ class TilingConfig(BaseModel):
     blend: Literal["gaussian", "constant", "cosine", "crop"] = "gaussian"
     sigma_scale: float = Field(default=0.125, gt=0.0)
     block_size: list[int] | None = None  # default: from the memory budget
-    memory_budget_mb: int = Field(default=256, ge=16)
+    memory_budget_mb: int = Field(default=64, ge=8)  # per block accumulator; the worker holds ~5x
 
 
 class ExecutionConfig(BaseModel):

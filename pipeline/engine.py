@@ -77,7 +77,7 @@ def window_is_empty(window: Box, block_input: BlockInput) -> bool:
 
 
 def prefetch(
-    items: Iterable[Block], read: Callable[[Block], BlockInput], depth: int = 2
+    items: Iterable[Block], read: Callable[[Block], BlockInput], depth: int = 1
 ) -> Iterator[BlockInput]:
     """Read the next blocks in a background thread while the current one computes."""
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="tilewise-prefetch") as pool:

@@ -46,7 +46,7 @@ class ScoreSink:
 
 def argmax_labels(scores: np.ndarray, covered: np.ndarray, nodata_label: int) -> np.ndarray:
     """uint8 class ids; ``nodata_label`` where no window ran or the pixel is nodata (not covered)."""
-    labels = np.argmax(np.nan_to_num(scores, nan=-np.inf), axis=0).astype(np.uint8)
+    labels = np.argmax(scores, axis=0).astype(np.uint8)  # NaN only where uncovered, overwritten below
     labels[~covered] = nodata_label
     return labels
 
