@@ -148,6 +148,7 @@ class DaskExecutor:
         except FutureCancelledError as exc:
             raise ExecutionError("the cluster cancelled this scene's tasks", path=task.source.uri) from exc
         stats.merged = merged
+        stats.extra = {"dask_tasks": len(futures) + len(merges), "workers": self.workers}
         return stats
 
 

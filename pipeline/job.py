@@ -251,6 +251,7 @@ def _report(
         "windows_computed": stats.windows,
         "windows_skipped_nodata": stats.skipped,
         "resumed": resumed,
+        "execution": stats.extra,
         "timings_s": {k: round(v, 3) for k, v in timings.items()},
         "classes": table,
         "nodata_pixels": nodata,
