@@ -69,13 +69,15 @@ class Accumulator:
         self.region = region
         self.weights = weights
         self.sums = np.zeros((channels + 1, *region.shape), dtype=np.float32)
+        # torch views of the same memory: in-place multiply-add, multi-threaded, no temporaries
+        self._sums = torch.from_numpy(self.sums)
+        self._weights = torch.from_numpy(np.array(weights))  # a small writable copy for torch
 
     def add(self, window: Box, prediction: np.ndarray) -> None:
         """Add one window's ``(K, *roi)`` prediction."""
         where = window.slices(self.region.start)
-        view = self.sums[(slice(None, -1), *where)]
-        view += prediction * self.weights
-        self.sums[(-1, *where)] += self.weights
+        self._sums[(slice(None, -1), *where)].addcmul_(torch.from_numpy(prediction), self._weights)
+        self._sums[(-1, *where)].add_(self._weights)
 
     def take(self, box: Box, *, copy: bool = True) -> np.ndarray:
         """The sums over ``box`` (inside the region), ``(K + 1, *box.shape)``; a view if not ``copy``."""
