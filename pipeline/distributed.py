@@ -10,15 +10,17 @@ its single owner, a retry is harmless.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 from pipeline.blockwork import SceneTask, TaskStats, cached_model, phase1, phase2
 from pipeline.config import JobConfig
-from pipeline.errors import ExecutionError
+from pipeline.errors import ExecutionError, TilewiseError
 from pipeline.execute import Progress, needs_phase1
 from pipeline.workstore import Index, WorkStore
 
@@ -58,17 +60,47 @@ class TilewiseWorker(WorkerPlugin):  # type: ignore[misc,valid-type]
             cached_model(self.bundle_path, self.bundle_hash, self.device)
 
 
+@dataclass
+class TaskFailure:
+    """A task's exception, sent back as plain data: tracebacks never cross the wire (some cannot)."""
+
+    kind: str
+    message: str
+
+
+def _guarded(fn: Any) -> Any:
+    @functools.wraps(fn)  # keeps the qualified name, so tasks pickle by reference, not by value
+    def run(task: SceneTask, indices: list[Index]) -> Any:
+        try:
+            return fn(task, indices)
+        except TilewiseError as exc:
+            return TaskFailure(type(exc).__name__, str(exc))
+        except Exception as exc:
+            return TaskFailure(type(exc).__name__, f"{type(exc).__name__} on a worker: {exc}")
+
+    return run
+
+
+@_guarded
 def _phase1_task(task: SceneTask, indices: list[Index]) -> TaskStats:
     stats = phase1(task, indices)
     stats.worker = os.environ.get("CUDA_VISIBLE_DEVICES", "") + f"pid{os.getpid()}"
     return stats
 
 
+@_guarded
 def _phase2_task(task: SceneTask, indices: list[Index]) -> int:
     store = WorkStore(task.work_dir)
     for index in indices:
         phase2(task, index, store)
     return len(indices)
+
+
+def _result(fut: Any, uri: str) -> Any:
+    value = fut.result()
+    if isinstance(value, TaskFailure):
+        raise ExecutionError(value.message, path=None if uri in value.message else uri)
+    return value
 
 
 def chunks(items: list[Index], workers: int, per_worker: int = 4, cap: int = 64) -> list[list[Index]]:
@@ -121,7 +153,7 @@ class DaskExecutor:
             ]
             self.tasks_submitted += len(futures)
             for fut in as_completed(futures):
-                s: TaskStats = fut.result()
+                s: TaskStats = _result(fut, task.source.uri)
                 stats.blocks += s.blocks
                 stats.windows += s.windows
                 stats.skipped += s.skipped
@@ -137,7 +169,7 @@ class DaskExecutor:
             ]
             self.tasks_submitted += len(merges)
             for fut in as_completed(merges):
-                merged += fut.result()
+                merged += _result(fut, task.source.uri)
                 if progress:
                     progress(merged, total)
         except KilledWorker as exc:

@@ -22,59 +22,52 @@ BIN = Path(sys.executable).parent
 S2 = "geo/derived/S2A_T33UUU_20170216_L1C_B02-B03-B04-B08_10m.tif"
 
 
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("cluster")
+POISON = """
+import os
+import pipeline.distributed as d
+
+if not hasattr(d, "_real_phase1"):  # a preload may run more than once per process
+    d._real_phase1 = d.phase1
+
+    def phase1(task, indices, **kw):
+        if "poison" in task.source.uri:
+            os._exit(13)  # a scene whose blocks crash the worker process every time
+        return d._real_phase1(task, indices, **kw)
+
+    d.phase1 = phase1
+"""
+
+
+def _start_cluster(tmp: Path, preload: Path | None = None):
+    """`dask scheduler` + two `dask worker` processes on 127.0.0.1 (the compose file's commands)."""
     sched_file = tmp / "scheduler.json"
-    env = {**os.environ, "DASK_TEMPORARY_DIRECTORY": str(tmp / "dask"), "OMP_NUM_THREADS": "1"}
+    env = {
+        **os.environ,
+        "DASK_TEMPORARY_DIRECTORY": str(tmp / "dask"),
+        "OMP_NUM_THREADS": "1",
+        "DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES": "1",
+    }
+    quiet = {"env": env, "stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+    loopback = ["--host", "127.0.0.1", "--dashboard-address", "127.0.0.1:0"]
     procs = [
         subprocess.Popen(
-            [
-                str(BIN / "dask"),
-                "scheduler",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                "0",
-                "--dashboard-address",
-                "127.0.0.1:0",
-                "--scheduler-file",
-                str(sched_file),
-            ],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+            [str(BIN / "dask"), "scheduler", "--port", "0", "--scheduler-file", str(sched_file), *loopback],
+            **quiet,
         )
     ]
     deadline = time.time() + 60
     while not sched_file.exists() and time.time() < deadline:
         time.sleep(0.2)
+    extra = ["--preload", str(preload)] if preload else []
+    worker = [str(BIN / "dask"), "worker", "--scheduler-file", str(sched_file), "--nthreads", "1"]
     for _ in range(2):
-        procs.append(
-            subprocess.Popen(
-                [
-                    str(BIN / "dask"),
-                    "worker",
-                    "--scheduler-file",
-                    str(sched_file),
-                    "--nthreads",
-                    "1",
-                    "--host",
-                    "127.0.0.1",
-                    "--dashboard-address",
-                    "127.0.0.1:0",
-                    "--memory-limit",
-                    "4GiB",
-                ],
-                env=env,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-            )
-        )
+        procs.append(subprocess.Popen([*worker, *loopback, "--memory-limit", "4GiB", *extra], **quiet))
     client = Client(scheduler_file=str(sched_file), timeout="60s")
     client.wait_for_workers(2, timeout=90)
-    address = client.scheduler.address
-    yield client, address
+    return procs, client
+
+
+def _stop(procs, client) -> None:
     client.close()
     for p in procs[::-1]:
         p.send_signal(signal.SIGTERM)
@@ -83,6 +76,13 @@ def cluster(tmp_path_factory):
             p.wait(timeout=20)
         except subprocess.TimeoutExpired:
             p.kill()
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    procs, client = _start_cluster(tmp_path_factory.mktemp("cluster"))
+    yield client, client.scheduler.address
+    _stop(procs, client)
 
 
 def _run(src: Path, out: Path, bundle: Path, **over) -> object:
@@ -150,3 +150,32 @@ def test_worker_sigkill_mid_run_still_byte_identical(tmp_path, data, bundle_fact
     result = box["result"]
     assert Path(result.outputs["labels"]).read_bytes() == Path(local.outputs["labels"]).read_bytes()
     client.wait_for_workers(2, timeout=60)  # the nanny restarted the killed worker
+
+
+def test_scene_that_keeps_killing_workers_fails_alone(tmp_path, data, bundle_factory):
+    preload = tmp_path / "poison_preload.py"
+    preload.write_text(POISON)
+    procs, client = _start_cluster(tmp_path / "c", preload)
+    try:
+        folder = tmp_path / "in"
+        folder.mkdir()
+        tenth = (data / "geo/rasterio/rgb-byte-tenth.tif").read_bytes()
+        (folder / "good.tif").write_bytes(tenth)
+        (folder / "poison.tif").write_bytes(tenth)
+        bundle = bundle_factory(2, 3, ["a", "b"], 32, [4, 8])
+        cfg = load_config(
+            None,
+            {
+                "input": str(folder),
+                "output": str(tmp_path / "out"),
+                "model": str(bundle),
+                "execution.scheduler": client.scheduler.address,
+            },
+        )
+        results = {r.stem: r for r in run_batch(cfg)}
+        assert results["good"].status == "ok", results["good"].reason
+        assert results["poison"].status == "failed"
+        assert "poison.tif" in results["poison"].reason and "killing workers" in results["poison"].reason
+        assert not (tmp_path / "out" / "poison_labels.tif").exists()
+    finally:
+        _stop(procs, client)
