@@ -112,8 +112,10 @@ def cached_scene(source: SceneSource) -> Any:
 
 def read_block(task: SceneTask, scene: Any, block: Block) -> BlockInput:
     """Raw pixels of the block's read region, normalised, with its nodata mask."""
-    raw = scene.read(block.read)
-    nodata = scene.read_nodata(block.read)
+    if hasattr(scene, "read_with_nodata"):  # one read of the pixels instead of two
+        raw, nodata = scene.read_with_nodata(block.read)
+    else:
+        raw, nodata = scene.read(block.read), scene.read_nodata(block.read)
     image, invalid = task.preprocessor.apply(raw, nodata)
     return BlockInput(block, image, invalid if invalid.any() else None)
 

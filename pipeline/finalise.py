@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.config import JobConfig
+from pipeline.resample import NativeView, ResampledGeoScene
 from pipeline.scene import GeoMeta, VolumeMeta
 from pipeline.workstore import WorkStore
 
@@ -48,7 +49,11 @@ def write_outputs(
     nodata = config.outputs.nodata_label
     overwrite = config.outputs.overwrite
     labels: Any = store.labels("r")
-    probs = store.probabilities("r")
+    probs: Any = store.probabilities("r")
+    if isinstance(scene, ResampledGeoScene):  # engine grid at the bundle's GSD: write on the input's grid
+        labels = NativeView(labels, scene.native.spatial_shape)
+        probs = None if probs is None else NativeView(probs, scene.native.spatial_shape)
+        scene = scene.native
     if config.outputs.min_object_size > 0:
         labels = remove_small_objects(np.asarray(labels[...]), config.outputs.min_object_size, nodata)
     meta = scene.meta

@@ -59,11 +59,13 @@ def output_paths(out_dir: Path, stem: str, fmt: str, config: JobConfig, geo: boo
 
 
 def open_options(source: SceneSource, bundle: Any, work_dir: Path) -> SceneSource:
-    """Reader options the bundle implies (orientation, spacing, a cache for big .nii.gz)."""
-    if source.kind != "nifti":
-        return source
+    """Reader options the bundle implies (orientation, spacing/GSD, a cache for big .nii.gz)."""
     cfg = bundle.config
     spacing = tuple(cfg.target_spacing) if cfg.target_spacing else None
+    if source.kind == "geotiff" and spacing and len(spacing) == 2:
+        return SceneSource(source.kind, source.uris, (("target_gsd", spacing),))
+    if source.kind != "nifti":
+        return source
     options = (("orientation", cfg.orientation), ("target_spacing", spacing), ("cache_dir", str(work_dir)))
     return SceneSource(source.kind, source.uris, options)
 

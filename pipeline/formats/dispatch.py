@@ -30,8 +30,13 @@ def open_source(source: SceneSource) -> Any:
     options = dict(source.options)
     if source.kind == "geotiff":
         from pipeline.formats.geotiff import open_geotiff
+        from pipeline.resample import ResampledGeoScene, needs_resampling
 
-        return open_geotiff(source.uri, **options)
+        target = options.pop("target_gsd", None)
+        scene = open_geotiff(source.uri, **options)
+        if needs_resampling(scene.meta.gsd, target):
+            return ResampledGeoScene(scene, target)
+        return scene
     if source.kind == "nifti":
         from pipeline.formats.nifti import open_nifti
 
