@@ -6,10 +6,12 @@ The CLI, the Prefect flows and the tests all call ``run_batch``; only the presen
 from __future__ import annotations
 
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any
 
+from pipeline.atomic import clean_stale_temps
 from pipeline.config import JobConfig
 from pipeline.errors import ConfigError, OutputError
 from pipeline.execute import Executor, LocalExecutor, Progress
@@ -55,12 +57,25 @@ def run_batch(
     bundle = load_bundle(config.model)
     out_dir = prepare_output(config.output)
     scenes = sources if sources is not None else discover(config.input, exclude=str(out_dir))
-    results: list[SceneResult] = []
+    clean_stale_temps(out_dir)  # temporaries of a crashed earlier run; never those of scenes in flight
+
+    def one(source: Any, executor: Executor) -> SceneResult:
+        tick = progress(source.uri, 0) if progress else None
+        result = run_scene(source, bundle, config, out_dir, executor, progress=tick, debug=debug)
+        if on_result:
+            on_result(result)
+        return result
+
     with make_executor(config) as executor:
-        for source in scenes:
-            tick = progress(source.uri, 0) if progress else None
-            result = run_scene(source, bundle, config, out_dir, executor, progress=tick, debug=debug)
-            results.append(result)
-            if on_result:
-                on_result(result)
-    return results
+        lanes = concurrent_scenes(executor, len(scenes))
+        if lanes <= 1:
+            return [one(source, executor) for source in scenes]
+        # a cluster runs several scenes at once, so many small scenes keep every worker busy
+        with ThreadPoolExecutor(max_workers=lanes, thread_name_prefix="tilewise-scene") as pool:
+            return list(pool.map(lambda s: one(s, executor), scenes))
+
+
+def concurrent_scenes(executor: Executor, scenes: int) -> int:
+    """Scenes in flight at once: one in-process, about two per worker on a cluster."""
+    workers = getattr(executor, "workers", 0)
+    return max(1, min(scenes, 2 * workers)) if workers else 1

@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import math
 import os
+import platform
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -84,7 +85,8 @@ def _guarded(fn: Any) -> Any:
 @_guarded
 def _phase1_task(task: SceneTask, indices: list[Index]) -> TaskStats:
     stats = phase1(task, indices)
-    stats.worker = os.environ.get("CUDA_VISIBLE_DEVICES", "") + f"pid{os.getpid()}"
+    gpu = os.environ.get("CUDA_VISIBLE_DEVICES")
+    stats.worker = f"{platform.node()}:{os.getpid()}" + (f":gpu{gpu}" if gpu else "")
     return stats
 
 
@@ -146,6 +148,7 @@ class DaskExecutor:
         todo = [i for i in order if needs_phase1(plan, store, i)]
         total = len(order)
         stats = TaskStats()
+        ran_on: set[str] = set()
         try:
             futures = [
                 self.client.submit(_phase1_task, task, group, pure=False, resources=resources, retries=1)
@@ -159,6 +162,7 @@ class DaskExecutor:
                 stats.skipped += s.skipped
                 stats.read_s += s.read_s
                 stats.compute_s += s.compute_s
+                ran_on.add(s.worker)
             pending = [i for i in order if not store.is_merged(i)]
             merged = total - len(pending)
             if progress:
@@ -180,7 +184,11 @@ class DaskExecutor:
         except FutureCancelledError as exc:
             raise ExecutionError("the cluster cancelled this scene's tasks", path=task.source.uri) from exc
         stats.merged = merged
-        stats.extra = {"dask_tasks": len(futures) + len(merges), "workers": self.workers}
+        stats.extra = {
+            "dask_tasks": len(futures) + len(merges),
+            "workers": self.workers,
+            "ran_on": sorted(ran_on),
+        }
         return stats
 
 

@@ -17,7 +17,6 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.atomic import clean_stale_temps
 from pipeline.blockwork import SceneSource, SceneTask
 from pipeline.config import JobConfig
 from pipeline.discover import WORK_DIR, scene_stem
@@ -210,7 +209,6 @@ def _run(
             store.remove()
     finally:
         scene.close()
-        clean_stale_temps(out_dir)
 
 
 def _report(

@@ -179,3 +179,23 @@ def test_scene_that_keeps_killing_workers_fails_alone(tmp_path, data, bundle_fac
         assert not (tmp_path / "out" / "poison_labels.tif").exists()
     finally:
         _stop(procs, client)
+
+
+def test_many_small_scenes_spread_over_local_cluster_workers(tmp_path, data, bundle_factory):
+    """`--workers 2` starts a LocalCluster on loopback; several scenes run at once on both workers."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    tenth = (data / "geo/rasterio/rgb-byte-tenth.tif").read_bytes()
+    for i in range(6):
+        (folder / f"scene{i}.tif").write_bytes(tenth)
+    bundle = bundle_factory(2, 3, ["a", "b"], 32, [4, 8])
+    cfg = load_config(
+        None,
+        {"input": str(folder), "output": str(tmp_path / "out"), "model": str(bundle), "execution.workers": 2},
+    )
+    results = run_batch(cfg)
+    assert [r.status for r in results] == ["ok"] * 6
+    ran_on = {w for r in results for w in r.report["execution"]["ran_on"]}
+    assert len(ran_on) == 2
+    first = (tmp_path / "out" / "scene0_labels.tif").read_bytes()
+    assert all((tmp_path / "out" / f"scene{i}_labels.tif").read_bytes() == first for i in range(6))
