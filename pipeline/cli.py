@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from flows.cli import serve_cmd
 from models.bundle_cli import bundle_app
 from pipeline.errors import TilewiseError
 
@@ -88,8 +89,11 @@ def run(
     overwrite: Annotated[bool | None, typer.Option("--overwrite", help="replace existing outputs")] = None,
     keep_work: Annotated[bool | None, typer.Option("--keep-work", help="keep the work folder")] = None,
 ) -> None:
-    """Segment every scene under INPUT into OUTPUT."""
-    from pipeline.batch import run_batch
+    """Segment every scene under INPUT into OUTPUT (an s3:// OUTPUT runs the bucket flow once)."""
+    if not _debug:  # the progress bar and table speak for the run; Prefect's console says only warnings
+        os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING")
+    from flows.bucket import run_bucket_job
+    from flows.folder import run_folder_job
 
     try:
         cfg = _config(
@@ -136,7 +140,9 @@ def run(
 
                 return tick
 
-            results = run_batch(cfg, progress=factory, debug=_debug)
+            job = run_bucket_job if output.startswith("s3://") else run_folder_job
+            summary = job(cfg, progress=factory, debug=_debug)
+            results = summary.results
     except TilewiseError as exc:
         raise _fail(exc) from None
     table = Table(title="tilewise run")
@@ -150,6 +156,11 @@ def run(
     failed = [r for r in results if r.status == "failed"]
     for r in failed:
         console.print(f"[red]failed:[/red] {r.reason}", highlight=False)
+    if not results and summary.unchanged:  # a bucket with nothing new since the last run
+        console.print(
+            f"nothing new: {summary.unchanged} scene(s) already processed with this bundle and config"
+        )
+        raise typer.Exit(0)
     if not results:
         console.print("[yellow]no scenes found[/yellow]")
         raise typer.Exit(3)
@@ -238,3 +249,6 @@ def info(path: Annotated[str, typer.Argument(help="A scene file or URL.")]) -> N
             scene.close()
     except TilewiseError as exc:
         raise _fail(exc) from None
+
+
+app.command("serve")(serve_cmd)
