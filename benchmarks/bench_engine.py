@@ -64,6 +64,18 @@ def speed(repeats: int) -> None:
         )
 
 
+def make_input(edge: int, workdir: str) -> None:
+    """The zarr input, written in its own process so its buffers never count in the run's peak."""
+    import zarr
+
+    src = zarr.create_array(
+        store=f"{workdir}/in-{edge}.zarr", shape=(1, edge, edge), dtype="float32", chunks=(1, 1024, 1024)
+    )
+    rng = np.random.default_rng(0)
+    for r in range(0, edge, 1024):
+        src[:, r : r + 1024] = rng.normal(size=(1, min(1024, edge - r), edge)).astype(np.float32)
+
+
 def memory_one(edge: int, workdir: str) -> None:
     """Labels variant on a zarr-backed single-band edge² scene; prints peak RSS (one process per size)."""
     import resource
@@ -71,12 +83,7 @@ def memory_one(edge: int, workdir: str) -> None:
     import zarr
 
     torch.set_num_threads(2)
-    src = zarr.create_array(
-        store=f"{workdir}/in-{edge}.zarr", shape=(1, edge, edge), dtype="float32", chunks=(1, 1024, 1024)
-    )
-    rng = np.random.default_rng(0)
-    for r in range(0, edge, 1024):
-        src[:, r : r + 1024] = rng.normal(size=(1, min(1024, edge - r), edge)).astype(np.float32)
+    src = zarr.open_array(store=f"{workdir}/in-{edge}.zarr", mode="r")
     dst = zarr.create_array(
         store=f"{workdir}/out-{edge}.zarr", shape=(edge, edge), dtype="uint8", chunks=(1024, 1024)
     )
@@ -103,6 +110,7 @@ def memory(edges: list[int]) -> None:
     results = []
     with tempfile.TemporaryDirectory() as workdir:
         for edge in edges:
+            subprocess.run([sys.executable, __file__, "make-input", str(edge), workdir], check=True)
             out = (
                 subprocess.run(
                     [sys.executable, __file__, "memory-one", str(edge), workdir],
@@ -125,13 +133,16 @@ if __name__ == "__main__":
     sub.add_parser("speed").add_argument("--repeats", type=int, default=5)
     m = sub.add_parser("memory")
     m.add_argument("--edges", type=int, nargs="+", default=[4096, 16384])
-    one = sub.add_parser("memory-one")
-    one.add_argument("edge", type=int)
-    one.add_argument("workdir")
+    for name in ("memory-one", "make-input"):
+        one = sub.add_parser(name)
+        one.add_argument("edge", type=int)
+        one.add_argument("workdir")
     args = parser.parse_args()
     if args.cmd == "speed":
         speed(args.repeats)
     elif args.cmd == "memory":
         memory(args.edges)
+    elif args.cmd == "make-input":
+        make_input(args.edge, args.workdir)
     else:
         memory_one(args.edge, args.workdir)

@@ -72,6 +72,7 @@ def sweep(
     mask: Any = None,
     channels: int | None = None,
     read: Callable[[Block], BlockInput] | None = None,
+    seam_budget_bytes: int = 64 * 2**20,
 ) -> RunStats:
     """Run every block of ``plan`` in sweep order, reading ahead in a thread, into ``sink``."""
 
@@ -79,7 +80,7 @@ def sweep(
         nodata = read_padded_mask(mask, block.read) if mask is not None else None
         return BlockInput(block, read_padded(image, block.read), nodata)
 
-    seams = MemorySeams()
+    seams = MemorySeams(seam_budget_bytes)
     merger = SweepMerger(plan, sink, seams)
     runner = BlockRunner(
         plan,
@@ -89,7 +90,10 @@ def sweep(
         on_done=merger,
         channels=channels,
     )
-    runner.run(prefetch(plan.blocks(), read or read_array))
+    try:
+        runner.run(prefetch(plan.blocks(), read or read_array))
+    finally:
+        seams.close()
     return RunStats(
         plan.window_count,
         runner.windows_run,

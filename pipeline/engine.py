@@ -10,6 +10,8 @@ result does not depend on the block size or on which worker ran what.
 
 from __future__ import annotations
 
+import os
+import tempfile
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -49,23 +51,50 @@ class SeamStore(Protocol):
 
 
 class MemorySeams:
-    """In-process seam store for the single-process sweep."""
+    """Seam store for the single-process sweep: in memory up to a budget, then spilled to a temp folder.
 
-    def __init__(self) -> None:
+    A row-major sweep keeps the partial sums of about one row of blocks, which grows with the scene's
+    width; past ``budget_bytes`` they go to disk (page cache, not RSS), so memory stays flat.
+    """
+
+    def __init__(self, budget_bytes: int = 64 * 2**20) -> None:
+        self.budget_bytes = budget_bytes
         self._pieces: dict[tuple[int, ...], list[tuple[Box, np.ndarray]]] = {}
+        self._spilled: dict[tuple[int, ...], list[tuple[Box, str]]] = {}
+        self._dir: tempfile.TemporaryDirectory[str] | None = None
+        self.nbytes = 0
 
     def put(self, index: tuple[int, ...], pieces: list[tuple[Box, np.ndarray]]) -> None:
-        self._pieces[index] = pieces
+        size = sum(a.nbytes for _, a in pieces)
+        if self.nbytes + size <= self.budget_bytes:
+            self._pieces[index] = pieces
+            self.nbytes += size
+            return
+        if self._dir is None:
+            self._dir = tempfile.TemporaryDirectory(prefix="tilewise-seams-")
+        stored = []
+        for i, (box, sums) in enumerate(pieces):
+            path = os.path.join(self._dir.name, f"{'_'.join(map(str, index))}-{i}.npy")
+            np.save(path, sums)
+            stored.append((box, path))
+        self._spilled[index] = stored
 
     def get(self, index: tuple[int, ...]) -> list[tuple[Box, np.ndarray]]:
+        if index in self._spilled:
+            return [(box, np.load(path)) for box, path in self._spilled[index]]
         return self._pieces.get(index, [])
 
     def drop(self, index: tuple[int, ...]) -> None:
-        self._pieces.pop(index, None)
+        pieces = self._pieces.pop(index, None)
+        if pieces is not None:
+            self.nbytes -= sum(a.nbytes for _, a in pieces)
+        for _, path in self._spilled.pop(index, []):
+            os.unlink(path)
 
-    @property
-    def nbytes(self) -> int:
-        return sum(a.nbytes for pieces in self._pieces.values() for _, a in pieces)
+    def close(self) -> None:
+        if self._dir is not None:
+            self._dir.cleanup()
+            self._dir = None
 
 
 def window_is_empty(window: Box, block_input: BlockInput) -> bool:
@@ -215,7 +244,7 @@ class SweepMerger:
         block = block_input.block
         self.seams.put(block.index, finish_block(self.plan, block_input, acc, channels, self.sink))
         if isinstance(self.seams, MemorySeams):
-            self.peak_seam_bytes = max(self.peak_seam_bytes, self.seams.nbytes)
+            self.peak_seam_bytes = max(self.peak_seam_bytes, self.seams.nbytes)  # in memory, not spilled
         merge_seams(self.plan, block, channels, self.sink, self.seams.get)
         for c in self.plan.contributors(block.index):
             left = self.remaining.get(c, len(self.plan.consumers(c))) - 1

@@ -8,6 +8,7 @@ from monai.inferers import sliding_window_inference
 from monai.networks.nets import UNet
 
 from pipeline import infer_array, infer_labels
+from pipeline.predictor import Predictor
 
 CASES = [
     # dims, image shape (C, *spatial), roi, block sizes that cut the grid unevenly
@@ -125,3 +126,18 @@ def test_bad_arguments_are_clear():
         infer_array(x, _net(2, 1), patch_size=32, overlap=1.0)
     with pytest.raises(ValueError, match="patch_size"):
         infer_array(x, _net(2, 1), patch_size=(32, 32, 32))
+
+
+def test_seam_spill_to_disk_keeps_results_identical():
+    """Past its memory budget the sweep's seam store spills to disk; the result must not change."""
+    from pipeline.api import _plan, sweep
+    from pipeline.sinks import ScoreSink
+
+    x = np.random.default_rng(6).normal(size=(1, 150, 170)).astype(np.float32)
+    net = _net(2, 1)
+    whole = infer_array(x, net, patch_size=32, block_size=(40, 50))
+    plan = _plan(x.shape, 32, 0.25, (40, 50), 3)
+    sink = ScoreSink(None, plan.spatial_shape)
+    stats = sweep(x, Predictor(net), plan, sink, channels=3, seam_budget_bytes=0)  # spill every block
+    assert stats.peak_seam_bytes == 0
+    assert np.array_equal(sink.out, whole)
