@@ -10,6 +10,8 @@ result does not depend on the block size or on which worker ran what.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import os
 import tempfile
 from collections import deque
@@ -103,6 +105,17 @@ def window_is_empty(window: Box, block_input: BlockInput) -> bool:
         return False
     view = block_input.nodata[window.slices(block_input.block.read.start)]
     return bool(view.all())
+
+
+def _limit_malloc_arenas() -> None:
+    """Blocks allocated in the prefetch thread and freed in the main one fragment glibc's per-thread
+    arenas, so RSS creeps up with the number of blocks; two arenas keep it flat (measured: 16384² peak
+    1.22x the 4096² one with the default, 1.05x with this)."""
+    with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to tune
+        ctypes.CDLL("libc.so.6").mallopt(-8, 2)  # M_ARENA_MAX
+
+
+_limit_malloc_arenas()
 
 
 def prefetch(
