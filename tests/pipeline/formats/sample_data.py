@@ -1,13 +1,13 @@
-"""Paths of the real sample data (../shared/data, see its MANIFEST.md); tests skip where it is absent."""
+"""Paths of the real sample data (../shared/data, see its MANIFEST.md); tests fail if it is absent."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 
-DATA = Path(os.environ.get("TILEWISE_DATA", Path(__file__).resolve().parents[4] / "shared" / "data"))
+from tests.conftest import DATA
+
 GEO = DATA / "geo"
 RGB_BYTE = GEO / "rasterio" / "RGB.byte.tif"
 RGB_TENTH = GEO / "rasterio" / "rgb-byte-tenth.tif"
@@ -25,7 +25,7 @@ def need(*paths: Path) -> None:
     """Skip the calling test when a sample file is missing (e.g. a clone without ../shared)."""
     missing = [str(p) for p in paths if not p.exists()]
     if missing:
-        pytest.skip(f"sample data missing: {', '.join(missing)}")
+        pytest.fail(f"sample data missing: {', '.join(missing)}")
 
 
-requires_data = pytest.mark.skipif(not GEO.is_dir(), reason=f"sample data folder {GEO} missing")
+requires_data = pytest.mark.usefixtures("data")  # the conftest fixture fails when the data is missing
