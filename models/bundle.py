@@ -351,6 +351,13 @@ def _find_weights(folder: Path, config: BundleConfig, trust_pickle: bool) -> Pat
     raise BundleError(f"no {WEIGHTS_NAME} in the bundle", path=str(folder))
 
 
+def _one_line(exc: Exception) -> str:
+    """A YAML error as one line: the problem and where (PyYAML's own text spans several lines)."""
+    problem = getattr(exc, "problem", None) or (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    mark = getattr(exc, "problem_mark", None)
+    return f"{problem} (line {mark.line + 1}, column {mark.column + 1})" if mark else str(problem)
+
+
 def load_bundle(path: str | Path, *, trust_pickle: bool = False) -> Bundle:
     """Load and validate a bundle folder (or its model.yaml). Every problem is a BundleError."""
     p = Path(path)
@@ -363,7 +370,7 @@ def load_bundle(path: str | Path, *, trust_pickle: bool = False) -> Bundle:
     try:
         data = yaml.safe_load(cfg_path.read_text(encoding="utf-8"))
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise BundleError(f"not valid YAML: {exc}", path=str(cfg_path)) from exc
+        raise BundleError(f"not valid YAML: {_one_line(exc)}", path=str(cfg_path)) from exc
     config = validate_config(data, path=str(cfg_path))
     weights = _find_weights(folder, config, trust_pickle)
     if weights is not None and weights.suffix == ".safetensors":

@@ -5,6 +5,8 @@ The CLI, the Prefect flows and the tests all call ``run_batch``; only the presen
 
 from __future__ import annotations
 
+import os
+import tempfile
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager, nullcontext
@@ -37,6 +39,12 @@ def prepare_output(output: str) -> Path:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise OutputError(f"cannot create output folder: {exc.strerror or exc}", path=output) from exc
+    try:  # a read-only folder fails every scene: refuse the job once, up front (root ignores modes)
+        fd, probe = tempfile.mkstemp(prefix=".tw-probe-", dir=out)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise OutputError(f"output folder is not writable: {exc.strerror or exc}", path=output) from exc
     return out
 
 

@@ -35,7 +35,7 @@ _debug = False
 def _fail(exc: TilewiseError) -> typer.Exit:
     if _debug:
         raise exc
-    console.print(f"[red]error:[/red] {exc}", highlight=False)
+    console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
     return typer.Exit(exc.exit_code)
 
 
@@ -155,7 +155,7 @@ def run(
     out.print(table)
     failed = [r for r in results if r.status == "failed"]
     for r in failed:
-        console.print(f"[red]failed:[/red] {r.reason}", highlight=False)
+        console.print(f"[red]failed:[/red] {r.reason}", highlight=False, soft_wrap=True)
     if not results and summary.unchanged:  # a bucket with nothing new since the last run
         console.print(
             f"nothing new: {summary.unchanged} scene(s) already processed with this bundle and config"

@@ -14,14 +14,18 @@ WORK_DIR = ".tilewise-work"
 
 
 def _walk(root: Path) -> list[str]:
-    """Files and ``.zarr`` folders under ``root``; symlinked folders are not followed (no loops)."""
+    """Files and ``.zarr`` folders under ``root``; symlinked folders are not followed (no loops).
+
+    A folder named like a file scene (``x.tif/``, ``y.nii.gz/``) is listed, not entered: it is almost
+    always a botched copy, and its reader then fails it with a clear reason instead of hiding it.
+    """
     found: list[str] = []
     for folder, dirs, files in os.walk(root, followlinks=False):
         keep = []
         for d in sorted(dirs):
             if d.startswith(".") or d == WORK_DIR:
                 continue
-            if kind_of(d) == "zarr":
+            if kind_of(d) is not None:
                 found.append(os.path.join(folder, d))
             else:
                 keep.append(d)
@@ -56,7 +60,7 @@ def candidates(target: str) -> list[str]:
     path = Path(target)
     if any(ch in target for ch in "*?[") and not path.exists():
         return sorted(glob.glob(target, recursive=True))
-    if path.is_dir() and kind_of(target) != "zarr":
+    if path.is_dir() and kind_of(target) is None:
         return _walk(path)
     if path.exists() or path.is_symlink():
         return [target]
@@ -88,7 +92,8 @@ def discover(target: str, *, exclude: str | None = None) -> list[SceneSource]:
 
 def scene_stem(source: SceneSource) -> str:
     """Output base name: the file name without its scene extension (and without a channel suffix)."""
-    name = source.uri.rstrip("/").rsplit("/", 1)[-1]
+    uri = source.uri.split("?", 1)[0].split("#", 1)[0] if "://" in source.uri else source.uri
+    name = uri.rstrip("/").rsplit("/", 1)[-1]  # never a query string: presigned URLs carry secrets
     for suffix in (
         ".nii.gz",
         ".nii",

@@ -6,15 +6,37 @@ Each class mixes in the builtin it specialises, so callers that already catch ``
 
 from __future__ import annotations
 
+import os
+import re
+
+_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/\s@]+@")
+_SIGNED = re.compile(
+    r"(?i)\b((?:X-Amz-(?:Credential|Signature|Security-Token)|X-Goog-(?:Credential|Signature)|sig|token)=)"
+    r"[^&\s\"']+"
+)
+_SECRET_VARS = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ACCESS_KEY_ID", "AWS_SECURITY_TOKEN")
+
+
+def redact(text: str) -> str:
+    """``text`` without credentials: URL user-info, presigned-URL signatures and tokens, and the values
+    of this process's AWS credential variables. Messages and reports go through it (they quote URIs)."""
+    text = _USERINFO.sub(r"\1***@", text)
+    text = _SIGNED.sub(r"\1***", text)
+    for var in _SECRET_VARS:
+        value = os.environ.get(var, "")
+        if len(value) >= 4:
+            text = text.replace(value, "***")
+    return text
+
 
 class TilewiseError(Exception):
-    """Root of all deliberate tilewise errors."""
+    """Root of all deliberate tilewise errors. The message is redacted (see ``redact``)."""
 
     exit_code = 1
 
     def __init__(self, message: str, *, path: str | None = None) -> None:
         self.path = path
-        super().__init__(f"{path}: {message}" if path else message)
+        super().__init__(redact(f"{path}: {message}" if path else message))
 
 
 class InputError(TilewiseError, ValueError):

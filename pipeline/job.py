@@ -7,7 +7,10 @@ unless ``overwrite`` is set.
 
 from __future__ import annotations
 
+import errno
 import hashlib
+import json
+import os
 import platform
 import time
 import traceback
@@ -20,7 +23,7 @@ import numpy as np
 from pipeline.blockwork import SceneSource, SceneTask
 from pipeline.config import JobConfig
 from pipeline.discover import WORK_DIR, scene_stem
-from pipeline.errors import ConfigError, InputError, TilewiseError
+from pipeline.errors import ConfigError, InputError, OutputError, TilewiseError, redact
 from pipeline.execute import Executor, Progress
 from pipeline.preprocess import Preprocessor
 from pipeline.report import class_counts, class_table, pixel_area_m2, write_report
@@ -28,6 +31,7 @@ from pipeline.scene import GeoMeta, VolumeMeta
 from pipeline.tiling import BlockPlan, default_block_size
 from pipeline.workstore import WorkStore
 
+_STORAGE_FULL = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG}  # not a scene's fault: OutputError
 LABEL_SUFFIX = {"geotiff": "_labels.tif", "nifti": "_labels.nii.gz", "zarr": "_labels.zarr"}
 ALLOWED_FORMATS = {"geotiff": {"geotiff", "zarr"}, "nifti": {"nifti", "zarr"}, "zarr": {"zarr", "geotiff"}}
 
@@ -46,6 +50,7 @@ class SceneResult:
 
 
 def output_paths(out_dir: Path, stem: str, fmt: str, config: JobConfig, geo: bool) -> dict[str, Path]:
+    """The scene's final files, all directly inside ``out_dir`` (anything else is refused)."""
     paths = {"labels": out_dir / f"{stem}{LABEL_SUFFIX[fmt]}", "report": out_dir / f"{stem}_report.json"}
     if config.outputs.probabilities:
         suffix = {"geotiff": ".tif", "nifti": ".nii.gz", "zarr": ".zarr"}[fmt]
@@ -54,6 +59,9 @@ def output_paths(out_dir: Path, stem: str, fmt: str, config: JobConfig, geo: boo
         paths["polygons"] = out_dir / f"{stem}_polygons.gpkg"
     if config.outputs.quicklook:
         paths["quicklook"] = out_dir / f"{stem}_quicklook.png"
+    for path in paths.values():
+        if path.parent != out_dir or path.name in (".", "..") or "\0" in path.name:
+            raise OutputError(f"scene name {stem!r} would write outside the output folder", path=str(path))
     return paths
 
 
@@ -93,6 +101,27 @@ def plan_scene(scene: Any, bundle: Any, config: JobConfig) -> tuple[tuple[int, .
     return roi, float(overlap), block
 
 
+def _reported_input(report: Path) -> str | None:
+    """The input a finished scene's report names (None if unreadable)."""
+    try:
+        value = json.loads(report.read_text()).get("input")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return value if isinstance(value, str) else None
+
+
+def _same_input(reported: str, uri: str) -> bool:
+    """Whether a report's input is this scene; True when it cannot tell (input moved or relative)."""
+    if reported == redact(uri):
+        return True
+    if "://" in reported or "://" in uri:
+        return False
+    try:
+        return os.path.samefile(reported, uri)
+    except OSError:
+        return True
+
+
 def _fail_reason(exc: BaseException, uri: str) -> str:
     """One line naming the scene and what is wrong."""
     if isinstance(exc, TilewiseError):
@@ -102,7 +131,7 @@ def _fail_reason(exc: BaseException, uri: str) -> str:
     else:
         text = f"internal error {type(exc).__name__}: {exc}"
     text = " ".join(text.split())
-    return text if isinstance(exc, TilewiseError) and exc.path else f"{uri}: {text}"
+    return redact(text if isinstance(exc, TilewiseError) and exc.path else f"{uri}: {text}")
 
 
 def run_scene(
@@ -120,7 +149,13 @@ def run_scene(
     t0 = time.perf_counter()
     result = SceneResult(source.uri, stem, "failed")
     try:
-        _run(source, bundle, config, out_dir, executor, progress, result)
+        try:
+            _run(source, bundle, config, out_dir, executor, progress, result)
+        except OSError as exc:
+            if isinstance(exc, TilewiseError) or exc.errno not in _STORAGE_FULL:
+                raise
+            reason = f"cannot write under {out_dir}: {exc.strerror or exc}"
+            raise OutputError(reason, path=source.uri) from exc
     except Exception as exc:
         if debug:
             raise
@@ -155,11 +190,18 @@ def _run(
             raise ConfigError("GeoTIFF output needs a georeferenced input", path=source.uri)
         paths = output_paths(out_dir, result.stem, fmt, config, geo)
         if paths["report"].exists() and not config.outputs.overwrite:
+            other = _reported_input(paths["report"])
+            if other is not None and not _same_input(other, source.uri):  # a.tif, sub/a.tif: one name
+                raise InputError(
+                    f"its outputs ({paths['labels'].name}...) already hold the results of {other}; "
+                    "rename one of the two inputs, or use another output folder",
+                    path=source.uri,
+                )
             result.status, result.reason = "skipped", "outputs exist (use --overwrite)"
             result.outputs = {k: str(v) for k, v in paths.items() if v.exists()}
             return
+        roi, overlap, block = plan_scene(scene, bundle, config)  # dimensionality first: the deeper mismatch
         pre = Preprocessor.from_bundle(bundle, scene)
-        roi, overlap, block = plan_scene(scene, bundle, config)
         timings["open_s"] = time.perf_counter() - t
         task = SceneTask(
             source=source,
@@ -198,7 +240,12 @@ def _run(
         t = time.perf_counter()
         from pipeline.finalise import write_outputs
 
-        write_outputs(scene, store, paths, fmt, bundle, config)
+        final_cfg = config
+        if resumed:  # files without a report are this scene's own, from a run killed while finalising
+            final_cfg = config.model_copy(
+                update={"outputs": config.outputs.model_copy(update={"overwrite": True})}
+            )
+        write_outputs(scene, store, paths, fmt, bundle, final_cfg)
         timings["finalise_s"] = time.perf_counter() - t
         report = _report(source, scene, bundle, config, task, store, stats, resumed, paths, timings)
         write_report(paths["report"], report)
@@ -236,8 +283,8 @@ def _report(
         table = class_table(bundle.class_names, counts, "", None)
     plan = BlockPlan.build(task.spatial_shape, task.patch_size, task.overlap, task.block_size)
     return {
-        "input": source.uri,
-        "inputs": list(source.uris),
+        "input": redact(source.uri),
+        "inputs": [redact(u) for u in source.uris],
         "shape": list(scene.shape),
         "model": {"name": bundle.config.name, "path": str(bundle.path), "hash": bundle.hash},
         "config": config.model_dump(mode="json", exclude={"input", "output", "model"}),

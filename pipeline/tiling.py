@@ -97,6 +97,8 @@ def make_axis_plans(
     overlaps = tuple(overlap) if isinstance(overlap, Sequence) else (float(overlap),) * dims
     if not (len(roi) == len(block) == len(overlaps) == dims):
         raise ValueError(f"roi {roi}, block {block} and overlap must have {dims} entries")
+    if not all(0.0 <= o < 1.0 for o in overlaps):  # a negative overlap would leave gaps between windows
+        raise ValueError(f"overlap {overlap} must be in [0, 1)")
     for r, b in zip(roi, block, strict=True):
         if b < r:
             raise ValueError(f"block edge {b} is smaller than the window {r}; it must be at least the window")
@@ -154,6 +156,8 @@ class BlockPlan:
     ) -> BlockPlan:
         dims = len(spatial_shape)
         rois = tuple(int(r) for r in (roi if isinstance(roi, Sequence) else (roi,) * dims))
+        if len(rois) != dims:
+            raise ValueError(f"window {rois} must have {dims} entries, one per scene axis")
         if block_size is None:
             blocks = tuple(max(n, r) for n, r in zip(spatial_shape, rois, strict=True))
         elif isinstance(block_size, Sequence):

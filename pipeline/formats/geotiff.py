@@ -25,6 +25,7 @@ from rasterio.windows import Window
 from pipeline.box import Box
 from pipeline.errors import FormatError, InputError
 from pipeline.formats.cog import write_cog_labels, write_cog_probabilities
+from pipeline.formats.local import missing_reason
 from pipeline.scene import GeoMeta
 
 __all__ = [
@@ -83,13 +84,15 @@ def _open_dataset(path: str, uri: str) -> Any:
     if not path.startswith("/vsi"):
         local = Path(path)
         if not local.exists():
-            raise InputError("file not found", path=uri)
+            raise InputError(missing_reason(path, "file not found"), path=uri)
         if local.is_dir():
             raise InputError("is a folder, not a raster file", path=uri)
         if local.stat().st_size == 0:
             raise FormatError("empty file (0 bytes)", path=uri)
     try:
         return rasterio.open(path)
+    except UnicodeDecodeError as exc:  # a mangled text tag (CRS citation...) rasterio cannot decode
+        raise FormatError(f"corrupt raster header (undecodable text: {exc.reason})", path=uri) from exc
     except RasterioError as exc:
         reason = _reason(exc)
         if "No such file" in reason or "does not exist" in reason:
@@ -122,19 +125,27 @@ class GeoTiffScene:
             self.close()
             raise InputError(f"bands {picked} not within 1..{ds.count} (1-based)", path=self.uri)
         self.bands = picked
-        self.dtype: np.dtype = np.dtype(np.result_type(*(ds.dtypes[b - 1] for b in picked)))
+        types = sorted({ds.dtypes[b - 1] for b in picked})
+        try:
+            self.dtype: np.dtype = np.dtype(np.result_type(*types))
+        except TypeError:  # GDAL types numpy has no name for (complex_int16...)
+            self.dtype = np.dtype(object)
+        if self.dtype.kind not in "biuf":
+            self.close()
+            raise InputError(f"unsupported pixel type {'/'.join(types)} (not real numbers)", path=self.uri)
         self.shape: tuple[int, ...] = (len(picked), ds.height, ds.width)
         self._nodatavals = [ds.nodatavals[b - 1] for b in picked]
         self._has_mask = any(
             MaskFlags.per_dataset in ds.mask_flag_enums[b - 1] or MaskFlags.alpha in ds.mask_flag_enums[b - 1]
             for b in picked
         )
+        try:
+            tags = {str(k): str(v) for k, v in ds.tags().items()}
+        except UnicodeDecodeError as exc:
+            self.close()
+            raise FormatError(f"corrupt metadata tags (undecodable text: {exc.reason})", path=uri) from exc
         self.meta = GeoMeta(
-            crs=ds.crs,
-            transform=ds.transform,
-            nodata=self._nodatavals[0],
-            gsd=_gsd(ds.transform),
-            tags={str(k): str(v) for k, v in ds.tags().items()},
+            crs=ds.crs, transform=ds.transform, nodata=self._nodatavals[0], gsd=_gsd(ds.transform), tags=tags
         )
         # A truncated file often opens fine (header first) and fails on its last block: find out now.
         h, w = self.spatial_shape

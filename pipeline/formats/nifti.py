@@ -32,14 +32,18 @@ import nibabel as nib
 import numpy as np
 import zarr
 from nibabel import orientations as nio
+from nibabel.filebasedimages import ImageFileError
+from nibabel.spatialimages import HeaderDataError
 
 from pipeline.atomic import atomic_path, temp_sibling
 from pipeline.box import Box
 from pipeline.errors import ConfigError, FormatError, InputError, TilewiseError
+from pipeline.formats.local import missing_reason
 from pipeline.formats.zarr import class_rgba, fast_compressor, storage_options
 from pipeline.scene import VolumeMeta
 
 MAX_VOXELS = 2**34  # beyond this a header is far likelier corrupt than real
+_MAX_GZIP_RATIO = 1100  # deflate's best case is ~1032:1, so a .nii.gz cannot hold more than this
 CACHE_THRESHOLD_BYTES = 256 * 2**20
 _SLAB_BYTES = 64 * 2**20
 _CHANNEL_FILE = re.compile(r"^(?P<case>.+)_(?P<idx>\d{4})(?P<ext>\.nii(?:\.gz)?)$")
@@ -107,8 +111,11 @@ def _reading(path: str) -> Iterator[None]:
         yield
     except TilewiseError:
         raise
-    except (OSError, EOFError, zlib.error, ValueError, nib.filebasedimages.ImageFileError) as exc:
-        raise FormatError(f"cannot read NIfTI voxel data (corrupt or truncated?): {exc}", path=path) from exc
+    except (OSError, EOFError, zlib.error, ValueError, OverflowError, ImageFileError, HeaderDataError) as exc:
+        detail = " ".join(str(exc).split())[:300]
+        if "gzip" in detail.lower() and "end-of-stream" not in detail:
+            raise FormatError(f"not a NIfTI file, or not gzip-compressed: {detail}", path=path) from exc
+        raise FormatError(f"cannot read NIfTI data (corrupt or truncated?): {detail}", path=path) from exc
 
 
 def _is_gz(path: str) -> bool:
@@ -138,10 +145,12 @@ def _load(path: str, uri: str) -> nib.Nifti1Image:
     """Header only: check it before any voxel is touched, so a lying header cannot allocate."""
     if not (uri.lower().endswith(".nii") or _is_gz(uri)):
         raise FormatError("not a NIfTI file name (expected .nii or .nii.gz)", path=uri)
+    if os.path.isdir(path):
+        raise InputError("is a folder, not a NIfTI file", path=uri)
     if not os.path.isfile(path):
-        raise InputError("no such file", path=uri)
+        raise InputError(missing_reason(path), path=uri)
     if os.path.getsize(path) == 0:
-        raise FormatError("empty file", path=uri)
+        raise FormatError("empty file (0 bytes)", path=uri)
     with _reading(uri):
         img = nib.load(path)
     if not isinstance(img, nib.Nifti1Image | nib.Nifti2Image):
@@ -151,14 +160,24 @@ def _load(path: str, uri: str) -> nib.Nifti1Image:
         shape = shape[:-1]
     if len(shape) > 4 or len(shape) < 2:
         raise InputError(f"{len(shape)}-D image {img.shape}: only 2-D, 3-D or 4-D (channels last)", path=uri)
-    if min(shape) <= 0 or prod(shape) > MAX_VOXELS:
+    if min(shape) <= 0:
+        raise FormatError(f"header has an empty dimension {img.shape}; corrupt?", path=uri)
+    if prod(shape) > MAX_VOXELS:
         raise FormatError(f"header promises {img.shape}: over {MAX_VOXELS} voxels; corrupt?", path=uri)
     dtype = img.get_data_dtype()
     if dtype.kind not in "biuf":
         raise InputError(f"unsupported voxel type {dtype}", path=uri)
-    need = int(img.header.get_data_offset()) + prod(img.shape) * dtype.itemsize
-    if not _is_gz(path) and os.path.getsize(path) < need:
-        raise FormatError(f"truncated: {os.path.getsize(path)} bytes, header needs {need}", path=uri)
+    with _reading(uri):
+        need = int(img.header.get_data_offset()) + prod(img.shape) * dtype.itemsize
+    size = os.path.getsize(path)
+    if not _is_gz(path) and size < need:
+        raise FormatError(f"truncated: {size} bytes, header needs {need}", path=uri)
+    if _is_gz(path) and need > _MAX_GZIP_RATIO * size:  # deflate cannot expand more than ~1032:1
+        raise FormatError(
+            f"header promises {img.shape} ({need} bytes) but {size} compressed bytes cannot hold that; "
+            "truncated or corrupt",
+            path=uri,
+        )
     return img
 
 
@@ -307,9 +326,15 @@ class NiftiScene:
         self._pad3 = _shape4(img0.shape)[:3]
         try:
             target = nio.axcodes2ornt(tuple(orientation.upper()))
-            tr = nio.ornt_transform(nio.io_orientation(img0.affine), target)
         except (ValueError, TypeError) as exc:
             raise ConfigError(f"bad orientation {orientation!r}: {exc}") from exc
+        try:
+            affine = np.asarray(img0.affine, dtype=np.float64)
+            if not np.isfinite(affine).all():
+                raise ValueError("it holds NaN or infinity")
+            tr = nio.ornt_transform(nio.io_orientation(affine), target)
+        except (ValueError, TypeError) as exc:
+            raise FormatError(f"unusable voxel-to-world affine in the header: {exc}", path=self.uri) from exc
         self._perm, self._flip = [0, 0, 0], [False, False, False]
         for i, (e, d) in enumerate(tr):
             self._perm[int(e)], self._flip[int(e)] = i, d < 0

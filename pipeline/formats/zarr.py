@@ -24,6 +24,7 @@ from zarr.codecs import BloscCodec
 from pipeline.atomic import atomic_path, temp_sibling
 from pipeline.box import Box
 from pipeline.errors import ConfigError, FormatError, InputError, OutputError, TilewiseError
+from pipeline.formats.local import missing_reason
 from pipeline.scene import GeoMeta, VolumeMeta
 
 _CHANNEL_NAMES = {"c", "channel", "channels", "band", "bands"}
@@ -93,7 +94,7 @@ def class_rgba(names: Sequence[str], colors: Sequence[Any] | None) -> list[tuple
 
 def _open_node(uri: str) -> Any:
     if not _is_url(uri) and not os.path.exists(uri.removeprefix("file://")):
-        raise InputError("no such file or folder", path=uri)
+        raise InputError(missing_reason(uri.removeprefix("file://"), "no such file or folder"), path=uri)
     try:
         return zarr.open(store=_store(uri, read_only=True), mode="r")
     except TilewiseError:
@@ -124,6 +125,8 @@ class ZarrScene:
         spatial = [int(n) for n, r in zip(array.shape, roles, strict=True) if r == "s"]
         self.shape: tuple[int, ...] = (int(channels[0]) if channels else 1, *spatial)
         self.dtype = np.dtype(array.dtype)
+        if self.dtype.kind not in "biuf":
+            raise InputError(f"unsupported data type {self.dtype} (not real numbers)", path=uri)
         self.axes = tuple(axes)  # names of the spatial axes, in scene order
         self.meta, self.nodata = meta, nodata
 
@@ -221,22 +224,23 @@ def _open_ome(uri: str, group: Any, multiscales: list[dict[str, Any]], level: in
             raise InputError(f"level {level} asked, the image has levels 0..{len(datasets) - 1}", path=uri)
         ds = datasets[level]
         array = group[ds["path"]]
+        axes = ms.get("axes")
+        names = [a["name"] if isinstance(a, dict) else a for a in axes] if axes else None
+        roles, spatial = _roles(names, array.shape, uri)
+        scale = np.ones(array.ndim)
+        shift = np.zeros(array.ndim)
+        for t in [*(ds.get("coordinateTransformations") or []), *(ms.get("coordinateTransformations") or [])]:
+            if t.get("type") == "scale" and "scale" in t:
+                factor = np.asarray(t["scale"], dtype=np.float64)
+                shift, scale = shift * factor, scale * factor
+            elif t.get("type") == "translation" and "translation" in t:
+                shift = shift + np.asarray(t["translation"], dtype=np.float64)
     except TilewiseError:
         raise
     except Exception as exc:
         raise FormatError(
             f"bad OME-Zarr multiscales metadata ({type(exc).__name__}: {exc})", path=uri
         ) from exc
-    axes = ms.get("axes")
-    names = [a["name"] if isinstance(a, dict) else a for a in axes] if axes else None
-    roles, spatial = _roles(names, array.shape, uri)
-    scale = np.ones(array.ndim)
-    shift = np.zeros(array.ndim)
-    for t in [*ds.get("coordinateTransformations", []), *ms.get("coordinateTransformations", [])]:
-        if t.get("type") == "scale" and "scale" in t:
-            shift, scale = shift * np.asarray(t["scale"]), scale * np.asarray(t["scale"])
-        elif t.get("type") == "translation" and "translation" in t:
-            shift = shift + np.asarray(t["translation"])
     keep = [i for i, r in enumerate(roles) if r == "s"]
     affine = np.eye(len(keep) + 1)
     affine[: len(keep), : len(keep)] = np.diag(scale[keep])
@@ -255,6 +259,8 @@ def open_zarr(uri: str | os.PathLike[str], *, level: int = 0) -> ZarrScene:
     attrs = dict(node.attrs)
     if isinstance(node, zarr.Group):
         ome = attrs.get("ome", attrs)
+        if not isinstance(ome, dict):
+            raise FormatError(f"'ome' attribute is a {type(ome).__name__}, not a mapping", path=uri)
         if ome.get("multiscales"):
             return _open_ome(uri, node, ome["multiscales"], level)
         if any(k in attrs for k in _OME_KEYS):
@@ -270,9 +276,17 @@ def open_zarr(uri: str | os.PathLike[str], *, level: int = 0) -> ZarrScene:
     if level != 0:
         raise InputError("level applies only to OME-Zarr multiscale images", path=uri)
     names = attrs.get("_ARRAY_DIMENSIONS") or getattr(node.metadata, "dimension_names", None)
+    if names is not None and not (isinstance(names, list | tuple) and all(isinstance(n, str) for n in names)):
+        raise FormatError(f"axis names {names!r} are not a list of strings", path=uri)
     roles, spatial = _roles(names, node.shape, uri)
     nodata = attrs.get("nodata")
-    return ZarrScene(uri, node, roles, axes=spatial, meta=_geo_meta(attrs), nodata=nodata)
+    if nodata is not None and (isinstance(nodata, bool) or not isinstance(nodata, int | float)):
+        raise FormatError(f"nodata attribute {nodata!r} is not a number", path=uri)
+    try:
+        meta = _geo_meta(attrs)
+    except Exception as exc:  # garbage crs / transform attributes
+        raise FormatError(f"bad crs/transform attributes ({type(exc).__name__}: {exc})", path=uri) from exc
+    return ZarrScene(uri, node, roles, axes=spatial, meta=meta, nodata=nodata)
 
 
 # ----------------------------------------------------------------------------------------- writers
