@@ -18,8 +18,8 @@ $(BIN)/.installed: pyproject.toml
 venv: $(BIN)/.installed
 
 lint: venv
-	$(BIN)/ruff check pipeline models flows tests benchmarks scripts
-	$(BIN)/ruff format --check pipeline models flows tests benchmarks scripts
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 test: venv lint
 	$(BIN)/pytest -q -p no:cacheprovider
