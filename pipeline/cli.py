@@ -17,6 +17,7 @@ from rich.table import Table
 
 from flows.cli import serve_cmd
 from models.bundle_cli import bundle_app
+from models.train_cli import evaluate_cmd, train_cmd
 from pipeline.errors import TilewiseError
 
 app = typer.Typer(
@@ -252,3 +253,5 @@ def info(path: Annotated[str, typer.Argument(help="A scene file or URL.")]) -> N
 
 
 app.command("serve")(serve_cmd)
+app.command("train")(train_cmd)
+app.command("evaluate")(evaluate_cmd)
