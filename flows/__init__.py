@@ -16,6 +16,8 @@ from typing import Any
 # explicit choice by the user wins).
 os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+# the temporary server can take over 20 s to start on a busy 2-core machine (the default timeout)
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
 
 __all__ = [
     "RunSummary",
