@@ -286,8 +286,8 @@ def train(cfg: TrainConfig) -> TrainResult:
     if init_weights is not None:
         model.load_state_dict(init_weights)
     model.to(device).train()
-    # The EMA of the weights (and BN statistics) is what gets validated and saved: it damps the
-    # step-to-step noise of small-batch training, which otherwise makes held-out scores jump by epoch.
+    # Optional EMA of the weights (and BN statistics), validated and saved instead of the raw weights:
+    # it damps step-to-step noise. Off by default: on the demo data it did not help (see scripts/).
     ema = AveragedModel(model, avg_fn=_ema_fn(cfg.ema_decay), use_buffers=True) if cfg.ema_decay > 0 else None
     scored = ema.module if ema is not None else model
     loss_fn = DiceCELoss(ignore_index=IGNORE)
