@@ -1,6 +1,6 @@
 """Engine figures for issue 2: speed against MONAI (paired, alternating) and flat memory.
 
-.venv/bin/python benchmarks/bench_engine.py speed [--repeats 5]
+.venv/bin/python benchmarks/bench_engine.py speed [--repeats 5] [--case 2d|3d]
 .venv/bin/python benchmarks/bench_engine.py memory            # 4096² and 16384², one process each
 """
 
@@ -22,13 +22,15 @@ from monai.networks.nets import UNet
 from pipeline import infer_array, infer_labels
 
 
-def speed(repeats: int) -> None:
+def speed(repeats: int, only: str) -> None:
     torch.set_num_threads(2)
     cases = [
         ("2d 2048² roi 256", 2, (1, 2048, 2048), (256, 256), (16, 32, 64, 128)),
         ("3d 160³ roi 96", 3, (1, 160, 160, 160), (96, 96, 96), (8, 16, 32, 64)),
     ]
     for name, dims, shape, roi, chans in cases:
+        if only != "all" and not name.startswith(only):
+            continue
         torch.manual_seed(0)
         net = UNet(dims, shape[0], 2, channels=chans, strides=(2,) * (len(chans) - 1)).eval()
         x = np.random.default_rng(0).normal(size=shape).astype(np.float32)
@@ -130,7 +132,9 @@ def memory(edges: list[int]) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     sub = parser.add_subparsers(dest="cmd", required=True)
-    sub.add_parser("speed").add_argument("--repeats", type=int, default=5)
+    sp = sub.add_parser("speed")
+    sp.add_argument("--repeats", type=int, default=5)
+    sp.add_argument("--case", choices=["all", "2d", "3d"], default="all")
     m = sub.add_parser("memory")
     m.add_argument("--edges", type=int, nargs="+", default=[4096, 16384])
     for name in ("memory-one", "make-input"):
@@ -139,7 +143,7 @@ if __name__ == "__main__":
         one.add_argument("workdir")
     args = parser.parse_args()
     if args.cmd == "speed":
-        speed(args.repeats)
+        speed(args.repeats, args.case)
     elif args.cmd == "memory":
         memory(args.edges)
     elif args.cmd == "make-input":

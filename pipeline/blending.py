@@ -58,42 +58,61 @@ def _centre_profile(n: int, overlap: float) -> np.ndarray:
 
 
 class Accumulator:
-    """Weighted sums over one block footprint: ``K`` score planes and one weight plane.
+    """Weighted sums over one block footprint: ``K`` score planes and a separate weight plane.
 
     Keeping the weight plane explicit (rather than recomputing it) makes skipped windows and the seam
     merge exact with no special cases: a pixel's value is always ``sum(w * p) / sum(w)`` over the
-    windows that really ran.
+    windows that really ran. Keeping it in its own array lets the score planes be finalised in place
+    and handed out as the result, as MONAI does, with no second scene-sized buffer.
     """
 
-    def __init__(self, region: Box, channels: int, weights: np.ndarray) -> None:
+    def __init__(self, region: Box, channels: int, weights: np.ndarray | torch.Tensor) -> None:
         self.region = region
-        self.weights = weights
-        self.sums = np.zeros((channels + 1, *region.shape), dtype=np.float32)
-        # torch views of the same memory: in-place multiply-add, multi-threaded, no temporaries
-        self._sums = torch.from_numpy(self.sums)
-        self._weights = torch.from_numpy(np.array(weights))  # a small writable copy for torch
+        # torch owns the memory (zero-filled on all intra-op threads, so the pages are touched in one
+        # parallel pass rather than one by one inside the multiply-adds); numpy views share it
+        self._sums = torch.zeros((channels, *region.shape), dtype=torch.float32)
+        self._weight = torch.zeros(region.shape, dtype=torch.float32)
+        self.sums = self._sums.numpy()
+        self.weight = self._weight.numpy()
+        # pass a tensor to share one across blocks; a (read-only) numpy map is copied for torch
+        self._weights = weights if isinstance(weights, torch.Tensor) else torch.from_numpy(np.array(weights))
 
     def add(self, window: Box, prediction: np.ndarray) -> None:
         """Add one window's ``(K, *roi)`` prediction."""
         where = window.slices(self.region.start)
-        self._sums[(slice(None, -1), *where)].addcmul_(torch.from_numpy(prediction), self._weights)
-        self._sums[(-1, *where)].add_(self._weights)
+        self._sums[(slice(None), *where)].addcmul_(torch.from_numpy(prediction), self._weights)
+        self._weight[where].add_(self._weights)
 
-    def take(self, box: Box, *, copy: bool = True) -> np.ndarray:
-        """The sums over ``box`` (inside the region), ``(K + 1, *box.shape)``; a view if not ``copy``."""
-        view = self.sums[(slice(None), *box.slices(self.region.start))]
-        return view.copy() if copy else view
+    def clear(self, nodata: np.ndarray) -> None:
+        """Zero the sums where there is no data (``nodata`` over the whole region): weight 0 there."""
+        self.sums[:, nodata] = 0.0
+        self.weight[nodata] = 0.0
+
+    def view(self, box: Box) -> tuple[np.ndarray, np.ndarray]:
+        """The sums ``(K, *box.shape)`` and weight ``(*box.shape)`` over ``box``, as views."""
+        where = box.slices(self.region.start)
+        return self.sums[(slice(None), *where)], self.weight[where]
+
+    def take(self, box: Box) -> np.ndarray:
+        """A copy of the sums and weight over ``box`` stacked as ``(K + 1, *box.shape)`` (a seam piece)."""
+        sums, weight = self.view(box)
+        return np.concatenate([sums, weight[None]])
 
 
-def finalise(sums: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Blended scores ``(K, *s)`` and the covered mask from weighted sums ``(K + 1, *s)``.
+def finalise_into(sums: np.ndarray, weight: np.ndarray, out: np.ndarray) -> None:
+    """Divide weighted sums ``(K, *s)`` by ``weight`` into ``out`` (may be ``sums`` itself).
 
-    Pixels no window covered (all their windows were skipped as nodata) get NaN scores.
+    Pixels no window covered (all their windows were skipped as nodata) get NaN scores. torch
+    divides on all intra-op threads.
     """
-    weight = sums[-1]
-    covered = weight > 0
-    with np.errstate(invalid="ignore", divide="ignore"):
-        scores = sums[:-1] / weight
-    if not covered.all():
-        scores[:, ~covered] = np.nan
-    return scores.astype(np.float32, copy=False), covered
+    w = torch.from_numpy(weight)
+    torch.div(torch.from_numpy(sums), w, out=torch.from_numpy(out))  # x / 0 -> NaN or inf, fixed below
+    if w.numel() and float(w.min()) <= 0:
+        out[:, weight <= 0] = np.nan
+
+
+def finalise(sums: np.ndarray, weight: np.ndarray) -> np.ndarray:
+    """Blended float32 scores ``(K, *s)`` in a new array."""
+    scores = np.empty(sums.shape, dtype=np.float32)
+    finalise_into(sums, weight, scores)
+    return scores

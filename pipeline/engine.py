@@ -10,8 +10,7 @@ result does not depend on the block size or on which worker ran what.
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
+import itertools
 import os
 import tempfile
 from collections import deque
@@ -21,8 +20,10 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 import numpy as np
+import torch
 
-from pipeline.blending import Accumulator, finalise
+from pipeline.allocator import tune_malloc
+from pipeline.blending import Accumulator
 from pipeline.box import Box
 from pipeline.tiling import Block, BlockPlan
 
@@ -37,9 +38,11 @@ class BlockInput:
 
 
 class Sink(Protocol):
-    """Receives finalised regions. Each region lies inside one block's write region."""
+    """Finalises regions from their complete weighted sums ``(K, *box.shape)`` and weight
+    ``(*box.shape)``. Each region lies inside one block's write region. The sink divides (or takes
+    the argmax) itself, so it can write straight into its destination; it may overwrite ``sums``."""
 
-    def write(self, box: Box, scores: np.ndarray, covered: np.ndarray) -> None: ...
+    def write(self, box: Box, sums: np.ndarray, weight: np.ndarray) -> None: ...
 
 
 class SeamStore(Protocol):
@@ -107,25 +110,27 @@ def window_is_empty(window: Box, block_input: BlockInput) -> bool:
     return bool(view.all())
 
 
-def _limit_malloc_arenas() -> None:
-    """Blocks allocated in the prefetch thread and freed in the main one fragment glibc's per-thread
-    arenas, so RSS creeps up with the number of blocks; two arenas keep it flat (measured: 16384² peak
-    1.22x the 4096² one with the default, 1.05x with this)."""
-    with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to tune
-        ctypes.CDLL("libc.so.6").mallopt(-8, 2)  # M_ARENA_MAX
-
-
-_limit_malloc_arenas()
+tune_malloc()  # before the first block: keeps freed buffers for the next one (see allocator.py)
 
 
 def prefetch(
     items: Iterable[Block], read: Callable[[Block], BlockInput], depth: int = 1
 ) -> Iterator[BlockInput]:
-    """Read the next blocks in a background thread while the current one computes."""
+    """Read the next blocks in a background thread while the current one computes.
+
+    A single block is read inline: a thread would only add its start-up and join to the run.
+    """
+    source = iter(items)
+    first = next(source, None)
+    if first is None:
+        return
+    second = next(source, None)
+    if second is None:
+        yield read(first)
+        return
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="tilewise-prefetch") as pool:
         queue: deque[Future[BlockInput]] = deque()
-        source = iter(items)
-        for block in source:
+        for block in itertools.chain((first, second), source):
             queue.append(pool.submit(read, block))
             if len(queue) > depth:
                 yield queue.popleft().result()
@@ -153,8 +158,12 @@ class BlockRunner:
     channels: int | None = None  # K, learnt from the first prediction when not given
     windows_run: int = 0
     windows_skipped: int = 0
+    _weights: torch.Tensor = field(init=False)
     _open: deque[_Open] = field(default_factory=deque)
     _batch: list[tuple[_Open, Box, np.ndarray]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self._weights = torch.from_numpy(np.array(self.weights))  # one writable copy shared by every block
 
     def run(self, inputs: Iterable[BlockInput]) -> None:
         for block_input in inputs:
@@ -181,13 +190,15 @@ class BlockRunner:
         if not self._batch:
             return
         batch, self._batch = self._batch, []
-        predictions = self.predict(np.stack([patch for _, _, patch in batch]))
+        # torch.stack copies the strided patches on all threads (np.stack uses one)
+        stacked = torch.stack([torch.from_numpy(patch) for _, _, patch in batch]).numpy()
+        predictions = self.predict(stacked)
         self.windows_run += len(batch)
         if self.channels is None:
             self.channels = int(predictions.shape[1])
         for (entry, window, _), prediction in zip(batch, predictions, strict=True):
             if entry.acc is None:
-                entry.acc = Accumulator(entry.block_input.block.read, self.channels, self.weights)
+                entry.acc = Accumulator(entry.block_input.block.read, self.channels, self._weights)
             entry.acc.add(window, prediction)
             entry.pending -= 1
 
@@ -208,18 +219,18 @@ def finish_block(
     block = block_input.block
     if acc is None:  # every window was skipped: the interior is uncovered and nothing is handed over
         if not block.interior.empty:
-            sums = np.zeros((channels + 1, *block.interior.shape), dtype=np.float32)
-            sink.write(block.interior, *finalise(sums))
+            shape = block.interior.shape
+            sink.write(block.interior, np.zeros((channels, *shape), np.float32), np.zeros(shape, np.float32))
         return []
     if block_input.nodata is not None:
-        acc.sums[:, block_input.nodata] = 0.0
-    if not block.interior.empty:
-        sink.write(block.interior, *finalise(acc.take(block.interior, copy=False)))
+        acc.clear(block_input.nodata)
     pieces = []
-    for box in block.spill:
+    for box in block.spill:  # copied before the sink may finalise the interior in place
         inside = box.intersect(plan.scene)
         if not inside.empty:
             pieces.append((inside, acc.take(inside)))
+    if not block.interior.empty:
+        sink.write(block.interior, *acc.view(block.interior))
     return pieces
 
 
@@ -240,8 +251,7 @@ def merge_seams(
                 sums[(slice(None), *overlap.slices(band.start))] += partial[
                     (slice(None), *overlap.slices(box.start))
                 ]
-        scores, covered = finalise(sums)
-        sink.write(band, scores, covered)
+        sink.write(band, sums[:-1], sums[-1])
 
 
 class SweepMerger:

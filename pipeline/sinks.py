@@ -6,13 +6,20 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.blending import finalise, finalise_into
 from pipeline.box import Box
 
 
 def read_padded(array: Any, box: Box, fill: float = 0.0, dtype: Any = np.float32) -> np.ndarray:
-    """``array[:, box]`` for a ``(C, *spatial)`` array-like (numpy, memmap, zarr), ``fill`` outside."""
+    """``array[:, box]`` for a ``(C, *spatial)`` array-like (numpy, memmap, zarr), ``fill`` outside.
+
+    An in-memory array of the right dtype that covers ``box`` is returned as a view, not copied: the
+    engine only reads block pixels (writable ones: torch refuses to wrap read-only memory silently).
+    """
     spatial = tuple(array.shape[1:])
     inside = box.intersect(Box.from_shape(spatial))
+    if inside == box and type(array) is np.ndarray and array.dtype == dtype and array.flags.writeable:
+        return array[(slice(None), *box.slices())]
     out = np.full((array.shape[0], *box.shape), fill, dtype=dtype)
     if not inside.empty:
         out[(slice(None), *inside.slices(box.start))] = array[(slice(None), *inside.slices())]
@@ -31,23 +38,37 @@ def read_padded_mask(mask: Any, box: Box) -> np.ndarray:
 class ScoreSink:
     """Writes blended float32 scores into a ``(K, *spatial)`` array-like.
 
-    Without ``out`` it allocates one at the first write, when K is known.
+    Without ``out`` it allocates one at the first write, when K is known, or, when one block covers
+    the whole scene, adopts that block's sums, divided in place. A numpy (or memmap) ``out``
+    receives the division directly, with no intermediate copy.
     """
 
     def __init__(self, out: Any = None, spatial_shape: tuple[int, ...] = ()) -> None:
         self.out = out
         self.spatial_shape = spatial_shape
 
-    def write(self, box: Box, scores: np.ndarray, covered: np.ndarray) -> None:
+    def write(self, box: Box, sums: np.ndarray, weight: np.ndarray) -> None:
+        if self.out is None and box.shape == self.spatial_shape and sums.flags.c_contiguous:
+            finalise_into(sums, weight, sums)
+            self.out = sums
+            return
         if self.out is None:
-            self.out = np.empty((scores.shape[0], *self.spatial_shape), np.float32)
-        self.out[(slice(None), *box.slices())] = scores
+            self.out = np.empty((sums.shape[0], *self.spatial_shape), np.float32)
+        where = (slice(None), *box.slices())
+        if isinstance(self.out, np.ndarray) and self.out.dtype == np.float32:
+            finalise_into(sums, weight, self.out[where])
+        else:
+            self.out[where] = finalise(sums, weight)
 
 
-def argmax_labels(scores: np.ndarray, covered: np.ndarray, nodata_label: int) -> np.ndarray:
-    """uint8 class ids; ``nodata_label`` where no window ran or the pixel is nodata (not covered)."""
-    labels = np.argmax(scores, axis=0).astype(np.uint8)  # NaN only where uncovered, overwritten below
-    labels[~covered] = nodata_label
+def argmax_labels(sums: np.ndarray, weight: np.ndarray, nodata_label: int) -> np.ndarray:
+    """uint8 class ids from weighted sums; ``nodata_label`` where no window ran.
+
+    The argmax is taken over the sums: dividing by a pixel's positive weight keeps the order of its
+    classes, so no score array is needed.
+    """
+    labels = np.argmax(sums, axis=0).astype(np.uint8)
+    labels[weight <= 0] = nodata_label
     return labels
 
 
@@ -75,8 +96,8 @@ class LabelSink:
         self.probabilities = probabilities
         self.origin = origin
 
-    def write(self, box: Box, scores: np.ndarray, covered: np.ndarray) -> None:
+    def write(self, box: Box, sums: np.ndarray, weight: np.ndarray) -> None:
         where = box.slices(self.origin)
-        self.out[where] = argmax_labels(scores, covered, self.nodata_label)
+        self.out[where] = argmax_labels(sums, weight, self.nodata_label)
         if self.probabilities is not None:
-            self.probabilities[(slice(None), *where)] = quantise(scores)
+            self.probabilities[(slice(None), *where)] = quantise(finalise(sums, weight))
