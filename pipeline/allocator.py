@@ -7,6 +7,10 @@ for page faults on fresh memory. On the 2-core VMs we measured, that was a quart
 3-D U-Net block (~40k minor faults per 160³ scene). Keeping freed memory in the process removes the
 faults; peak RSS does not grow, it only stops dropping between blocks.
 
+Kept memory is handed back once per block (``release_free_memory``): within a block the buffers are
+reused, across blocks fragmentation would otherwise let RSS creep up with the number of blocks
+(measured: +300 MB over a 16384² job).
+
 ``TILEWISE_MALLOC=default`` leaves glibc's settings alone.
 """
 
@@ -24,6 +28,9 @@ MMAP_THRESHOLD_BYTES = 32 * 2**20  # glibc's ceiling: anything larger is still m
 TRIM_THRESHOLD_BYTES = 256 * 2**20  # free heap kept for the next block before trimming
 
 
+_libc: ctypes.CDLL | None = None
+
+
 def tune_malloc() -> bool:
     """Apply the settings; False where there is nothing to tune (not glibc) or they were declined."""
     if os.environ.get("TILEWISE_MALLOC", "").lower() == "default":
@@ -32,6 +39,7 @@ def tune_malloc() -> bool:
         libc = ctypes.CDLL("libc.so.6")
     except OSError:
         return False
+    global _libc
     with contextlib.suppress(AttributeError):
         # Two arenas: blocks read in the prefetch thread and freed in the main one otherwise fragment
         # per-thread arenas, and RSS creeps up with the number of blocks (16384² peak 1.22x the
@@ -39,5 +47,12 @@ def tune_malloc() -> bool:
         ok = libc.mallopt(M_ARENA_MAX, 2)
         ok &= libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)
         ok &= libc.mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES)
+        _libc = libc if ok else None
         return bool(ok)
     return False
+
+
+def release_free_memory() -> None:
+    """Return the free pages kept by ``tune_malloc`` to the kernel (between blocks; a few ms)."""
+    if _libc is not None:
+        _libc.malloc_trim(0)

@@ -22,7 +22,7 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from pipeline.allocator import tune_malloc
+from pipeline.allocator import release_free_memory, tune_malloc
 from pipeline.blending import Accumulator
 from pipeline.box import Box
 from pipeline.tiling import Block, BlockPlan
@@ -207,6 +207,8 @@ class BlockRunner:
         while self.channels is not None and self._open and self._open[0].sealed and not self._open[0].pending:
             entry = self._open.popleft()
             self.on_done(entry.block_input, entry.acc, self.channels)
+            del entry
+            release_free_memory()  # reuse buffers within a block, not across: no creep with block count
 
 
 def finish_block(

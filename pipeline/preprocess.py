@@ -179,8 +179,14 @@ class Preprocessor:
         x = (raw if selected else self.select(raw)).astype(np.float32, copy=True)
         with np.errstate(invalid="ignore", over="ignore"):
             x = self._normalise(x)
-        bad = ~np.isfinite(x)
-        invalid = bad.any(axis=0)
+        # Channel by channel: one plane-sized temporary instead of two block-sized ones (they were a
+        # visible share of a job's per-block memory peak).
+        invalid = np.zeros(x.shape[1:], dtype=bool)
+        for plane in x:
+            bad = ~np.isfinite(plane)
+            if bad.any():
+                plane[bad] = 0.0
+                invalid |= bad
         if nodata_mask is not None:
             mask = np.asarray(nodata_mask, dtype=bool)
             if mask.shape != x.shape[1:]:
@@ -189,7 +195,6 @@ class Preprocessor:
                 )
             invalid |= mask
         if invalid.any():
-            x[bad] = 0.0
             x[:, invalid] = 0.0
         return x, invalid
 

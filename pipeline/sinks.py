@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
 
 from pipeline.blending import finalise, finalise_into
 from pipeline.box import Box
+
+ARGMAX_SLAB_PIXELS = 1 << 20  # pixels per argmax slab: an 8 MB int64 temporary
 
 
 def read_padded(array: Any, box: Box, fill: float = 0.0, dtype: Any = np.float32) -> np.ndarray:
@@ -65,9 +68,13 @@ def argmax_labels(sums: np.ndarray, weight: np.ndarray, nodata_label: int) -> np
     """uint8 class ids from weighted sums; ``nodata_label`` where no window ran.
 
     The argmax is taken over the sums: dividing by a pixel's positive weight keeps the order of its
-    classes, so no score array is needed.
+    classes, so no score array is needed. It runs in slabs along the first axis so its int64 index
+    temporary stays small whatever the block size.
     """
-    labels = np.argmax(sums, axis=0).astype(np.uint8)
+    labels = np.empty(weight.shape, dtype=np.uint8)
+    step = max(1, ARGMAX_SLAB_PIXELS // max(1, math.prod(weight.shape[1:])))
+    for a in range(0, weight.shape[0], step):
+        labels[a : a + step] = np.argmax(sums[:, a : a + step], axis=0)
     labels[weight <= 0] = nodata_label
     return labels
 

@@ -22,6 +22,7 @@ from rasterio.windows import Window
 
 from pipeline.atomic import atomic_path, temp_sibling
 from pipeline.errors import ConfigError, InputError, OutputError
+from pipeline.formats.gdal_cache import bound_gdal_cache
 from pipeline.scene import GeoMeta
 
 _PREDICTOR_CODECS = {"DEFLATE", "ZSTD", "LZW", "LZMA"}
@@ -91,6 +92,7 @@ def _write_cog(
     The COG and its PAM ``.aux.xml`` (if GDAL wrote one) are moved into place together: sidecar first,
     the COG last, so the final name never points at a half-written file.
     """
+    bound_gdal_cache()  # writing and the overview build go through the same block cache
     dest = Path(dest)
     count, height, width = shape
     if block_rows < 1:

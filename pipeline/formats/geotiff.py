@@ -25,6 +25,7 @@ from rasterio.windows import Window
 from pipeline.box import Box
 from pipeline.errors import FormatError, InputError
 from pipeline.formats.cog import write_cog_labels, write_cog_probabilities
+from pipeline.formats.gdal_cache import bound_gdal_cache
 from pipeline.formats.local import missing_reason
 from pipeline.scene import GeoMeta
 
@@ -115,6 +116,7 @@ class GeoTiffScene:
     """
 
     def __init__(self, uri: str, *, bands: Sequence[int] | None = None) -> None:
+        bound_gdal_cache()
         self.uri = str(uri)
         self.path = gdal_path(self.uri)
         self._lock = threading.RLock()
@@ -214,15 +216,17 @@ class GeoTiffScene:
     def read_with_nodata(self, box: Box, fill: float = 0.0) -> tuple[np.ndarray, np.ndarray | None]:
         """``read`` and ``read_nodata`` from a single read of the pixels (half the I/O of both)."""
         inner = self._inside(box)
-        out = np.full((self.shape[0], *box.shape), fill, dtype=self.dtype)
         mask = np.ones(box.shape, dtype=bool) if self._has_nodata() else None
         if inner.empty:
-            return out, mask
+            return np.full((self.shape[0], *box.shape), fill, dtype=self.dtype), mask
         win = self._window(inner)
         with self._lock, _gdal_errors(self.uri, f"cannot read {inner}"):
             data = self.dataset.read(self.bands, window=win, out_dtype=self.dtype)
             if mask is not None:
                 mask[inner.slices(box.start)] = self._invalid(data, win)
+        if inner == box:  # no padding: the read itself is the result
+            return data, mask
+        out = np.full((self.shape[0], *box.shape), fill, dtype=self.dtype)
         out[(slice(None), *inner.slices(box.start))] = data
         return out, mask
 
