@@ -2,7 +2,7 @@
 
 Artifact keys are stable per job target (``tilewise-<kind>-<slug>-summary`` / ``-scenes``), so the UI
 shows the history of one bucket or folder under one key. Everything published passes through
-``scrub`` first: error reasons can quote URLs, and URLs can carry credentials.
+``redact`` (pipeline.errors) first: error reasons can quote URLs, and URLs can carry credentials.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from pipeline.errors import redact
 from pipeline.job import SceneResult
 
 
@@ -71,28 +72,9 @@ class ScenesFailed(Exception):
         return (type(self), (self.summary,))
 
 
-_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/\s@]+@")
-_SIGNED = re.compile(r"(?i)(X-Amz-(?:Credential|Signature|Security-Token)=)[^&\s\"']+")
-_SECRET_VARS = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ACCESS_KEY_ID", "AWS_SECURITY_TOKEN")
-
-
-def scrub(text: str) -> str:
-    """Remove credentials from text: URL user-info, presigned-URL signatures, and the literal values
-    of the AWS credential variables of this process."""
-    import os
-
-    text = _USERINFO.sub(r"\1***@", text)
-    text = _SIGNED.sub(r"\1***", text)
-    for var in _SECRET_VARS:
-        value = os.environ.get(var, "")
-        if len(value) >= 4:
-            text = text.replace(value, "***")
-    return text
-
-
 def artifact_key(kind: str, target: str) -> str:
     """A stable Prefect artifact key for a job target: lowercase letters, digits and dashes only."""
-    slug = re.sub(r"[^a-z0-9]+", "-", scrub(target).lower()).strip("-")[-40:].strip("-")
+    slug = re.sub(r"[^a-z0-9]+", "-", redact(target).lower()).strip("-")[-40:].strip("-")
     digest = hashlib.sha1(target.encode()).hexdigest()[:6]
     return f"tilewise-{kind}-{slug}-{digest}" if slug else f"tilewise-{kind}-{digest}"
 
@@ -118,12 +100,12 @@ def table_rows(summary: RunSummary) -> list[dict[str, Any]]:
     return [
         {
             "scene": r.stem,
-            "input": scrub(r.uri),
+            "input": redact(r.uri),
             "status": r.status,
             "seconds": r.seconds,
             "windows": r.windows,
             "classes": class_summary(r.report),
-            "outputs_or_reason": scrub(_detail(r)),
+            "outputs_or_reason": redact(_detail(r)),
         }
         for r in summary.results
     ]
@@ -153,7 +135,7 @@ def markdown(summary: RunSummary) -> str:
             lines.append("| " + " | ".join(_cell(c) for c in [*cells, row["outputs_or_reason"]]) + " |")
     else:
         lines.append("_No scene needed processing._")
-    return scrub("\n".join(lines) + "\n")
+    return redact("\n".join(lines) + "\n")
 
 
 def publish(summary: RunSummary) -> tuple[str, str]:
@@ -161,7 +143,7 @@ def publish(summary: RunSummary) -> tuple[str, str]:
     from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
     base = artifact_key(summary.kind, summary.target)
-    description = scrub(f"tilewise {summary.kind} run into {summary.target}: {summary.headline()}")
+    description = redact(f"tilewise {summary.kind} run into {summary.target}: {summary.headline()}")
     create_markdown_artifact(markdown(summary), key=f"{base}-summary", description=description)
     rows = table_rows(summary) or [{"scene": "", "status": "none processed"}]
     create_table_artifact(rows, key=f"{base}-scenes", description=description)

@@ -23,7 +23,7 @@ from typing import Any
 from prefect import flow, task
 from prefect.utilities.annotations import quote
 
-from flows.artifacts import RunSummary, scrub
+from flows.artifacts import RunSummary
 from flows.folder import (
     HOOKS,
     SCENE_TASK_OPTIONS,
@@ -57,7 +57,7 @@ from pipeline.batch import ProgressFactory, concurrent_scenes, make_executor
 from pipeline.blockwork import SceneSource
 from pipeline.config import JobConfig
 from pipeline.discover import WORK_DIR, scene_stem
-from pipeline.errors import ConfigError, InputError, TilewiseError
+from pipeline.errors import ConfigError, InputError, TilewiseError, redact
 from pipeline.execute import Executor, Progress
 from pipeline.formats.dispatch import kind_of
 from pipeline.job import SceneResult
@@ -175,7 +175,7 @@ def bucket_scene_task(
     except Exception as exc:
         if is_transient(exc) and not debug:
             raise TransientSceneError(
-                scrub(f"{scene.uri}: upload failed: {type(exc).__name__}: {exc}")
+                redact(f"{scene.uri}: upload failed: {type(exc).__name__}: {exc}")
             ) from None
         if debug:
             raise
@@ -206,7 +206,7 @@ def _entry(scene: BucketScene, result: SceneResult, bundle_hash: str, cfg_hash: 
         config_hash=cfg_hash,
         status=status,
         retryable=bool(result.report.get("transient")),
-        reason=scrub(result.reason),
+        reason=redact(result.reason),
         outputs=result.outputs if status == "ok" else {},
         seconds=result.seconds,
         flow_run=flow_run.id,
@@ -234,7 +234,7 @@ def bucket_flow(
         if debug:
             raise
         where = f"{config.input} / {config.output}"
-        return refuse(InputError(scrub(f"cannot read {where}: {type(exc).__name__}: {exc}")), debug)  # type: ignore[return-value]
+        return refuse(InputError(redact(f"cannot read {where}: {type(exc).__name__}: {exc}")), debug)  # type: ignore[return-value]
     cfg_hash = config_hash(config)
 
     def needed(s: BucketScene) -> bool:
@@ -252,7 +252,7 @@ def bucket_flow(
             i, scene = item
             t0, stage = time.perf_counter(), root / f"{i:05d}"
             if scene.problem:
-                reason = scrub(f"{scene.uri}: {scene.problem}")
+                reason = redact(f"{scene.uri}: {scene.problem}")
                 return SceneResult(scene.uri, scene.stem, "failed", reason=reason)
             try:
                 stage_dir = local_under(stage, safe_relative(scene.rel_dir)) if scene.rel_dir else stage

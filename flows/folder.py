@@ -22,13 +22,13 @@ from prefect.cache_policies import NO_CACHE
 from prefect.states import Failed, State
 from prefect.utilities.annotations import quote
 
-from flows.artifacts import RunSummary, ScenesFailed, publish, scrub
+from flows.artifacts import RunSummary, ScenesFailed, publish
 from pipeline.atomic import clean_stale_temps
 from pipeline.batch import ProgressFactory, concurrent_scenes, make_executor, prepare_output
 from pipeline.blockwork import SceneSource
 from pipeline.config import JobConfig
 from pipeline.discover import scene_stem
-from pipeline.errors import ConfigError, FormatError, TilewiseError
+from pipeline.errors import ConfigError, FormatError, TilewiseError, redact
 from pipeline.execute import Executor, Progress
 from pipeline.job import SceneResult, run_scene
 
@@ -82,10 +82,10 @@ def retry_transient(task: Any, task_run: Any, state: State) -> bool:
 
 def fail_reason(exc: BaseException) -> str:
     if isinstance(exc, TilewiseError):
-        return scrub(str(exc))
+        return redact(str(exc))
     if isinstance(exc, MemoryError):
         return "out of memory; lower tiling.memory_budget_mb or --batch-size"
-    return scrub(f"internal error {type(exc).__name__}: {exc}")
+    return redact(f"internal error {type(exc).__name__}: {exc}")
 
 
 def run_scene_once(
@@ -104,12 +104,12 @@ def run_scene_once(
         return run_scene(source, bundle, config, out_dir, executor, progress=progress, debug=True)
     except Exception as exc:
         if is_transient(exc) and not debug:
-            raise TransientSceneError(scrub(f"{source.uri}: {type(exc).__name__}: {exc}")) from None
+            raise TransientSceneError(redact(f"{source.uri}: {type(exc).__name__}: {exc}")) from None
         if debug:
             raise
         result = SceneResult(source.uri, scene_stem(source), "failed", reason=fail_reason(exc))
         if not isinstance(exc, TilewiseError):
-            result.report["traceback"] = scrub(traceback.format_exc(limit=8))
+            result.report["traceback"] = redact(traceback.format_exc(limit=8))
         result.seconds = round(time.perf_counter() - t0, 3)
         return result
 
@@ -142,7 +142,7 @@ def settle(state: State, source: SceneSource, started: float) -> SceneResult:
     value = state.result(raise_on_failure=False)
     if isinstance(value, SceneResult):
         return value
-    reason = fail_reason(value) if isinstance(value, BaseException) else scrub(state.message or "failed")
+    reason = fail_reason(value) if isinstance(value, BaseException) else redact(state.message or "failed")
     result = SceneResult(source.uri, scene_stem(source), "failed", reason=reason)
     if isinstance(value, TransientSceneError):
         result.reason, result.report["transient"] = f"{value} (after retries)", True
@@ -161,7 +161,7 @@ def report_result(summary: RunSummary, result: SceneResult) -> None:
     if hooks and hooks.on_result:
         hooks.on_result(result)
     detail = result.reason or f"{result.seconds:.1f} s, {result.windows} windows"
-    get_run_logger().info("%s: %s (%s)", result.stem, result.status, scrub(detail))
+    get_run_logger().info("%s: %s (%s)", result.stem, result.status, redact(detail))
 
 
 def finish(summary: RunSummary, started: float) -> RunSummary | State:
@@ -172,7 +172,7 @@ def finish(summary: RunSummary, started: float) -> RunSummary | State:
     summary.flow_run_id = flow_run.id
     publish(summary)
     if summary.failed:
-        return Failed(message=scrub(summary.failure_message()), data=ScenesFailed(summary))
+        return Failed(message=redact(summary.failure_message()), data=ScenesFailed(summary))
     return summary
 
 
@@ -180,7 +180,7 @@ def refuse(exc: TilewiseError, debug: bool) -> State:
     """A job that cannot start (bad config, bundle, output): Failed, without a traceback in the log."""
     if debug:
         raise exc
-    return Failed(message=scrub(str(exc)), data=exc)
+    return Failed(message=redact(str(exc)), data=exc)
 
 
 def in_lanes(items: list[T], work: Callable[[T], SceneResult], lanes: int) -> Iterator[SceneResult]:

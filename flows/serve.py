@@ -64,10 +64,10 @@ def _check_reachable(url: str) -> None:
     try:
         httpx.get(f"{url.rstrip('/')}/health", timeout=10)
     except httpx.HTTPError as exc:
-        from flows.artifacts import scrub
+        from pipeline.errors import redact
 
         raise ConfigError(
-            scrub(
+            redact(
                 f"Prefect API {url} is not reachable ({type(exc).__name__}); start it or "
                 "unset PREFECT_API_URL to run with a temporary local server"
             )

@@ -9,7 +9,7 @@ from pathlib import Path, PurePosixPath
 
 import pytest
 
-from flows.artifacts import artifact_key, scrub
+from flows.artifacts import artifact_key
 from flows.bucket import find_scenes
 from flows.folder import is_transient
 from flows.manifest import Manifest, ManifestEntry, ManifestStore, config_hash, fingerprint
@@ -24,7 +24,7 @@ from flows.storage import (
     safe_relative,
 )
 from pipeline.config import load_config
-from pipeline.errors import ConfigError, FormatError, InputError, OutputError
+from pipeline.errors import ConfigError, FormatError, InputError, OutputError, redact
 
 
 def test_prefix_parsing_and_safe_keys():
@@ -133,7 +133,7 @@ def test_manifest_generations_survive_a_corrupt_object(s3, bucket):
 
 def test_scrub_and_artifact_keys(monkeypatch):
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "verysecretvalue")
-    text = scrub("GET http://user:pa55@minio:9000/b/k?X-Amz-Signature=abc123&x=1 failed: verysecretvalue")
+    text = redact("GET http://user:pa55@minio:9000/b/k?X-Amz-Signature=abc123&x=1 failed: verysecretvalue")
     assert "pa55" not in text and "abc123" not in text and "verysecretvalue" not in text and "x=1" in text
     for target in ("s3://My_Bucket/Out Put/", "/tmp/a b/ÄÖ", ""):
         assert re.fullmatch(r"[a-z0-9-]+", artifact_key("bucket", target))
