@@ -66,7 +66,7 @@ class Accumulator:
     and handed out as the result, as MONAI does, with no second scene-sized buffer.
     """
 
-    def __init__(self, region: Box, channels: int, weights: np.ndarray | torch.Tensor) -> None:
+    def __init__(self, region: Box, channels: int, weights: torch.Tensor) -> None:
         self.region = region
         # torch owns the memory (zero-filled on all intra-op threads, so the pages are touched in one
         # parallel pass rather than one by one inside the multiply-adds); numpy views share it
@@ -74,8 +74,7 @@ class Accumulator:
         self._weight = torch.zeros(region.shape, dtype=torch.float32)
         self.sums = self._sums.numpy()
         self.weight = self._weight.numpy()
-        # pass a tensor to share one across blocks; a (read-only) numpy map is copied for torch
-        self._weights = weights if isinstance(weights, torch.Tensor) else torch.from_numpy(np.array(weights))
+        self._weights = weights  # the importance map as a tensor, shared by every block of a run
 
     def add(self, window: Box, prediction: np.ndarray) -> None:
         """Add one window's ``(K, *roi)`` prediction."""
