@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from pipeline.blending import importance_map
-from pipeline.engine import BlockInput, BlockRunner, MemorySeams, Sink, SweepMerger, prefetch
+from pipeline.engine import BlockInput, BlockRunner, MemorySeams, Prefetch, Sink, SweepMerger
 from pipeline.predictor import Predictor
 from pipeline.sinks import LabelSink, ScoreSink, read_padded, read_padded_mask
 from pipeline.tiling import Block, BlockPlan, default_block_size
@@ -91,7 +91,7 @@ def sweep(
         channels=channels,
     )
     try:
-        runner.run(prefetch(plan.blocks(), read or read_array))
+        runner.run(Prefetch(plan.blocks(), read or read_array))
     finally:
         seams.close()
     return RunStats(

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.blending import Accumulator, importance_map
-from pipeline.engine import BlockInput, BlockRunner, finish_block, merge_seams, prefetch
+from pipeline.engine import BlockInput, BlockRunner, Prefetch, finish_block, merge_seams
 from pipeline.predictor import Predictor
 from pipeline.preprocess import Preprocessor
 from pipeline.sinks import LabelSink
@@ -111,13 +111,15 @@ def cached_scene(source: SceneSource) -> Any:
 
 
 def read_block(task: SceneTask, scene: Any, block: Block) -> BlockInput:
-    """Raw pixels of the block's read region, normalised, with its nodata mask."""
+    """Raw pixels of the block's read region (normalised window by window), with its nodata mask."""
     if hasattr(scene, "read_with_nodata"):  # one read of the pixels instead of two
         raw, nodata = scene.read_with_nodata(block.read)
     else:
         raw, nodata = scene.read(block.read), scene.read_nodata(block.read)
-    image, invalid = task.preprocessor.apply(raw, nodata)
-    return BlockInput(block, image, invalid if invalid.any() else None)
+    pre = task.preprocessor
+    raw = pre.select(raw)
+    invalid = pre.invalid(raw, nodata, selected=True)
+    return BlockInput(block, raw, invalid if invalid.any() else None, prepare=pre.prepare)
 
 
 def _canvas(task: SceneTask, block: Block) -> tuple[np.ndarray, np.ndarray | None, LabelSink]:
@@ -175,7 +177,7 @@ def phase1(
         channels=task.classes,
     )
     t0 = time.perf_counter()
-    runner.run(prefetch(todo, timed_read))
+    runner.run(Prefetch(todo, timed_read))
     stats.compute_s = time.perf_counter() - t0 - stats.read_s
     stats.windows, stats.skipped = runner.windows_run, runner.windows_skipped
     return stats

@@ -30,11 +30,25 @@ from pipeline.tiling import Block, BlockPlan
 
 @dataclass
 class BlockInput:
-    """A block's normalised pixels over its read region, and where there is no data."""
+    """A block's pixels over its read region, and where there is no data.
+
+    With ``prepare``, ``image`` holds the raw pixels and each window is normalised as it is batched:
+    a block in flight then costs its source dtype, not float32 (two are in flight: the one computing
+    and the one read ahead).
+    """
 
     block: Block
-    image: np.ndarray  # (C, *read.shape) float32
+    image: np.ndarray  # (C, *read.shape): model input, or raw pixels for ``prepare``
     nodata: np.ndarray | None = None  # (*read.shape) bool, True = no data
+    prepare: Callable[[np.ndarray, np.ndarray | None], np.ndarray] | None = None
+
+    def patch(self, window: Box) -> np.ndarray:
+        """The model input over ``window`` (a view when ``image`` is already the model input)."""
+        where = window.slices(self.block.read.start)
+        if self.prepare is None:
+            return self.image[(slice(None), *where)]
+        nodata = None if self.nodata is None else self.nodata[where]
+        return self.prepare(self.image[(slice(None), *where)], nodata)
 
 
 class Sink(Protocol):
@@ -113,29 +127,59 @@ def window_is_empty(window: Box, block_input: BlockInput) -> bool:
 tune_malloc()  # before the first block: keeps freed buffers for the next one (see allocator.py)
 
 
-def prefetch(
-    items: Iterable[Block], read: Callable[[Block], BlockInput], depth: int = 1
-) -> Iterator[BlockInput]:
-    """Read the next blocks in a background thread while the current one computes.
+class Prefetch:
+    """Blocks read in a background thread while the current one computes, at most two in memory.
 
-    A single block is read inline: a thread would only add its start-up and join to the run.
+    The next block is read once at most one block is live (handed out and not yet ``retired``): the
+    block just finished is let go (its accumulator, its seam pieces written) before the next read
+    allocates, so a stream of blocks peaks no higher than two. If the consumer asks for a block that
+    was not read ahead, it is read on demand. A single block is read inline: a thread would only add
+    its start-up and join to the run.
     """
-    source = iter(items)
-    first = next(source, None)
-    if first is None:
-        return
-    second = next(source, None)
-    if second is None:
-        yield read(first)
-        return
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="tilewise-prefetch") as pool:
-        queue: deque[Future[BlockInput]] = deque()
-        for block in itertools.chain((first, second), source):
-            queue.append(pool.submit(read, block))
-            if len(queue) > depth:
-                yield queue.popleft().result()
-        while queue:
-            yield queue.popleft().result()
+
+    def __init__(self, items: Iterable[Block], read: Callable[[Block], BlockInput]) -> None:
+        self._items, self._read = iter(items), read
+        self._pool: ThreadPoolExecutor | None = None
+        self._ahead: Future[BlockInput] | None = None
+        self._live = 0
+
+    def retired(self) -> None:
+        """The consumer is done with one block (``BlockRunner`` calls this as each block retires)."""
+        self._live -= 1
+        self._read_ahead()
+
+    def _read_ahead(self) -> None:
+        if self._pool is None or self._ahead is not None or self._live > 1:
+            return
+        block = next(self._items, None)
+        if block is not None:
+            self._ahead = self._pool.submit(self._read, block)
+
+    def __iter__(self) -> Iterator[BlockInput]:
+        first = next(self._items, None)
+        if first is None:
+            return
+        second = next(self._items, None)
+        if second is None:
+            self._live += 1
+            yield self._read(first)
+            return
+        self._items = itertools.chain((second,), self._items)
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="tilewise-prefetch") as pool:
+            self._pool, self._ahead = pool, pool.submit(self._read, first)
+            try:
+                while self._ahead is not None:
+                    future, self._ahead = self._ahead, None
+                    block_input = future.result()
+                    self._live += 1
+                    self._read_ahead()
+                    yield block_input
+                    if self._ahead is None:  # nothing retired since: read the next one now
+                        block = next(self._items, None)
+                        if block is not None:
+                            self._ahead = pool.submit(self._read, block)
+            finally:
+                self._pool = None
 
 
 @dataclass
@@ -161,11 +205,13 @@ class BlockRunner:
     _weights: torch.Tensor = field(init=False)
     _open: deque[_Open] = field(default_factory=deque)
     _batch: list[tuple[_Open, Box, np.ndarray]] = field(default_factory=list)
+    _notify: Callable[[], None] | None = field(default=None, init=False)
 
     def __post_init__(self) -> None:
         self._weights = torch.from_numpy(np.array(self.weights))  # one writable copy shared by every block
 
     def run(self, inputs: Iterable[BlockInput]) -> None:
+        self._notify = getattr(inputs, "retired", None)  # lets a prefetch read once a block is let go
         for block_input in inputs:
             entry = _Open(block_input, None)
             self._open.append(entry)
@@ -174,9 +220,8 @@ class BlockRunner:
                 if window_is_empty(window, block_input):
                     self.windows_skipped += 1
                     continue
-                patch = block_input.image[(slice(None), *window.slices(block_input.block.read.start))]
                 entry.pending += 1
-                self._batch.append((entry, window, patch))
+                self._batch.append((entry, window, block_input.patch(window)))
                 if len(self._batch) >= self.batch_size:
                     self._flush()
             entry.sealed = True
@@ -198,6 +243,9 @@ class BlockRunner:
             self.channels = int(predictions.shape[1])
         for (entry, window, _), prediction in zip(batch, predictions, strict=True):
             if entry.acc is None:
+                # a batch that spans two blocks: retire the finished one before the next block's
+                # accumulator exists, so two are never held at once
+                self._retire()
                 entry.acc = Accumulator(entry.block_input.block.read, self.channels, self._weights)
             entry.acc.add(window, prediction)
             entry.pending -= 1
@@ -207,8 +255,11 @@ class BlockRunner:
         while self.channels is not None and self._open and self._open[0].sealed and not self._open[0].pending:
             entry = self._open.popleft()
             self.on_done(entry.block_input, entry.acc, self.channels)
+            entry.acc = None  # the batch being flushed may still hold the entry; not its sums
             del entry
             release_free_memory()  # reuse buffers within a block, not across: no creep with block count
+            if self._notify is not None:
+                self._notify()
 
 
 def finish_block(

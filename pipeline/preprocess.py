@@ -139,20 +139,22 @@ class Preprocessor:
                 lo[c], hi[c] = np.percentile(v, [self.normalization.lower, self.normalization.upper])
         self.lower_values, self.upper_values = lo, hi
 
-    def _normalise(self, x: np.ndarray) -> np.ndarray:
+    def _normalise(self, x: np.ndarray, channel: int | None = None) -> np.ndarray:
+        """Normalise ``x`` in place: all channels, or the one plane ``channel`` (shaped ``(1, ...)``)."""
         norm = self.normalization
-        per_channel = (self.in_channels,) + (1,) * (x.ndim - 1)
+        pick = slice(None) if channel is None else slice(channel, channel + 1)
+        per_channel = (x.shape[0],) + (1,) * (x.ndim - 1)
         if norm.kind == "zscore":
             assert norm.mean is not None and norm.std is not None  # enforced by the bundle schema
-            x -= np.asarray(norm.mean, np.float32).reshape(per_channel)
-            x /= np.asarray(norm.std, np.float32).reshape(per_channel)
+            x -= np.asarray(norm.mean, np.float32)[pick].reshape(per_channel)
+            x /= np.asarray(norm.std, np.float32)[pick].reshape(per_channel)
         elif norm.kind == "percentile":
             if self.lower_values is None or self.upper_values is None:
                 raise InputError(
                     "percentile statistics were not computed (use from_bundle)", path=self.uri or None
                 )
-            lo = self.lower_values.astype(np.float32).reshape(per_channel)
-            span = (self.upper_values - self.lower_values).astype(np.float32)
+            lo = self.lower_values.astype(np.float32)[pick].reshape(per_channel)
+            span = (self.upper_values - self.lower_values).astype(np.float32)[pick]
             span[span <= 0] = 1.0  # constant channel: maps to 0 rather than dividing by zero
             np.clip(x, lo, lo + span.reshape(per_channel), out=x)
             x -= lo
@@ -168,6 +170,40 @@ class Preprocessor:
             x += np.float32(norm.offset)
         return x
 
+    def invalid(
+        self, raw: np.ndarray, nodata_mask: np.ndarray | None = None, *, selected: bool = False
+    ) -> np.ndarray:
+        """The boolean ``box`` mask of pixels the model must not see: nodata, or non-finite in any
+        channel once normalised. One plane at a time, so a block costs one plane-sized temporary."""
+        x = raw if selected else self.select(raw)
+        invalid = np.zeros(x.shape[1:], dtype=bool)
+        for c in range(x.shape[0]):
+            plane = x[c : c + 1].astype(np.float32, copy=True)
+            with np.errstate(invalid="ignore", over="ignore"):
+                invalid |= ~np.isfinite(self._normalise(plane, c)[0])
+        if nodata_mask is not None:
+            mask = np.asarray(nodata_mask, dtype=bool)
+            if mask.shape != x.shape[1:]:
+                raise InputError(
+                    f"nodata mask shape {mask.shape} != pixel shape {x.shape[1:]}", path=self.uri or None
+                )
+            invalid |= mask
+        return invalid
+
+    def prepare(self, selected_raw: np.ndarray, invalid: np.ndarray | None = None) -> np.ndarray:
+        """Normalised float32 model input for raw pixels of the model's channels; ``invalid`` ones 0.
+
+        Elementwise, so normalising a window of a block gives the same values as normalising the
+        block: the engine keeps blocks raw (a quarter of the memory for 8-bit imagery) and
+        normalises each window as it is batched.
+        """
+        x = selected_raw.astype(np.float32, copy=True)
+        with np.errstate(invalid="ignore", over="ignore"):
+            x = self._normalise(x)
+        if invalid is not None:
+            x[:, invalid] = 0.0
+        return x
+
     def apply(
         self, raw: np.ndarray, nodata_mask: np.ndarray | None = None, *, selected: bool = False
     ) -> tuple[np.ndarray, np.ndarray]:
@@ -176,27 +212,9 @@ class Preprocessor:
         Invalid means nodata or non-finite in any channel; those pixels are 0 in the output, set
         after normalisation so the model never sees NaN or a nodata sentinel scaled into range.
         """
-        x = (raw if selected else self.select(raw)).astype(np.float32, copy=True)
-        with np.errstate(invalid="ignore", over="ignore"):
-            x = self._normalise(x)
-        # Channel by channel: one plane-sized temporary instead of two block-sized ones (they were a
-        # visible share of a job's per-block memory peak).
-        invalid = np.zeros(x.shape[1:], dtype=bool)
-        for plane in x:
-            bad = ~np.isfinite(plane)
-            if bad.any():
-                plane[bad] = 0.0
-                invalid |= bad
-        if nodata_mask is not None:
-            mask = np.asarray(nodata_mask, dtype=bool)
-            if mask.shape != x.shape[1:]:
-                raise InputError(
-                    f"nodata mask shape {mask.shape} != pixel shape {x.shape[1:]}", path=self.uri or None
-                )
-            invalid |= mask
-        if invalid.any():
-            x[:, invalid] = 0.0
-        return x, invalid
+        x = raw if selected else self.select(raw)
+        invalid = self.invalid(x, nodata_mask, selected=True)
+        return self.prepare(x, invalid if invalid.any() else None), invalid
 
     def __call__(self, raw: np.ndarray, nodata_mask: np.ndarray | None = None) -> np.ndarray:
         """Normalised float32 model input for a raw scene read; see :meth:`apply` for the mask."""

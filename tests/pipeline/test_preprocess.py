@@ -269,3 +269,30 @@ def test_real_ct_window() -> None:
     assert air.any() and (out[0][air] == 0).all()
     soft = (hu[0] > -100) & (hu[0] < 180)
     np.testing.assert_allclose(out[0][soft], (hu[0][soft] + 160) / 400, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "norm",
+    [
+        {"kind": "percentile", "lower": 2, "upper": 98},
+        {"kind": "zscore", "mean": [900.0, 800.0, 700.0, 600.0], "std": [300.0, 250.0, 200.0, 150.0]},
+        {"kind": "scale", "factor": 1e37, "offset": 0.0},  # overflows to inf: invalid, like NaN
+    ],
+)
+def test_window_by_window_prepare_equals_whole_block_apply(s2_crop: np.ndarray, norm: dict) -> None:
+    """The engine keeps blocks raw and normalises each window as it is batched: same values, same mask."""
+    raw = s2_crop[:, :300, :400].astype(np.float32)
+    raw[1, 10:20, 30:50] = np.nan
+    raw[:, 200:, :17] = 0.0  # nodata collar
+    scene = ArrayScene(raw, uri=str(S2), nodata=0.0, geo=True)
+    pre = Preprocessor.from_bundle(config(BANDS, norm), scene)
+    box = Box.from_shape((300, 400))
+    nodata = scene.read_nodata(box)
+    whole, invalid = pre.apply(raw, nodata)
+    assert np.array_equal(pre.invalid(raw, nodata), invalid) and invalid[15, 40] and invalid[250, 5]
+    assert norm["kind"] != "scale" or invalid.mean() > 0.9  # 1e37 x reflectance overflows float32
+    for window in [Box((0, 0), (64, 64)), Box((37, 111), (101, 203)), Box((236, 336), (300, 400))]:
+        where = window.slices()
+        patch = pre.prepare(raw[(slice(None), *where)], invalid[where])
+        np.testing.assert_array_equal(patch, whole[(slice(None), *where)])
+        assert np.isfinite(patch).all()
