@@ -23,16 +23,13 @@ OUT = ROOT / "benchmarks" / "out"
 
 
 def _cluster(workers: int):
-    from distributed import Client, LocalCluster
+    """The same LocalCluster ``tilewise run --workers N`` starts (one torch thread per worker)."""
+    from distributed import Client
+
+    from pipeline.distributed import local_cluster
 
     os.environ.setdefault("DASK_TEMPORARY_DIRECTORY", str(OUT / "dask"))
-    cluster = LocalCluster(
-        n_workers=workers,
-        threads_per_worker=1,
-        processes=True,
-        host="127.0.0.1",
-        dashboard_address="127.0.0.1:0",
-    )
+    cluster = local_cluster(workers, threads_per_worker=1, device="cpu")
     return cluster, Client(cluster)
 
 

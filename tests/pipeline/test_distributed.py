@@ -46,6 +46,7 @@ def _start_cluster(tmp: Path, preload: Path | None = None):
         "DASK_TEMPORARY_DIRECTORY": str(tmp / "dask"),
         "OMP_NUM_THREADS": "1",
         "DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES": "1",
+        "MALLOC_ARENA_MAX": "2",  # as docker/compose.yaml sets it
     }
     quiet = {"env": env, "stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
     loopback = ["--host", "127.0.0.1", "--dashboard-address", "127.0.0.1:0"]
@@ -199,3 +200,25 @@ def test_many_small_scenes_spread_over_local_cluster_workers(tmp_path, data, bun
     assert len(ran_on) == 2
     first = (tmp_path / "out" / "scene0_labels.tif").read_bytes()
     assert all((tmp_path / "out" / f"scene{i}_labels.tif").read_bytes() == first for i in range(6))
+
+
+def test_local_cluster_workers_start_with_two_malloc_arenas_small_caches_and_a_light_profiler(monkeypatch):
+    """glibc reads MALLOC_ARENA_MAX once, so it must be in a worker's environment before it starts."""
+    from pipeline.distributed import TilewiseWorker, local_cluster, worker_environ
+
+    monkeypatch.setenv("TILEWISE_MALLOC", "default")
+    assert "MALLOC_ARENA_MAX" not in worker_environ()
+    monkeypatch.delenv("TILEWISE_MALLOC")
+    assert worker_environ()["OMP_NUM_THREADS"] == "1"  # Dask's own pre-spawn settings are kept
+
+    def probe() -> tuple[str | None, str, int]:
+        import dask
+        from rasterio.env import get_gdal_config
+
+        interval = dask.config.get("distributed.worker.profile.interval")
+        return os.environ.get("MALLOC_ARENA_MAX"), interval, int(get_gdal_config("GDAL_CACHEMAX"))
+
+    with local_cluster(1, device="cpu") as cluster, Client(cluster) as client:
+        client.register_plugin(TilewiseWorker(threads=1))
+        assert list(client.run(probe).values()) == [("2", "100ms", 16 * 2**20)]
+        assert all(w["host"] == "127.0.0.1" for w in client.scheduler_info()["workers"].values())
