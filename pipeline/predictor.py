@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import torch
+
+from models.subpixel import SubPixelUpsampling
 
 ACTIVATIONS = ("none", "softmax", "sigmoid")
 
@@ -26,7 +29,9 @@ class Predictor:
     """Callable ``(B, C, *patch) float32 ndarray -> (B, K, *patch) float32 ndarray``.
 
     ``model`` is any callable on torch tensors (an ``nn.Module`` is moved to the device and put in
-    eval mode). On CUDA the batch goes through pinned memory with a non-blocking copy and runs under
+    eval mode). On CPU, narrow strided transposed convolutions run as sub-pixel convolutions
+    (:mod:`models.subpixel`: the same result to float rounding, faster) unless ``subpixel=False``.
+    On CUDA the batch goes through pinned memory with a non-blocking copy and runs under
     autocast (bf16 where supported, else fp16); outputs always come back as float32.
     """
 
@@ -38,6 +43,7 @@ class Predictor:
         amp: bool | None = None,
         tta: bool = False,
         activation: str = "none",
+        subpixel: bool = True,
     ) -> None:
         if activation not in ACTIVATIONS:
             raise ValueError(f"activation {activation!r} is not one of {ACTIVATIONS}")
@@ -45,6 +51,8 @@ class Predictor:
         if isinstance(model, torch.nn.Module):
             model = model.to(self.device).eval()
         self.model = model
+        use_subpixel = subpixel and self.device.type == "cpu" and isinstance(model, torch.nn.Module)
+        self._subpixel = SubPixelUpsampling(model) if use_subpixel else None
         self.amp = (self.device.type == "cuda") if amp is None else amp
         self.amp_dtype = (
             torch.bfloat16
@@ -79,7 +87,11 @@ class Predictor:
         self.calls += 1
         self.windows += int(batch.shape[0])
         x = self._to_device(batch)
-        with torch.inference_mode(), torch.autocast(self.device.type, self.amp_dtype, enabled=self.amp):
+        with (
+            torch.inference_mode(),
+            torch.autocast(self.device.type, self.amp_dtype, enabled=self.amp),
+            self._subpixel or contextlib.nullcontext(),
+        ):
             if not self.tta:
                 out = self._forward(x)
             else:

@@ -1,0 +1,133 @@
+"""Sub-pixel transposed convs: the same numbers as ConvTranspose for any geometry, on a shared model."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
+from monai.networks.nets import UNet as MonaiUNet
+
+from models.subpixel import SubPixelTransposedConv, SubPixelUpsampling, is_rewritable
+from models.unet import UNet
+from pipeline.predictor import Predictor
+
+
+@st.composite
+def transposed_convs(draw: st.DrawFn) -> tuple[torch.nn.Module, torch.Tensor]:
+    dims = draw(st.sampled_from([2, 3]))
+    kernel = draw(st.lists(st.integers(1, 5), min_size=dims, max_size=dims))
+    stride = draw(st.lists(st.integers(1, 3), min_size=dims, max_size=dims))
+    padding = [draw(st.integers(0, k - 1)) for k in kernel]
+    output_padding = [draw(st.integers(0, s - 1)) for s in stride]
+    size = [draw(st.integers(1, 7)) for _ in range(dims)]
+    geometry = zip(size, stride, padding, kernel, output_padding, strict=True)
+    assume(all((n - 1) * s - 2 * p + k + op >= 1 for n, s, p, k, op in geometry))  # a non-empty output
+    cin, cout = draw(st.integers(1, 4)), draw(st.integers(1, 3))
+    cls = torch.nn.ConvTranspose2d if dims == 2 else torch.nn.ConvTranspose3d
+    torch.manual_seed(draw(st.integers(0, 1000)))
+    conv = cls(cin, cout, kernel, stride, padding, output_padding, bias=draw(st.booleans()))
+    return conv.eval(), torch.randn(2, cin, *size)
+
+
+@settings(max_examples=150, deadline=None)
+@given(transposed_convs())
+def test_subpixel_equals_transposed_conv_for_any_geometry(case: tuple[torch.nn.Module, torch.Tensor]) -> None:
+    conv, x = case
+    with torch.inference_mode():
+        expected = conv(x)
+        got = SubPixelTransposedConv(conv)(x)
+    assert got.shape == expected.shape
+    np.testing.assert_allclose(got.numpy(), expected.numpy(), rtol=0, atol=1e-5)
+
+
+def test_output_size_falls_back_to_the_original() -> None:
+    conv = torch.nn.ConvTranspose2d(3, 2, 3, stride=2, padding=1).eval()
+    x = torch.randn(1, 3, 5, 5)
+    with torch.inference_mode():
+        expected = conv(x, output_size=[10, 10])
+        assert torch.equal(SubPixelTransposedConv(conv)(x, output_size=[10, 10]), expected)
+
+
+def test_rule_takes_narrow_strided_layers_only() -> None:
+    narrow = torch.nn.ConvTranspose2d(32, 16, 3, stride=2)  # 16 * 4 stacked outputs
+    wide = torch.nn.ConvTranspose2d(192, 32, 3, stride=2)  # 128
+    unstrided = torch.nn.ConvTranspose2d(8, 2, 3)
+    grouped = torch.nn.ConvTranspose2d(8, 4, 3, stride=2, groups=2)
+    dilated = torch.nn.ConvTranspose3d(8, 2, 3, stride=2, dilation=2)
+    assert is_rewritable(narrow)
+    assert not any(is_rewritable(m) for m in (wide, unstrided, grouped, dilated))
+    assert is_rewritable(torch.nn.ConvTranspose3d(16, 8, 3, stride=2))  # 8 * 8
+    assert not is_rewritable(torch.nn.ConvTranspose3d(96, 16, 3, stride=2))  # 16 * 8
+
+
+def _swapped(model: torch.nn.Module) -> int:
+    return sum("forward" in vars(m) for m in model.modules())
+
+
+def test_swap_lasts_while_entered_and_follows_weight_updates() -> None:
+    torch.manual_seed(0)
+    net = MonaiUNet(2, 1, 2, channels=(16, 32, 64, 128), strides=(2, 2, 2)).eval()
+    fast = SubPixelUpsampling(net)
+    assert len(fast.layers) == 2  # 64->16 and 32->2; the 192->32 layer is too wide to gain
+    x = torch.randn(2, 1, 64, 40)
+    with torch.inference_mode():
+        plain = net(x)
+        with fast:
+            assert _swapped(net) == 2
+            np.testing.assert_allclose(net(x).numpy(), plain.numpy(), rtol=0, atol=1e-5)
+        assert _swapped(net) == 0 and torch.equal(net(x), plain)
+    with torch.no_grad():  # a training step in place: the swapped layers must follow it
+        for p in net.parameters():
+            p.mul_(1.5)
+    with torch.inference_mode(), fast:
+        np.testing.assert_allclose(net(x).numpy(), _plain(net, x).numpy(), rtol=0, atol=1e-4)
+
+
+def _plain(net: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    saved = {m: vars(m).pop("forward") for m in net.modules() if "forward" in vars(m)}
+    try:
+        return net(x)
+    finally:
+        for m, forward in saved.items():
+            m.forward = forward
+
+
+def test_overlapping_callers_share_one_swap_until_the_last_leaves() -> None:
+    net = UNet(2, 1, 2, features=(4, 8), upsample="transposed").eval()
+    first = SubPixelUpsampling(net)
+    layers = len(first.layers)
+    assert layers == 2
+    with first:
+        second = SubPixelUpsampling(net)  # made while the first is running: the swap is ours, not foreign
+        assert len(second.layers) == layers
+        with second:
+            assert _swapped(net) == layers
+        assert _swapped(net) == layers  # the first caller is still running on it
+    assert _swapped(net) == 0
+
+
+def test_models_without_narrow_transposed_convs_are_left_alone() -> None:
+    interp = UNet(2, 1, 2, features=(4, 8), upsample="bilinear").eval()
+    assert not SubPixelUpsampling(interp)
+
+
+class Counting(torch.nn.Module):
+    def __init__(self, net: torch.nn.Module) -> None:
+        super().__init__()
+        self.net, self.windows = net, 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.windows += x.shape[0]
+        return self.net(x)
+
+
+def test_predictor_swaps_on_cpu_unless_told_not_to_and_keeps_the_callers_model() -> None:
+    torch.manual_seed(0)
+    counting = Counting(UNet(3, 1, 3, features=(4, 8, 8), upsample="transposed").eval())
+    fast, plain = Predictor(counting), Predictor(counting, subpixel=False)
+    assert fast.model is counting and fast._subpixel and plain._subpixel is None
+    batch = np.random.default_rng(0).normal(size=(2, 1, 19, 21, 23)).astype(np.float32)
+    np.testing.assert_allclose(fast(batch), plain(batch), rtol=0, atol=1e-5)
+    assert counting.windows == 4  # a wrapper's own state sees every call
+    assert _swapped(counting) == 0
