@@ -3,6 +3,11 @@ and per-worker peak RSS as the scene grows.
 
     .venv/bin/python benchmarks/bench_dask.py scaling [--edge 8192] [--pairs 2]
     .venv/bin/python benchmarks/bench_dask.py memory  [--edges 4096 16384]
+    .venv/bin/python benchmarks/bench_dask.py ceiling [--seconds 30]
+
+``ceiling`` is the most any scheduler could get from this machine: the scaling benchmark's model,
+one torch thread, run back to back in one process alone and then in two processes at once (no Dask,
+no I/O). Two workers cannot beat (windows/s of the pair) / (windows/s alone).
 """
 
 from __future__ import annotations
@@ -102,6 +107,52 @@ def scaling(edge: int, pairs: int) -> None:
             cluster.close()
 
 
+def forward_rate(seconds: float) -> None:
+    """Windows per second of the scaling bundle's model, one torch thread, batches of 4 (one process)."""
+    import numpy as np
+    import torch
+
+    from models.bundle import load_bundle
+    from pipeline.predictor import Predictor
+
+    torch.set_num_threads(1)
+    bundle = load_bundle(make_bundle(OUT / "bundle-dask", 3, [16, 32, 64]))
+    predict = Predictor(bundle.build())
+    batch = np.random.default_rng(0).normal(size=(4, 3, 256, 256)).astype(np.float32)
+    predict(batch)
+    windows, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        predict(batch)
+        windows += len(batch)
+    print(json.dumps({"windows_per_s": windows / (time.perf_counter() - start)}), flush=True)
+
+
+def ceiling(seconds: float) -> None:
+    import subprocess
+
+    from pipeline.distributed import worker_environ
+
+    make_bundle(OUT / "bundle-dask", 3, [16, 32, 64])
+    env = {**os.environ, **worker_environ()}
+    cmd = [sys.executable, __file__, "forward-rate", "--seconds", str(seconds)]
+
+    def rates(n: int) -> list[float]:
+        procs = [subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, text=True) for _ in range(n)]
+        return [json.loads(p.communicate()[0].strip().splitlines()[-1])["windows_per_s"] for p in procs]
+
+    (alone,) = rates(1)
+    pair = rates(2)
+    print(
+        json.dumps(
+            {
+                "alone_windows_per_s": round(alone, 2),
+                "pair_windows_per_s": [round(r, 2) for r in pair],
+                "two_process_ceiling": round(sum(pair) / alone, 3),
+            }
+        )
+    )
+
+
 def memory(edges: list[int]) -> None:
     bundle = make_bundle(OUT / "bundle-mem", 3, [8, 16, 32])
     peaks = {}
@@ -134,10 +185,17 @@ if __name__ == "__main__":
     s = sub.add_parser("scaling")
     s.add_argument("--edge", type=int, default=8192)
     s.add_argument("--pairs", type=int, default=2)
+    for name in ("ceiling", "forward-rate"):
+        c = sub.add_parser(name)
+        c.add_argument("--seconds", type=float, default=30.0)
     m = sub.add_parser("memory")
     m.add_argument("--edges", type=int, nargs="+", default=[4096, 16384])
     args = parser.parse_args()
     if args.cmd == "scaling":
         scaling(args.edge, args.pairs)
+    elif args.cmd == "ceiling":
+        ceiling(args.seconds)
+    elif args.cmd == "forward-rate":
+        forward_rate(args.seconds)
     else:
         memory(args.edges)
