@@ -76,17 +76,18 @@ def scaling(edge: int, pairs: int) -> None:
     clusters = {w: _cluster(w) for w in (1, 2)}
     try:
         times: dict[int, list[float]] = {1: [], 2: []}
-        report: dict = {}
+        reports: dict[int, dict] = {}
         for i in range(pairs):
             for w in (1, 2) if i % 2 == 0 else (2, 1):
                 cluster, client = clusters[w]
-                seconds, report = _job(scene, bundle, cluster.scheduler_address, OUT / f"dask-{w}")
+                seconds, reports[w] = _job(scene, bundle, cluster.scheduler_address, OUT / f"dask-{w}")
                 times[w].append(seconds)
                 print(json.dumps({"pair": i, "workers": w, "seconds": round(seconds, 2)}), flush=True)
         speedups = [a / b for a, b in zip(times[1], times[2])]
         overhead = _overhead_per_task(clusters[2][1])
+        report = reports[2]
         blocks = report["plan"]["blocks"]
-        tasks = report["execution"]["dask_tasks"]
+        tasks = {f"{w}_workers": r["execution"]["dask_tasks"] for w, r in reports.items()}
         print(
             json.dumps(
                 {

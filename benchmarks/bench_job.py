@@ -25,13 +25,15 @@ OUT = ROOT / "benchmarks" / "out"
 
 
 def _forward_only(bundle_path: Path, windows: int, batch: int, patch: int) -> float:
-    """The same number of windows through the same net, batched the same, with no I/O or blending."""
+    """The same number of windows through the same net, batched the same, with no I/O or blending
+    (and the same CPU layer swaps as the job's predictor, so the ratio is the pipeline's overhead)."""
     from models.bundle import load_bundle
+    from models.subpixel import SubPixelUpsampling
 
     net = load_bundle(bundle_path).build()
     x = torch.from_numpy(np.random.default_rng(0).normal(size=(batch, 3, patch, patch)).astype(np.float32))
     t = time.perf_counter()
-    with torch.inference_mode():
+    with torch.inference_mode(), SubPixelUpsampling(net):
         for start in range(0, windows, batch):
             n = min(batch, windows - start)
             torch.softmax(net(x[:n]), dim=1).numpy()
