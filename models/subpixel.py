@@ -133,11 +133,8 @@ class SubPixelUpsampling:
 
     def __init__(self, model: nn.Module) -> None:
         self.layers = [
-            (m, SubPixelTransposedConv(m))
-            for m in model.modules()
-            if is_rewritable(m)
-            and isinstance(vars(m).get("forward", self), SubPixelTransposedConv | type(self))
-        ]  # a forward someone else shadowed stays theirs
+            (m, SubPixelTransposedConv(m)) for m in model.modules() if is_rewritable(m) and _unshadowed(m)
+        ]
 
     def __bool__(self) -> bool:
         return bool(self.layers)
@@ -161,9 +158,9 @@ class SubPixelUpsampling:
 
 def _unshadowed(module: nn.Module) -> bool:
     """No instance ``forward``, or only ours: a forward someone else shadowed stays theirs."""
-    return isinstance(vars(module).get("forward", _NONE), SubPixelTransposedConv | type(_NONE))
+    shadow = vars(module).get("forward")
+    return shadow is None or isinstance(shadow, SubPixelTransposedConv)
 
 
-_NONE = object()
 _lock = threading.Lock()
 _entered: dict[int, int] = {}

@@ -107,6 +107,20 @@ def test_overlapping_callers_share_one_swap_until_the_last_leaves() -> None:
     assert _swapped(net) == 0
 
 
+def test_a_forward_someone_else_shadowed_is_left_to_them() -> None:
+    net = UNet(2, 1, 2, features=(4, 8), upsample="transposed").eval()
+    layer = next(m for m in net.modules() if is_rewritable(m))
+
+    def theirs(x: torch.Tensor) -> torch.Tensor:
+        return x
+
+    layer.forward = theirs  # a user's own patch
+    assert len(SubPixelUpsampling(net).layers) == 1  # the other narrow layer only
+    with SubPixelUpsampling(net):
+        assert vars(layer)["forward"] is theirs
+    assert vars(layer)["forward"] is theirs
+
+
 def test_models_without_narrow_transposed_convs_are_left_alone() -> None:
     interp = UNet(2, 1, 2, features=(4, 8), upsample="bilinear").eval()
     assert not SubPixelUpsampling(interp)
