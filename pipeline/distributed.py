@@ -10,6 +10,7 @@ its single owner, a retry is harmless.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import os
@@ -249,12 +250,10 @@ def local_cluster(workers: int, threads_per_worker: int = 1, device: str = "auto
     }
     with dask.config.set(settings):
         if device in ("cuda", "auto") and _cuda_available():
-            try:
+            with contextlib.suppress(ImportError):  # no dask-cuda: plain worker processes
                 from dask_cuda import LocalCUDACluster
 
                 return LocalCUDACluster(resources={"GPU": 1}, **common)
-            except ImportError:
-                pass
         return LocalCluster(n_workers=workers, processes=True, **common)
 
 

@@ -11,6 +11,7 @@ from monai.networks.nets import UNet as MonaiUNet
 from models.subpixel import SubPixelTransposedConv, SubPixelUpsampling, is_rewritable
 from models.unet import UNet
 from pipeline.predictor import Predictor
+from tests.model_wrappers import Counting
 
 
 @st.composite
@@ -124,16 +125,6 @@ def test_a_forward_someone_else_shadowed_is_left_to_them() -> None:
 def test_models_without_narrow_transposed_convs_are_left_alone() -> None:
     interp = UNet(2, 1, 2, features=(4, 8), upsample="bilinear").eval()
     assert not SubPixelUpsampling(interp)
-
-
-class Counting(torch.nn.Module):
-    def __init__(self, net: torch.nn.Module) -> None:
-        super().__init__()
-        self.net, self.windows = net, 0
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self.windows += x.shape[0]
-        return self.net(x)
 
 
 def test_predictor_swaps_on_cpu_unless_told_not_to_and_keeps_the_callers_model() -> None:

@@ -9,6 +9,7 @@ from monai.networks.nets import UNet
 
 from pipeline import infer_array, infer_labels
 from pipeline.predictor import Predictor
+from tests.model_wrappers import Counting
 
 CASES = [
     # dims, image shape (C, *spatial), roi, block sizes that cut the grid unevenly
@@ -21,16 +22,6 @@ CASES = [
 def _net(dims: int, channels: int, classes: int = 3) -> torch.nn.Module:
     torch.manual_seed(1)
     return UNet(dims, channels, classes, channels=(4, 8, 16), strides=(2, 2), num_res_units=1).eval()
-
-
-class Counting(torch.nn.Module):
-    def __init__(self, net: torch.nn.Module) -> None:
-        super().__init__()
-        self.net, self.windows = net, 0
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self.windows += x.shape[0]
-        return self.net(x)
 
 
 def _monai(x: np.ndarray, net, roi, overlap, mode, sigma_scale=0.125) -> np.ndarray:

@@ -4,7 +4,6 @@ raw (normalised window by window) give exactly the scores of blocks normalised u
 from __future__ import annotations
 
 import gc
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,18 +16,13 @@ from pipeline.engine import BlockInput, BlockRunner, Prefetch
 from pipeline.predictor import Predictor
 from pipeline.sinks import ScoreSink, read_padded, read_padded_mask
 from pipeline.tiling import Block, BlockPlan
-
-S2 = Path("/work/shared/data/geo/derived/S2A_T33UUU_20170216_L1C_B02-B03-B04-B08_10m.tif")
+from tests.pipeline.formats.sample_data import S2_STACK, read_window
 
 
 @pytest.fixture(scope="module")
 def s2() -> np.ndarray:
     """A real 4-band Sentinel-2 crop as uint16 reflectance."""
-    rasterio = pytest.importorskip("rasterio")
-    if not S2.exists():
-        pytest.skip("shared Sentinel-2 sample not present")
-    with rasterio.open(S2) as ds:
-        return ds.read(window=((300, 588), (500, 884)))
+    return read_window(S2_STACK, (300, 588), (500, 884))
 
 
 @pytest.fixture(scope="module")

@@ -14,8 +14,8 @@ from pipeline.box import Box
 from pipeline.errors import InputError
 from pipeline.preprocess import Preprocessor, sample_boxes
 from pipeline.scene import GeoMeta, Scene
+from tests.pipeline.formats.sample_data import S2_STACK, read_window
 
-S2 = Path("/work/shared/data/geo/derived/S2A_T33UUU_20170216_L1C_B02-B03-B04-B08_10m.tif")
 CT = Path("/work/shared/data/medical/totalsegmentator/example_ct_sm.nii.gz")
 
 
@@ -226,15 +226,11 @@ def test_percentile_stats_ignore_nodata_and_nan() -> None:
 
 @pytest.fixture(scope="module")
 def s2_crop() -> np.ndarray:
-    rasterio = pytest.importorskip("rasterio")
-    if not S2.exists():
-        pytest.skip("shared Sentinel-2 sample not present")
-    with rasterio.open(S2) as ds:
-        return ds.read(window=((0, 768), (0, 1024)))
+    return read_window(S2_STACK, (0, 768), (0, 1024))
 
 
 def test_real_sentinel2_four_band_bundle(s2_crop: np.ndarray) -> None:
-    scene = ArrayScene(s2_crop, uri=str(S2), geo=True)
+    scene = ArrayScene(s2_crop, uri=str(S2_STACK), geo=True)
     cfg = config(BANDS, {"kind": "percentile", "lower": 2, "upper": 98}, band_indexes=[1, 2, 3, 4])
     pre = Preprocessor.from_bundle(cfg, scene, sample_budget=1 << 16)
     assert sum(b.size for b in scene.reads) <= 1 << 16
@@ -284,7 +280,7 @@ def test_window_by_window_prepare_equals_whole_block_apply(s2_crop: np.ndarray, 
     raw = s2_crop[:, :300, :400].astype(np.float32)
     raw[1, 10:20, 30:50] = np.nan
     raw[:, 200:, :17] = 0.0  # nodata collar
-    scene = ArrayScene(raw, uri=str(S2), nodata=0.0, geo=True)
+    scene = ArrayScene(raw, uri=str(S2_STACK), nodata=0.0, geo=True)
     pre = Preprocessor.from_bundle(config(BANDS, norm), scene)
     box = Box.from_shape((300, 400))
     nodata = scene.read_nodata(box)

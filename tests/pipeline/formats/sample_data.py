@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from tests.conftest import DATA
@@ -22,10 +23,19 @@ MNI_GM = DATA / "medical" / "nilearn" / "mni_icbm152_gm_tal_nlin_sym_09a_convert
 
 
 def need(*paths: Path) -> None:
-    """Skip the calling test when a sample file is missing (e.g. a clone without ../shared)."""
+    """Fail the calling test, naming the files, when sample data is missing (a clone without ../shared)."""
     missing = [str(p) for p in paths if not p.exists()]
     if missing:
         pytest.fail(f"sample data missing: {', '.join(missing)}")
 
 
 requires_data = pytest.mark.usefixtures("data")  # the conftest fixture fails when the data is missing
+
+
+def read_window(path: Path, rows: tuple[int, int], cols: tuple[int, int]) -> np.ndarray:
+    """``(C, h, w)`` pixels of a sample raster over a window, in the file's dtype."""
+    import rasterio
+
+    need(path)
+    with rasterio.open(path) as ds:
+        return ds.read(window=(rows, cols))
