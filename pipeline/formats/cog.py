@@ -26,6 +26,10 @@ from pipeline.formats.gdal_cache import bound_gdal_cache
 from pipeline.scene import GeoMeta
 
 _PREDICTOR_CODECS = {"DEFLATE", "ZSTD", "LZW", "LZMA"}
+# The final COG copy runs in the job process after the workers are done: serial time for the whole
+# scene. GDAL's threaded compression writes the same bytes for any thread count (tested), which the
+# resume tests rely on.
+COPY_THREADS = "ALL_CPUS"
 
 
 def _reason(exc: BaseException) -> str:
@@ -103,6 +107,7 @@ def _write_cog(
         "COMPRESS": compress,
         "OVERVIEW_RESAMPLING": resampling,
         "BIGTIFF": "IF_SAFER",
+        "NUM_THREADS": COPY_THREADS,
     }
     if compress in _PREDICTOR_CODECS:
         options["PREDICTOR"] = 2
