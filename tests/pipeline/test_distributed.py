@@ -13,12 +13,14 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 from distributed import Client
 
 from pipeline.batch import run_batch
 from pipeline.config import load_config
 
 BIN = Path(sys.executable).parent
+COMPOSE = Path(__file__).resolve().parents[2] / "docker" / "compose.yaml"
 S2 = "geo/derived/S2A_T33UUU_20170216_L1C_B02-B03-B04-B08_10m.tif"
 
 
@@ -38,15 +40,22 @@ if not hasattr(d, "_real_phase1"):  # a preload may run more than once per proce
 """
 
 
+def compose_environ() -> dict[str, str]:
+    """The fixed environment docker/compose.yaml gives every tilewise container (not the host's secrets)."""
+    compose = yaml.safe_load(COMPOSE.read_text())
+    env = compose["x-common"]["environment"]
+    return {k: v for k, v in env.items() if "${" not in v}
+
+
 def _start_cluster(tmp: Path, preload: Path | None = None):
     """`dask scheduler` + two `dask worker` processes on 127.0.0.1 (the compose file's commands)."""
     sched_file = tmp / "scheduler.json"
     env = {
         **os.environ,
+        **compose_environ(),
         "DASK_TEMPORARY_DIRECTORY": str(tmp / "dask"),
         "OMP_NUM_THREADS": "1",
         "DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES": "1",
-        "MALLOC_ARENA_MAX": "2",  # as docker/compose.yaml sets it
     }
     quiet = {"env": env, "stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
     loopback = ["--host", "127.0.0.1", "--dashboard-address", "127.0.0.1:0"]
@@ -211,14 +220,30 @@ def test_local_cluster_workers_start_with_two_malloc_arenas_small_caches_and_a_l
     monkeypatch.delenv("TILEWISE_MALLOC")
     assert worker_environ()["OMP_NUM_THREADS"] == "1"  # Dask's own pre-spawn settings are kept
 
-    def probe() -> tuple[str | None, str, int]:
+    def probe() -> tuple[str | None, list[str], int]:
         import dask
         from rasterio.env import get_gdal_config
 
-        interval = dask.config.get("distributed.worker.profile.interval")
-        return os.environ.get("MALLOC_ARENA_MAX"), interval, int(get_gdal_config("GDAL_CACHEMAX"))
+        keys = ["distributed.worker.profile.interval", "distributed.admin.tick.interval"]
+        intervals = [dask.config.get(k) for k in keys]
+        return os.environ.get("MALLOC_ARENA_MAX"), intervals, int(get_gdal_config("GDAL_CACHEMAX"))
 
     with local_cluster(1, device="cpu") as cluster, Client(cluster) as client:
         client.register_plugin(TilewiseWorker(threads=1))
-        assert list(client.run(probe).values()) == [("2", "100ms", 16 * 2**20)]
+        assert list(client.run(probe).values()) == [("2", ["100ms", "200ms"], 16 * 2**20)]
         assert all(w["host"] == "127.0.0.1" for w in client.scheduler_info()["workers"].values())
+
+
+def test_compose_file_gives_every_tilewise_service_the_worker_environment():
+    """Compose merges ``<<: *common`` silently and ignores nothing: a variable indented one level too
+    little becomes an unknown service key and the whole file is refused."""
+    compose = yaml.safe_load(COMPOSE.read_text())
+    allowed = {"image", "build", "entrypoint", "command", "ports", "depends_on", "deploy", "profiles",
+               "environment", "volumes", "healthcheck", "restart"}  # fmt: skip
+    assert compose_environ()["MALLOC_ARENA_MAX"] == "2"
+    for name, service in compose["services"].items():
+        assert set(service) <= allowed, f"{name}: unknown keys {set(service) - allowed}"
+        env = service.get("environment", {})
+        assert all(isinstance(v, str) for v in env.values()), name
+        if service["image"].startswith("tilewise") and name != "prefect-server":
+            assert env.get("MALLOC_ARENA_MAX") == "2", name
