@@ -47,3 +47,33 @@ def test_tuned_malloc_reuses_freed_buffers_and_can_be_declined():
     assert applied == "True" and declined == "False"
     # 120 MB freed at once each round: trimmed and faulted again by default, kept when tuned
     assert tuned_faults < 1000 < default_faults, (tuned_faults, default_faults)
+
+
+# Frees 200 MB of heap buffers below a live one (so glibc's own top trim cannot return them) and prints
+# the resident MB before and after two calls: one block's worth of bytes, then enough to be due.
+TRIM_PROBE = """
+import numpy as np
+from pipeline import allocator
+def rss_mb():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * 4096 / 2**20
+allocator.tune_malloc()
+bufs = [np.ones(2**18, dtype=np.float32) for _ in range(200)]  # 1 MB each: heap, not mmap
+keep = np.ones(2**18, dtype=np.float32)
+del bufs
+before = rss_mb()
+early = allocator.release_free_memory(allocator.TRIM_EVERY_BYTES // 2)
+after_early = rss_mb()
+due = allocator.release_free_memory(allocator.TRIM_EVERY_BYTES // 2)
+print(early, due, round(before - after_early), round(before - rss_mb()))
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc malloc only")
+def test_free_pages_go_back_once_enough_block_buffers_were_let_go():
+    out = subprocess.run(
+        [sys.executable, "-c", TRIM_PROBE], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout.split()
+    early, due, dropped_early, dropped = out[0], out[1], int(out[2]), int(out[3])
+    assert (early, due) == ("False", "True")
+    assert dropped_early < 20 and dropped > 150, (dropped_early, dropped)
