@@ -76,6 +76,10 @@ class Accumulator:
         self.weight = self._weight.numpy()
         self._weights = weights  # the importance map as a tensor, shared by every block of a run
 
+    @property
+    def nbytes(self) -> int:
+        return self.sums.nbytes + self.weight.nbytes
+
     def add(self, window: Box, prediction: np.ndarray) -> None:
         """Add one window's ``(K, *roi)`` prediction."""
         where = window.slices(self.region.start)

@@ -255,8 +255,7 @@ class BlockRunner:
         while self.channels is not None and self._open and self._open[0].sealed and not self._open[0].pending:
             entry = self._open.popleft()
             self.on_done(entry.block_input, entry.acc, self.channels)
-            read = entry.block_input.block.read
-            let_go = read.size * (self.channels + 1) * 4 + entry.block_input.image.nbytes
+            let_go = entry.block_input.image.nbytes + (entry.acc.nbytes if entry.acc is not None else 0)
             entry.acc = None  # the batch being flushed may still hold the entry; not its sums
             del entry
             release_free_memory(let_go)  # bounds fragmentation creep with the number of blocks
