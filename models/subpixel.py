@@ -1,18 +1,28 @@
-"""Strided transposed convolutions run as one ordinary convolution plus a pixel interleave.
+"""Narrow strided transposed convolutions, run on CPU in a faster form with the same numbers.
 
 On CPU, PyTorch runs a transposed convolution as a GEMM followed by col2im, and col2im dominates
 when the layer has few output channels: the last up-convolutions of a U-Net, which run at the
-highest resolution. There the same layer as a "sub-pixel" convolution is faster: output pixel
-``o = q*s + r`` (phase ``r``) is a plain correlation of the input around ``q`` with the kernel taps
-of that phase, so all phases stack into one convolution with ``out_channels * prod(stride)``
-outputs, interleaved afterwards. The result equals the transposed convolution up to float
-rounding (~1e-7 per layer).
+highest resolution. Two exact rewrites beat it there:
 
-Which layers to swap is a fixed rule on the layer's shape, never a timing taken at run time:
+- "sub-pixel" (here): output pixel ``o = q*s + r`` (phase ``r``) is a plain correlation of the
+  input around ``q`` with the kernel taps of that phase, so all phases stack into one ordinary
+  convolution with ``out_channels * prod(stride)`` outputs, interleaved afterwards;
+- "tap-wise" (:mod:`models.tapwise`): one batched GEMM over every kernel tap, then a strided add
+  per tap.
+
+Both equal the transposed convolution up to float rounding (~1e-7 per layer). Which layer gets
+which is a fixed rule on the layer's shape (:func:`fast_form`), never a timing taken at run time:
 every worker then runs the same arithmetic, so a scene split over workers stays byte-identical.
-The rule (stacked outputs ``out_channels * prod(stride) <= 64``) comes from per-layer timings of
-MONAI's and our U-Nets on 2 CPU cores: wider layers run as fast or faster unchanged, because the
-stacked kernel does up to ``ceil(k/s)**n / (k/s)**n`` times the multiply-adds.
+The rule comes from timings of MONAI's and our U-Nets on 2 CPU cores, inside the full forward:
+
+- 2-D, a wide input and at most 32 output taps (``out_channels * prod(kernel)``; MONAI's 32 -> 2
+  last layer): tap-wise. In the forward of MONAI's (16, 32, 64, 128) U-Net that layer took 6.0 ms
+  as a sub-pixel conv (oneDNN runs an 8-output conv poorly) and 2.5 ms tap-wise;
+- otherwise sub-pixel where the stacked outputs stay few: up to 32, or up to 64 when in 3-D or
+  when the kernel is a multiple of the stride (then stacking adds no multiply-adds). A 2-D 3x3,
+  stride-2 layer with 16 outputs stacks into a 2x2 kernel with 64 outputs and 1.8x the
+  multiply-adds: it ran 3.2 ms unchanged and 5.6 ms stacked, so it stays as it is;
+- anything wider runs unchanged.
 """
 
 from __future__ import annotations
@@ -25,7 +35,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from models.tapwise import TapwiseTransposedConv
+
 MAX_STACKED_OUTPUTS = 64
+MAX_STACKED_OVERLAPPING_2D = 32  # a 2-D kernel that is no multiple of its stride
+MAX_TAPWISE_OUTPUTS = 32  # out_channels * prod(kernel)
+MIN_TAPWISE_INPUTS = 32  # a narrower input gives a GEMM too flat to beat the sub-pixel conv
 
 _TransposedConv = nn.ConvTranspose2d | nn.ConvTranspose3d
 
@@ -41,15 +56,27 @@ def offsets(kernel: int, stride: int, padding: int) -> tuple[int, int]:
     return low, high
 
 
-def is_rewritable(module: nn.Module) -> bool:
-    """The rule: a strided, ungrouped, undilated transposed conv with few stacked outputs."""
-    return (
+def fast_form(module: nn.Module) -> type[SubPixelTransposedConv] | type[TapwiseTransposedConv] | None:
+    """The rule: which rewrite a layer gets, from its shape alone (None: it runs unchanged)."""
+    if not (
         isinstance(module, _TransposedConv)
         and module.groups == 1
         and all(d == 1 for d in module.dilation)
         and any(s > 1 for s in module.stride)
-        and module.out_channels * math.prod(module.stride) <= MAX_STACKED_OUTPUTS
-    )
+    ):
+        return None
+    dims = len(module.stride)
+    taps = module.out_channels * math.prod(module.kernel_size)
+    if dims == 2 and taps <= MAX_TAPWISE_OUTPUTS and module.in_channels >= MIN_TAPWISE_INPUTS:
+        return TapwiseTransposedConv
+    stacked = module.out_channels * math.prod(module.stride)
+    fits = all(k % s == 0 for k, s in zip(module.kernel_size, module.stride, strict=True))
+    limit = MAX_STACKED_OUTPUTS if dims == 3 or fits else MAX_STACKED_OVERLAPPING_2D
+    return SubPixelTransposedConv if stacked <= limit else None
+
+
+def is_rewritable(module: nn.Module) -> bool:
+    return fast_form(module) is not None
 
 
 class SubPixelTransposedConv:
@@ -123,7 +150,7 @@ class SubPixelTransposedConv:
 
 
 class SubPixelUpsampling:
-    """While entered, the model's rewritable transposed convs run as sub-pixel convolutions.
+    """While entered, the model's rewritable transposed convs run in their fast form (``fast_form``).
 
     The caller's model is neither copied nor rebuilt: a copy would lose whatever state a wrapper
     keeps (a window counter, say). Each layer's ``forward`` is shadowed on the instance for the
@@ -133,7 +160,7 @@ class SubPixelUpsampling:
 
     def __init__(self, model: nn.Module) -> None:
         self.layers = [
-            (m, SubPixelTransposedConv(m)) for m in model.modules() if is_rewritable(m) and _unshadowed(m)
+            (m, form(m)) for m in model.modules() if (form := fast_form(m)) is not None and _unshadowed(m)
         ]
 
     def __bool__(self) -> bool:
@@ -159,7 +186,7 @@ class SubPixelUpsampling:
 def _unshadowed(module: nn.Module) -> bool:
     """No instance ``forward``, or only ours: a forward someone else shadowed stays theirs."""
     shadow = vars(module).get("forward")
-    return shadow is None or isinstance(shadow, SubPixelTransposedConv)
+    return shadow is None or isinstance(shadow, (SubPixelTransposedConv, TapwiseTransposedConv))
 
 
 _lock = threading.Lock()
