@@ -25,6 +25,7 @@ import torch
 from pipeline.allocator import release_free_memory, tune_malloc
 from pipeline.blending import Accumulator
 from pipeline.box import Box
+from pipeline.lanes import CallerThreads, Lanes, lanes_for
 from pipeline.tiling import Block, BlockPlan
 
 
@@ -190,9 +191,18 @@ class _Open:
     sealed: bool = False
 
 
+_Batch = list[tuple[_Open, Box, np.ndarray]]
+
+
 @dataclass
 class BlockRunner:
-    """Phase 1 over a stream of blocks, in order. Calls ``on_done(block, acc)`` as each completes."""
+    """Phase 1 over a stream of blocks, in order. Calls ``on_done(block, acc)`` as each completes.
+
+    When ``predict`` has ``lanes > 1`` (a CPU :class:`~pipeline.predictor.Predictor`) and the batches
+    are small, that many batches run at once (:mod:`pipeline.lanes`) while the next one is gathered;
+    their results are blended in the order the batches went in, so the sums are the same as one
+    batch at a time.
+    """
 
     plan: BlockPlan
     predict: Callable[[np.ndarray], np.ndarray]
@@ -204,7 +214,10 @@ class BlockRunner:
     windows_skipped: int = 0
     _weights: torch.Tensor = field(init=False)
     _open: deque[_Open] = field(default_factory=deque)
-    _batch: list[tuple[_Open, Box, np.ndarray]] = field(default_factory=list)
+    _batch: _Batch = field(default_factory=list)
+    _in_flight: deque[tuple[_Batch, Future[np.ndarray]]] = field(default_factory=deque)
+    _lanes: Lanes = field(init=False)
+    _caller: CallerThreads = field(default_factory=CallerThreads)
     _notify: Callable[[], None] | None = field(default=None, init=False)
 
     def __post_init__(self) -> None:
@@ -212,6 +225,17 @@ class BlockRunner:
 
     def run(self, inputs: Iterable[BlockInput]) -> None:
         self._notify = getattr(inputs, "retired", None)  # lets a prefetch read once a block is let go
+        available = int(getattr(self.predict, "lanes", 1))
+        self._lanes = Lanes(lanes_for(available, self.batch_size * int(np.prod(self.plan.roi))))
+        try:
+            self._run(inputs)
+        finally:
+            for _, future in self._in_flight:  # after an error: queued batches never start
+                future.cancel()
+            self._in_flight.clear()
+            self._caller.widen()
+
+    def _run(self, inputs: Iterable[BlockInput]) -> None:
         for block_input in inputs:
             entry = _Open(block_input, None)
             self._open.append(entry)
@@ -227,6 +251,8 @@ class BlockRunner:
             entry.sealed = True
             self._retire()
         self._flush()
+        while self._in_flight:
+            self._collect()
         self._retire()
         if self._open:
             raise ValueError("every window lies wholly in nodata: nothing to compute")
@@ -237,7 +263,20 @@ class BlockRunner:
         batch, self._batch = self._batch, []
         # torch.stack copies the strided patches on all threads (np.stack uses one)
         stacked = torch.stack([torch.from_numpy(patch) for _, _, patch in batch]).numpy()
-        predictions = self.predict(stacked)
+        if self._lanes.count > 1:
+            self._caller.narrow()
+        self._in_flight.append((batch, self._lanes.submit(self.predict, stacked)))
+        # queued before waiting, so a lane that frees up starts it at once; inline, taken back at once
+        depth = self._lanes.count if self._lanes.count > 1 else 0
+        while len(self._in_flight) > depth:
+            self._collect()
+
+    def _collect(self) -> None:
+        """Blend the oldest batch in flight (batches are blended in the order they went in)."""
+        batch, future = self._in_flight.popleft()
+        predictions = future.result()
+        if not self._in_flight:
+            self._caller.widen()
         self.windows_run += len(batch)
         if self.channels is None:
             self.channels = int(predictions.shape[1])

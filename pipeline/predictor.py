@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -11,6 +12,7 @@ import numpy as np
 import torch
 
 from models.subpixel import SubPixelUpsampling
+from pipeline.lanes import cpu_lanes
 
 ACTIVATIONS = ("none", "softmax", "sigmoid")
 
@@ -33,6 +35,10 @@ class Predictor:
     (:mod:`models.subpixel`: the same result to float rounding, faster) unless ``subpixel=False``.
     On CUDA the batch goes through pinned memory with a non-blocking copy and runs under
     autocast (bf16 where supported, else fp16); outputs always come back as float32.
+
+    ``lanes``: on CPU, how many batches an ``nn.Module`` runs at once, one thread each
+    (:mod:`pipeline.lanes`); ``None`` is torch's thread count. The module's ``forward`` is then called
+    from several threads at once, so a module that keeps state of its own needs ``lanes=1`` or a lock.
     """
 
     def __init__(
@@ -44,6 +50,7 @@ class Predictor:
         tta: bool = False,
         activation: str = "none",
         subpixel: bool = True,
+        lanes: int | None = None,
     ) -> None:
         if activation not in ACTIVATIONS:
             raise ValueError(f"activation {activation!r} is not one of {ACTIVATIONS}")
@@ -53,6 +60,8 @@ class Predictor:
         self.model = model
         use_subpixel = subpixel and self.device.type == "cpu" and isinstance(model, torch.nn.Module)
         self._subpixel = SubPixelUpsampling(model) if use_subpixel else None
+        on_cpu = self.device.type == "cpu" and isinstance(model, torch.nn.Module)
+        self.lanes = cpu_lanes(lanes) if on_cpu else 1
         self.amp = (self.device.type == "cuda") if amp is None else amp
         self.amp_dtype = (
             torch.bfloat16
@@ -65,6 +74,7 @@ class Predictor:
         self.activation = activation
         self.calls = 0
         self.windows = 0
+        self._count_lock = threading.Lock()  # lanes call concurrently
 
     def _to_device(self, batch: np.ndarray) -> torch.Tensor:
         tensor = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32))
@@ -84,8 +94,9 @@ class Predictor:
         return out
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
-        self.calls += 1
-        self.windows += int(batch.shape[0])
+        with self._count_lock:
+            self.calls += 1
+            self.windows += int(batch.shape[0])
         x = self._to_device(batch)
         with (
             torch.inference_mode(),

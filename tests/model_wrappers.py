@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 import torch
 
 
@@ -11,7 +13,9 @@ class Counting(torch.nn.Module):
     def __init__(self, net: torch.nn.Module) -> None:
         super().__init__()
         self.net, self.windows = net, 0
+        self._lock = threading.Lock()  # CPU lanes call forward from several threads at once
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self.windows += x.shape[0]
+        with self._lock:
+            self.windows += x.shape[0]
         return self.net(x)
