@@ -1,6 +1,6 @@
 """Engine figures for issue 2: speed against MONAI (paired, alternating) and flat memory.
 
-.venv/bin/python benchmarks/bench_engine.py speed [--repeats 5] [--case 2d|3d]
+.venv/bin/python benchmarks/bench_engine.py speed [--pairs 7] [--runs 5] [--case 2d|3d]
 .venv/bin/python benchmarks/bench_engine.py memory            # 4096² and 16384², one process each
 """
 
@@ -21,37 +21,53 @@ from monai.networks.nets import UNet
 
 from pipeline import infer_array, infer_labels
 
+CASES = {
+    "2d": ("2d 2048² roi 256", 2, (1, 2048, 2048), (256, 256), (16, 32, 64, 128)),
+    "3d": ("3d 160³ roi 96", 3, (1, 160, 160, 160), (96, 96, 96), (8, 16, 32, 64)),
+}
 
-def speed(repeats: int, only: str) -> None:
+
+def speed_one(case: str, who: str, runs: int) -> None:
+    """One side of one pair, in its own process: a warm-up run, then the median of ``runs``."""
     torch.set_num_threads(2)
-    cases = [
-        ("2d 2048² roi 256", 2, (1, 2048, 2048), (256, 256), (16, 32, 64, 128)),
-        ("3d 160³ roi 96", 3, (1, 160, 160, 160), (96, 96, 96), (8, 16, 32, 64)),
-    ]
-    for name, dims, shape, roi, chans in cases:
-        if only != "all" and not name.startswith(only):
+    _, dims, shape, roi, chans = CASES[case]
+    torch.manual_seed(0)
+    net = UNet(dims, shape[0], 2, channels=chans, strides=(2,) * (len(chans) - 1)).eval()
+    x = np.random.default_rng(0).normal(size=shape).astype(np.float32)
+    xt = torch.from_numpy(x)[None]
+    times = []
+    for _ in range(runs + 1):
+        t = time.perf_counter()
+        if who == "ours":
+            infer_array(x, net, patch_size=roi, overlap=0.25, batch_size=4)
+        else:
+            with torch.inference_mode():
+                sliding_window_inference(xt, roi, 4, net, overlap=0.25, mode="gaussian")
+        times.append(time.perf_counter() - t)
+    print(json.dumps(statistics.median(times[1:])), flush=True)
+
+
+def speed(pairs: int, runs: int, only: str) -> None:
+    """Paired, alternating runs; each side of a pair in a fresh process.
+
+    Sharing one process let each side change the other's conditions (glibc's heap, OpenMP's idle
+    threads): MONAI ran up to 1.3x slower right after our runs than before them. Fresh processes
+    take that away; pairing and alternating the order take out the drift of a shared VM.
+    """
+    for case, (name, *_rest) in CASES.items():
+        if only not in ("all", case):
             continue
-        torch.manual_seed(0)
-        net = UNet(dims, shape[0], 2, channels=chans, strides=(2,) * (len(chans) - 1)).eval()
-        x = np.random.default_rng(0).normal(size=shape).astype(np.float32)
-        xt = torch.from_numpy(x)[None]
-        ratios, ours, theirs = [], [], []
-        for i in range(repeats + 1):
+        ours, theirs = [], []
+        for i in range(pairs):
             order = ("ours", "monai") if i % 2 == 0 else ("monai", "ours")
-            times = {}
+            got = {}
             for who in order:
-                t = time.perf_counter()
-                if who == "ours":
-                    infer_array(x, net, patch_size=roi, overlap=0.25, batch_size=4)
-                else:
-                    with torch.inference_mode():
-                        sliding_window_inference(xt, roi, 4, net, overlap=0.25, mode="gaussian")
-                times[who] = time.perf_counter() - t
-            if i == 0:
-                continue  # warm-up pair
-            ours.append(times["ours"])
-            theirs.append(times["monai"])
-            ratios.append(times["ours"] / times["monai"])
+                cmd = [sys.executable, __file__, "speed-one", case, who, str(runs)]
+                out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+                got[who] = json.loads(out.strip().splitlines()[-1])
+            ours.append(got["ours"])
+            theirs.append(got["monai"])
+        ratios = [a / b for a, b in zip(ours, theirs, strict=True)]
         print(
             json.dumps(
                 {
@@ -59,7 +75,9 @@ def speed(repeats: int, only: str) -> None:
                     "ours_median_s": round(statistics.median(ours), 3),
                     "monai_median_s": round(statistics.median(theirs), 3),
                     "median_ratio": round(statistics.median(ratios), 3),
-                    "pairs": repeats,
+                    "ratios": [round(r, 3) for r in ratios],
+                    "pairs": pairs,
+                    "runs_per_side": runs,
                 }
             ),
             flush=True,
@@ -133,8 +151,13 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     sub = parser.add_subparsers(dest="cmd", required=True)
     sp = sub.add_parser("speed")
-    sp.add_argument("--repeats", type=int, default=5)
+    sp.add_argument("--pairs", type=int, default=7)
+    sp.add_argument("--runs", type=int, default=5, help="timed runs per process, after one warm-up")
     sp.add_argument("--case", choices=["all", "2d", "3d"], default="all")
+    one = sub.add_parser("speed-one")
+    one.add_argument("case", choices=list(CASES))
+    one.add_argument("who", choices=["ours", "monai"])
+    one.add_argument("runs", type=int)
     m = sub.add_parser("memory")
     m.add_argument("--edges", type=int, nargs="+", default=[4096, 16384])
     for name in ("memory-one", "make-input"):
@@ -143,7 +166,9 @@ if __name__ == "__main__":
         one.add_argument("workdir")
     args = parser.parse_args()
     if args.cmd == "speed":
-        speed(args.repeats, args.case)
+        speed(args.pairs, args.runs, args.case)
+    elif args.cmd == "speed-one":
+        speed_one(args.case, args.who, args.runs)
     elif args.cmd == "memory":
         memory(args.edges)
     elif args.cmd == "make-input":
