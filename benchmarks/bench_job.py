@@ -26,17 +26,30 @@ OUT = ROOT / "benchmarks" / "out"
 
 def _forward_only(bundle_path: Path, windows: int, batch: int, patch: int) -> float:
     """The same number of windows through the same net, batched the same, with no I/O or blending
-    (and the same CPU layer swaps as the job's predictor, so the ratio is the pipeline's overhead)."""
+    (and the same CPU layer swaps and lanes as the job's predictor, so the ratio is the pipeline's
+    overhead)."""
+    from collections import deque
+
     from models.bundle import load_bundle
     from models.subpixel import SubPixelUpsampling
+    from pipeline.lanes import Lanes, lanes_for
 
     net = load_bundle(bundle_path).build()
     x = torch.from_numpy(np.random.default_rng(0).normal(size=(batch, 3, patch, patch)).astype(np.float32))
+    lanes = Lanes(lanes_for(torch.get_num_threads(), batch * patch * patch))
+
+    def one(n: int) -> np.ndarray:
+        with torch.inference_mode(), SubPixelUpsampling(net):
+            return torch.softmax(net(x[:n]), dim=1).numpy()
+
     t = time.perf_counter()
-    with torch.inference_mode(), SubPixelUpsampling(net):
-        for start in range(0, windows, batch):
-            n = min(batch, windows - start)
-            torch.softmax(net(x[:n]), dim=1).numpy()
+    in_flight: deque = deque()
+    for start in range(0, windows, batch):
+        in_flight.append(lanes.submit(one, min(batch, windows - start)))
+        while len(in_flight) > lanes.count:
+            in_flight.popleft().result()
+    for future in in_flight:
+        future.result()
     return time.perf_counter() - t
 
 
