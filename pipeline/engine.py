@@ -134,8 +134,10 @@ class Prefetch:
     The next block is read once at most one block is live (handed out and not yet ``retired``): the
     block just finished is let go (its accumulator, its seam pieces written) before the next read
     allocates, so a stream of blocks peaks no higher than two. If the consumer asks for a block that
-    was not read ahead, it is read on demand. A single block is read inline: a thread would only add
-    its start-up and join to the run.
+    was not read ahead, it is read on demand: with CPU lanes, that happens while the block before
+    still has its last batch in a lane, so such a stream holds three block inputs (and still one
+    accumulator). A single block is read inline: a thread would only add its start-up and join to
+    the run.
     """
 
     def __init__(self, items: Iterable[Block], read: Callable[[Block], BlockInput]) -> None:
