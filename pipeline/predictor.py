@@ -58,10 +58,10 @@ class Predictor:
         if isinstance(model, torch.nn.Module):
             model = model.to(self.device).eval()
         self.model = model
-        use_subpixel = subpixel and self.device.type == "cpu" and isinstance(model, torch.nn.Module)
-        self._subpixel = SubPixelUpsampling(model) if use_subpixel else None
-        on_cpu = self.device.type == "cpu" and isinstance(model, torch.nn.Module)
-        self.lanes = cpu_lanes(lanes) if on_cpu else 1
+        module_on_cpu = self.device.type == "cpu" and isinstance(model, torch.nn.Module)
+        self._subpixel = SubPixelUpsampling(model) if subpixel and module_on_cpu else None
+        requested = cpu_lanes(lanes)  # checked on any device
+        self.lanes = requested if module_on_cpu else 1
         self.amp = (self.device.type == "cuda") if amp is None else amp
         self.amp_dtype = (
             torch.bfloat16
