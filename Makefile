@@ -20,6 +20,7 @@ venv: $(BIN)/.installed
 lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
 
 test: venv lint
 	$(BIN)/pytest -q -p no:cacheprovider

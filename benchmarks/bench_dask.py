@@ -34,7 +34,7 @@ def _cluster(workers: int):
     """The same LocalCluster ``tilewise run --workers N`` starts (one torch thread per worker)."""
     from distributed import Client
 
-    from pipeline.distributed import local_cluster
+    from pipeline.execution.distributed import local_cluster
 
     os.environ.setdefault("DASK_TEMPORARY_DIRECTORY", str(OUT / "dask"))
     cluster = local_cluster(workers, threads_per_worker=1, device="cpu")
@@ -42,8 +42,8 @@ def _cluster(workers: int):
 
 
 def _job(scene: Path, bundle: Path, address: str, out: Path) -> tuple[float, dict]:
-    from pipeline.batch import run_batch
-    from pipeline.config import load_config
+    from pipeline.job.config import load_config
+    from pipeline.job.skeleton import run_batch
 
     cfg = load_config(
         None,
@@ -127,7 +127,7 @@ def forward_rate(seconds: float) -> None:
     import torch
 
     from models.bundle import load_bundle
-    from pipeline.predictor import Predictor
+    from pipeline.engine.predictor import Predictor
 
     torch.set_num_threads(1)
     bundle = load_bundle(make_bundle(OUT / "bundle-dask", 3, [16, 32, 64]))
@@ -144,7 +144,7 @@ def forward_rate(seconds: float) -> None:
 def ceiling(seconds: float) -> None:
     import subprocess
 
-    from pipeline.distributed import worker_environ
+    from pipeline.execution.distributed import worker_environ
 
     make_bundle(OUT / "bundle-dask", 3, [16, 32, 64])
     env = {**os.environ, **worker_environ()}

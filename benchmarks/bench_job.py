@@ -31,8 +31,8 @@ def _forward_only(bundle_path: Path, windows: int, batch: int, patch: int) -> fl
     from collections import deque
 
     from models.bundle import load_bundle
-    from models.subpixel import SubPixelUpsampling
-    from pipeline.lanes import Lanes, lanes_for
+    from pipeline.engine.lanes import Lanes, lanes_for
+    from pipeline.engine.subpixel import SubPixelUpsampling
 
     net = load_bundle(bundle_path).build()
     x = torch.from_numpy(np.random.default_rng(0).normal(size=(batch, 3, patch, patch)).astype(np.float32))
@@ -54,8 +54,8 @@ def _forward_only(bundle_path: Path, windows: int, batch: int, patch: int) -> fl
 
 
 def speed(edge: int, pairs: int) -> None:
-    from pipeline.batch import run_batch
-    from pipeline.config import load_config
+    from pipeline.job.config import load_config
+    from pipeline.job.skeleton import run_batch
 
     torch.set_num_threads(2)
     scene = make_scene(OUT / f"scene-{edge}.tif", edge)
@@ -82,7 +82,7 @@ def speed(edge: int, pairs: int) -> None:
                 assert res.status == "ok", res.reason
                 windows = res.report["windows_computed"]
             else:
-                from pipeline.tiling import BlockPlan
+                from pipeline.core.tiling import BlockPlan
 
                 windows = BlockPlan.build((edge, edge), (256, 256), 0.25).window_count
                 t["forward"] = _forward_only(bundle, windows, 4, 256)
@@ -124,7 +124,7 @@ def memory_one(scene: str, out: str, bundle: str) -> None:
     cmd = [
         sys.executable,
         "-m",
-        "pipeline",
+        "flows.cli",
         "run",
         scene,
         out,

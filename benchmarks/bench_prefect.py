@@ -34,14 +34,14 @@ SCENE = (
     DATA / "geo/rasterio/rgb-byte-tenth.tif"
 )  # Landsat RGB (CC0) at a tenth: the job is tiny, the overhead shows
 DIRECT = (
-    "import sys; from pipeline.batch import run_batch; from pipeline.config import load_config; "
+    "import sys; from pipeline.job.skeleton import run_batch; from pipeline.job.config import load_config; "
     "r = run_batch(load_config(None, {'input': sys.argv[1], 'output': sys.argv[2], 'model': sys.argv[3], "
     "'outputs.overwrite': True})); sys.exit(0 if all(x.status == 'ok' for x in r) else 1)"
 )
 
 
 def _config(out: Path, bundle: Path):
-    from pipeline.config import load_config
+    from pipeline.job.config import load_config
 
     return load_config(None, {"input": str(SCENE), "output": str(out), "model": str(bundle),
                               "outputs.overwrite": True})  # fmt: skip
@@ -49,7 +49,7 @@ def _config(out: Path, bundle: Path):
 
 def warm(pairs: int, work: Path, bundle: Path) -> dict[str, float]:
     from flows.folder import run_folder_job
-    from pipeline.batch import run_batch
+    from pipeline.job.skeleton import run_batch
 
     def flow() -> None:
         assert all(r.status == "ok" for r in run_folder_job(_config(work / "flow", bundle)).results)
@@ -81,7 +81,7 @@ def cold(runs: int, work: Path, bundle: Path, api: str | None = None) -> dict[st
     cli = [
         sys.executable,
         "-m",
-        "pipeline",
+        "flows.cli",
         "run",
         str(SCENE),
         str(work / "cli"),

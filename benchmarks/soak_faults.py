@@ -4,7 +4,7 @@ with thousands of inputs. Prints the figures (kills injected, nothing-lost resul
     .venv/bin/python benchmarks/soak_faults.py kills [--random 6] [--armed 4] [--edge 768] [--seed 0]
     .venv/bin/python benchmarks/soak_faults.py fuzz  [--examples 2000]
 
-``kills``: one uninterrupted ``python -m pipeline run ... --keep-work`` gives the reference files and the
+``kills``: one uninterrupted ``python -m flows.cli run ... --keep-work`` gives the reference files and the
 time the job takes once its work folder exists (every run reports to one ``prefect server`` started on
 127.0.0.1 for the soak). Then each round kills the job's whole process group:
 ``--random`` rounds at a uniformly random moment of that span (blocks, seam merges or finalisation;
@@ -45,10 +45,10 @@ def _cli(scene: Path, out: Path, bundle: Path, armed: tuple[str, int] | None = N
     args = ["run", str(scene), str(out), "-m", str(bundle), "--block-size", "128", "--probabilities"]
     args += ["--keep-work", "--device", "cpu"]
     if armed is None:
-        return [sys.executable, "-m", "pipeline", *args]
+        return [sys.executable, "-m", "flows.cli", *args]
     code = (
         "import sys; from tests.hardening.killer import arm; "
-        f"arm({armed[0]!r}, {armed[1]}); from pipeline.cli import app; app(prog_name='tilewise')"
+        f"arm({armed[0]!r}, {armed[1]}); from flows.cli.main import app; app(prog_name='tilewise')"
     )
     return [sys.executable, "-c", code, *args]
 

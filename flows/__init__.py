@@ -1,7 +1,7 @@
 """Prefect orchestration for tilewise: a one-off folder job, scheduled bucket scans, serving.
 
 Prefect tasks are coarse (one per scene); the fine-grained fan-out over blocks stays inside the task,
-in our own local or Dask executor (see ``pipeline.batch.make_executor``). Importing this package is
+in our own local or Dask executor (see ``pipeline.job.skeleton.make_executor``). Importing this package is
 cheap: Prefect itself loads only when a flow module is imported. Telemetry is off unless the user
 has said otherwise, and the first flow runs against a temporary local server unless
 ``PREFECT_API_URL`` names a real one.

@@ -53,14 +53,13 @@ from flows.storage import (
     safe_relative,
     upload_outputs,
 )
-from pipeline.batch import ProgressFactory, concurrent_scenes, make_executor
-from pipeline.blockwork import SceneSource
-from pipeline.config import JobConfig
-from pipeline.discover import WORK_DIR, scene_stem
 from pipeline.errors import ConfigError, InputError, TilewiseError, redact
-from pipeline.execute import Executor, Progress
-from pipeline.formats.dispatch import kind_of
-from pipeline.job import SceneResult
+from pipeline.execution.local import Executor, Progress
+from pipeline.formats.source import SceneSource, kind_of
+from pipeline.job.config import JobConfig
+from pipeline.job.discover import WORK_DIR, scene_stem
+from pipeline.job.scene_job import SceneResult
+from pipeline.job.skeleton import ProgressFactory, concurrent_scenes, make_executor
 
 
 @dataclass(frozen=True)

@@ -24,13 +24,13 @@ from prefect.utilities.annotations import quote
 
 from flows.artifacts import RunSummary, ScenesFailed, publish
 from pipeline.atomic import clean_stale_temps
-from pipeline.batch import ProgressFactory, concurrent_scenes, make_executor, prepare_output
-from pipeline.blockwork import SceneSource
-from pipeline.config import JobConfig
-from pipeline.discover import scene_stem
 from pipeline.errors import ConfigError, FormatError, TilewiseError, redact
-from pipeline.execute import Executor, Progress
-from pipeline.job import SceneResult, run_scene
+from pipeline.execution.local import Executor, Progress
+from pipeline.formats.source import SceneSource
+from pipeline.job.config import JobConfig
+from pipeline.job.discover import scene_stem
+from pipeline.job.scene_job import SceneResult, run_scene
+from pipeline.job.skeleton import ProgressFactory, concurrent_scenes, make_executor, prepare_output
 
 T = TypeVar("T")
 
@@ -199,7 +199,7 @@ def in_lanes(items: list[T], work: Callable[[T], SceneResult], lanes: int) -> It
 def folder_flow(config: JobConfig, debug: bool = False) -> RunSummary:
     """One-off job over a folder; the bundle is loaded once, each scene is one task."""
     from models.bundle import load_bundle
-    from pipeline.discover import discover
+    from pipeline.job.discover import discover
 
     started = time.perf_counter()
     try:

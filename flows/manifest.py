@@ -23,7 +23,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field, ValidationError
 
 from flows.storage import ObjectInfo, S3Prefix, safe_key
-from pipeline.config import JobConfig
+from pipeline.job.config import JobConfig
 
 MANIFEST_DIR = ".tilewise"
 log = logging.getLogger(__name__)

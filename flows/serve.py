@@ -14,8 +14,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from pipeline.config import JobConfig
 from pipeline.errors import ConfigError
+from pipeline.job.config import JobConfig
 
 
 def _die_with_parent() -> None:  # runs in the child between fork and exec

@@ -43,7 +43,7 @@ HOW_TO_OPEN = {
 def tilewise() -> list[str]:
     """The venv's console script when installed, else ``python -m pipeline``."""
     exe = Path(sys.executable).with_name("tilewise")
-    return [str(exe)] if exe.is_file() else [sys.executable, "-m", "pipeline"]
+    return [str(exe)] if exe.is_file() else [sys.executable, "-m", "flows.cli"]
 
 
 def summarise(name: str, folder: Path) -> None:

@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from models.training import TrainConfig, labels_from_probability_maps, train, update_card  # noqa: E402
-from pipeline.evaluate import evaluate_bundle  # noqa: E402
+from pipeline.job.evaluate import evaluate_bundle  # noqa: E402
 
 NILEARN = "medical/nilearn"
 T1 = f"{NILEARN}/mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz"

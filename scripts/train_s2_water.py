@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from models.training import TrainConfig, train, update_card  # noqa: E402
-from pipeline.evaluate import evaluate_bundle  # noqa: E402
+from pipeline.job.evaluate import evaluate_bundle  # noqa: E402
 
 IMAGE = "geo/derived/S2A_T33UUU_20170216_L1C_B02-B03-B04-B08_10m.tif"
 LABELS = "geo/derived/S2A_T33UUU_20170216_osm_landcover_10m.tif"

@@ -23,7 +23,7 @@ from rasterio.windows import Window
 from pipeline.atomic import atomic_path, temp_sibling
 from pipeline.errors import ConfigError, InputError, OutputError
 from pipeline.formats.gdal_cache import bound_gdal_cache
-from pipeline.scene import GeoMeta
+from pipeline.formats.scene import GeoMeta
 
 _PREDICTOR_CODECS = {"DEFLATE", "ZSTD", "LZW", "LZMA"}
 # The final COG copy runs in the job process after the workers are done: serial time for the whole

@@ -22,12 +22,12 @@ from rasterio.enums import MaskFlags, Resampling
 from rasterio.errors import RasterioError
 from rasterio.windows import Window
 
-from pipeline.box import Box
+from pipeline.core.box import Box
 from pipeline.errors import FormatError, InputError
 from pipeline.formats.cog import write_cog_labels, write_cog_probabilities
 from pipeline.formats.gdal_cache import bound_gdal_cache
 from pipeline.formats.local import missing_reason
-from pipeline.scene import GeoMeta
+from pipeline.formats.scene import GeoMeta
 
 __all__ = [
     "GeoTiffScene",

@@ -36,11 +36,11 @@ from nibabel.filebasedimages import ImageFileError
 from nibabel.spatialimages import HeaderDataError
 
 from pipeline.atomic import atomic_path, temp_sibling
-from pipeline.box import Box
+from pipeline.core.box import Box
 from pipeline.errors import ConfigError, FormatError, InputError, TilewiseError
 from pipeline.formats.local import missing_reason
+from pipeline.formats.scene import VolumeMeta
 from pipeline.formats.zarr import class_rgba, fast_compressor, storage_options
-from pipeline.scene import VolumeMeta
 
 MAX_VOXELS = 2**34  # beyond this a header is far likelier corrupt than real
 _MAX_GZIP_RATIO = 1100  # deflate's best case is ~1032:1, so a .nii.gz cannot hold more than this

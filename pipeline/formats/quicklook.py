@@ -18,9 +18,9 @@ import numpy as np
 from PIL import Image
 
 from pipeline.atomic import atomic_path
-from pipeline.box import Box
+from pipeline.core.box import Box
 from pipeline.errors import InputError
-from pipeline.scene import GeoMeta, Scene, VolumeMeta
+from pipeline.formats.scene import GeoMeta, Scene, VolumeMeta
 
 STRIP_PX = 8 * 1024 * 1024  # pixels per strip when sampling a 2-D scene without overviews
 VIEWS = ("axial", "coronal", "sagittal")

@@ -25,7 +25,7 @@ from scipy import ndimage
 
 from pipeline.atomic import atomic_path
 from pipeline.errors import ConfigError, InputError, OutputError
-from pipeline.scene import GeoMeta
+from pipeline.formats.scene import GeoMeta
 
 WHOLE_ARRAY_MAX_PX = 64 * 1024 * 1024
 STRIP_PX = 16 * 1024 * 1024  # default strip size (pixels) for rasters above WHOLE_ARRAY_MAX_PX

@@ -22,10 +22,10 @@ import zarr
 from zarr.codecs import BloscCodec
 
 from pipeline.atomic import atomic_path, temp_sibling
-from pipeline.box import Box
+from pipeline.core.box import Box
 from pipeline.errors import ConfigError, FormatError, InputError, OutputError, TilewiseError
 from pipeline.formats.local import missing_reason
-from pipeline.scene import GeoMeta, VolumeMeta
+from pipeline.formats.scene import GeoMeta, VolumeMeta
 
 _CHANNEL_NAMES = {"c", "channel", "channels", "band", "bands"}
 _TIME_NAMES = {"t", "time"}

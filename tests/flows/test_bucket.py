@@ -13,7 +13,7 @@ from tests.flows.conftest import KEY_ID, SECRET, keys
 
 
 def _config(bucket: str, bundle: Path, **extra):
-    from pipeline.config import load_config
+    from pipeline.job.config import load_config
 
     over = {"input": f"s3://{bucket}/in", "output": f"s3://{bucket}/out", "model": str(bundle),
             "tiling.block_size": [128], **extra}  # fmt: skip

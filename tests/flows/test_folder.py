@@ -10,7 +10,7 @@ from pathlib import Path
 def test_folder_flow_retries_transient_errors_and_reports(tmp_path, data, small_bundle, monkeypatch):
     import flows.folder as folder
     from flows.artifacts import artifact_key
-    from pipeline.config import load_config
+    from pipeline.job.config import load_config
 
     src = tmp_path / "in"
     src.mkdir()
@@ -56,7 +56,7 @@ def test_scenes_in_lanes_are_task_runs_of_the_same_flow_run(tmp_path, data, smal
     """With a cluster executor several scenes run at once (as run_batch does); each is still a task
     run of this flow run, and the summary keeps the scene order."""
     import flows.folder as folder
-    from pipeline.config import load_config
+    from pipeline.job.config import load_config
 
     src = tmp_path / "in"
     src.mkdir()
@@ -85,8 +85,8 @@ def test_unreachable_prefect_api_is_one_clear_error(tmp_path, small_bundle):
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     from flows.folder import run_folder_job
-    from pipeline.config import load_config
     from pipeline.errors import ConfigError
+    from pipeline.job.config import load_config
     from tests.flows.conftest import free_port
 
     config = load_config(

@@ -23,8 +23,8 @@ from flows.storage import (
     safe_key,
     safe_relative,
 )
-from pipeline.config import load_config
 from pipeline.errors import ConfigError, FormatError, InputError, OutputError, redact
+from pipeline.job.config import load_config
 
 
 def test_prefix_parsing_and_safe_keys():

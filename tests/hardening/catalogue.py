@@ -37,8 +37,8 @@ class Kind:
 
     @property
     def stem(self) -> str:
-        from pipeline.blockwork import SceneSource
-        from pipeline.discover import scene_stem
+        from pipeline.formats.source import SceneSource
+        from pipeline.job.discover import scene_stem
 
         return scene_stem(SceneSource("geotiff", (self.name,)))
 

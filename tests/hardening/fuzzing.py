@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from hypothesis import strategies as st
 
-from pipeline.box import Box
+from pipeline.core.box import Box
 from pipeline.errors import TilewiseError
 
 TRIED: Counter[str] = Counter()  # inputs tried per target (the soak script prints these)
@@ -250,7 +250,7 @@ def plan_inputs(draw: st.DrawFn) -> dict[str, Any]:
 
 
 def check_plan(case: dict[str, Any]) -> None:
-    from pipeline.tiling import BlockPlan
+    from pipeline.core.tiling import BlockPlan
 
     TRIED["planner"] += 1
     try:
@@ -318,7 +318,7 @@ def infer_inputs(draw: st.DrawFn) -> dict[str, Any]:
 
 def check_infer(case: dict[str, Any]) -> None:
     """Any block size gives the single-block scores (1e-5) and labels (except at exact near-ties)."""
-    from pipeline.api import infer_array, infer_labels
+    from pipeline.engine.arrays import infer_array, infer_labels
 
     TRIED["infer"] += 1
     rng = np.random.default_rng(case["seed"])

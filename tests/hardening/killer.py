@@ -45,8 +45,8 @@ def _on_nth(fn: Callable[..., Any], n: int) -> Callable[..., Any]:
 def arm(point: str, n: int) -> None:
     """Patch this process so that it SIGKILLs itself at the N-th hit of ``point``."""
     import pipeline.formats.cog as cog
-    import pipeline.job as job
-    from pipeline.workstore import WorkStore
+    import pipeline.job.scene_job as job
+    from pipeline.execution.workstore import WorkStore
 
     if point == "phase1":
         WorkStore.put_block = _on_nth(WorkStore.put_block, n)  # type: ignore[method-assign]
@@ -73,8 +73,8 @@ def arm(point: str, n: int) -> None:
 
 
 def main() -> None:
-    from pipeline.batch import run_batch
-    from pipeline.config import load_config
+    from pipeline.job.config import load_config
+    from pipeline.job.skeleton import run_batch
 
     point, n, overrides = sys.argv[1], int(sys.argv[2]), json.loads(sys.argv[3])
     arm(point, n)

@@ -18,11 +18,11 @@ import yaml
 from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
 
+from flows.cli.main import app
 from models.bundle import CONFIG_NAME, WEIGHTS_NAME, load_bundle
-from pipeline.batch import run_batch
-from pipeline.cli import app
-from pipeline.config import load_config
 from pipeline.errors import BundleError
+from pipeline.job.config import load_config
+from pipeline.job.skeleton import run_batch
 
 from .catalogue import TENTH
 

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 import rasterio
 
-from pipeline.batch import run_batch
-from pipeline.config import load_config
-from pipeline.job import SceneResult
+from pipeline.job.config import load_config
+from pipeline.job.scene_job import SceneResult
+from pipeline.job.skeleton import run_batch
 
 from .catalogue import KINDS, ROTATED, Kind, build_folder
 from .conftest import finals, leftovers
@@ -118,7 +118,7 @@ def test_non_ascii_and_spaces_in_names_work(job2: Outcome) -> None:
 
 def test_zarr_missing_chunk_reads_as_fill_value(job3: Outcome) -> None:
     """Decision: zarr's own rule; an absent chunk is empty space (fill value), not damage."""
-    from pipeline.box import Box
+    from pipeline.core.box import Box
     from pipeline.formats.zarr import open_zarr
 
     scene = open_zarr(job3.folder / "holes.zarr")

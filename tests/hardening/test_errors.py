@@ -9,8 +9,8 @@ import sys
 import pytest
 from typer.testing import CliRunner
 
-import pipeline.discover
-from pipeline.cli import app
+import pipeline.job.discover
+from flows.cli.main import app
 from pipeline.errors import (
     BundleError,
     ConfigError,
@@ -45,7 +45,7 @@ def test_each_family_has_its_exit_code_and_one_line(cls, builtin, code, monkeypa
     def fail(*args: object, **kwargs: object) -> None:
         raise cls("what went wrong", path="/in/scene 1.tif")
 
-    monkeypatch.setattr(pipeline.discover, "discover", fail)
+    monkeypatch.setattr(pipeline.job.discover, "discover", fail)
     res = CliRunner().invoke(app, ["info", "/in/scene 1.tif"])
     assert res.exit_code == code
     assert _one_message(res.output) == "error: /in/scene 1.tif: what went wrong"
@@ -70,7 +70,7 @@ def test_real_triggers_map_to_their_codes(tmp_path, data, bundle2):
 def test_debug_shows_the_traceback(tmp_path):
     empty = tmp_path / "empty.tif"
     empty.write_bytes(b"")
-    cmd = [sys.executable, "-m", "pipeline"]
+    cmd = [sys.executable, "-m", "flows.cli"]
     quiet = subprocess.run([*cmd, "info", str(empty)], capture_output=True, text=True)
     loud = subprocess.run([*cmd, "--debug", "info", str(empty)], capture_output=True, text=True)
     assert quiet.returncode == 4 and "Traceback" not in quiet.stderr + quiet.stdout

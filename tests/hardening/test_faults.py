@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.batch import run_batch
-from pipeline.config import load_config
-from pipeline.tiling import BlockPlan
+from pipeline.core.tiling import BlockPlan
+from pipeline.job.config import load_config
+from pipeline.job.skeleton import run_batch
 
 from .catalogue import write_crop
 from .conftest import finals, leftovers
@@ -86,7 +86,7 @@ PRELOAD = """
 import os
 import signal
 
-import pipeline.workstore as ws
+import pipeline.execution.workstore as ws
 
 if not hasattr(ws, "_tw_phase2_armed"):  # a preload may run more than once per process
     ws._tw_phase2_armed = True
@@ -104,7 +104,7 @@ if not hasattr(ws, "_tw_phase2_armed"):  # a preload may run more than once per 
 
 
 def test_worker_sigkilled_during_seam_merge_still_byte_identical(tmp_path, crop, clean, bundle2, monkeypatch):
-    from tests.pipeline.test_distributed import _start_cluster, _stop
+    from tests.pipeline.execution.test_distributed import _start_cluster, _stop
 
     marker = tmp_path / "killed-in-phase2"
     monkeypatch.setenv("TW_PHASE2_KILL", str(marker))

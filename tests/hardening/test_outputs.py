@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from pipeline.batch import run_batch
-from pipeline.cli import app
-from pipeline.config import JobConfig, load_config
+from flows.cli.main import app
 from pipeline.errors import OutputError
+from pipeline.job.config import JobConfig, load_config
+from pipeline.job.skeleton import run_batch
 
 from .catalogue import TENTH, write_crop
 from .conftest import finals, leftovers
@@ -102,7 +102,7 @@ def test_disk_full_while_finalising_fails_cleanly_then_resumes(tmp_path, data, b
 
 
 def test_disk_full_in_the_work_store_is_an_output_error(tmp_path, data, bundle2, monkeypatch):
-    import pipeline.workstore as ws
+    import pipeline.execution.workstore as ws
 
     def full(path: Path, write: object) -> None:
         tmp = path.with_name(f".{path.name}.tmp")

@@ -16,13 +16,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
-from pipeline.batch import run_batch
-from pipeline.blockwork import SceneSource
-from pipeline.cli import app
-from pipeline.config import load_config
-from pipeline.discover import scene_stem
+from flows.cli.main import app
 from pipeline.errors import BundleError, ConfigError, OutputError
-from pipeline.job import output_paths
+from pipeline.formats.source import SceneSource
+from pipeline.job.config import load_config
+from pipeline.job.discover import scene_stem
+from pipeline.job.scene_job import output_paths
+from pipeline.job.skeleton import run_batch
 
 from .catalogue import TENTH
 
@@ -125,11 +125,11 @@ def test_cli_run_hides_credentials_and_names_each_bad_file(tmp_path, data, bundl
 
 
 def test_local_dask_cluster_binds_loopback_only(tmp_path):
-    from pipeline.distributed import dask_executor
+    from pipeline.execution.distributed import dask_executor
 
     me = psutil.Process()
     before = {port for _, port, _ in _listening(me)}
-    with dask_executor(load_config(None, {"execution.workers": 1, "execution.device": "cpu"})) as ex:
+    with dask_executor(workers=1, device="cpu") as ex:
         assert ex.client.scheduler.address.startswith("tcp://127.0.0.1:")
         workers = ex.client.scheduler_info()["workers"]
         assert workers and all(w.startswith("tcp://127.0.0.1:") for w in workers)

@@ -14,7 +14,7 @@ import zarr
 from affine import Affine
 from rio_cogeo.cogeo import cog_validate
 
-from pipeline.box import Box
+from pipeline.core.box import Box
 from pipeline.errors import ConfigError, InputError, OutputError
 from pipeline.formats.geotiff import open_geotiff, write_cog_labels, write_cog_probabilities
 from tests.pipeline.formats.sample_data import (

@@ -9,10 +9,10 @@ import pytest
 import rasterio
 from affine import Affine
 
-from pipeline.box import Box
+from pipeline.core.box import Box
 from pipeline.errors import FormatError, InputError
 from pipeline.formats.geotiff import GeoTiffScene, gdal_path, is_geotiff_like, open_geotiff
-from pipeline.scene import Scene
+from pipeline.formats.scene import Scene
 from tests.pipeline.formats.sample_data import (
     MS1_FLOAT,
     PAN_ATLANTA,

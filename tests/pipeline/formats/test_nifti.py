@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from nibabel import orientations as nio
 
-from pipeline.box import Box
+from pipeline.core.box import Box
 from pipeline.errors import FormatError, InputError, OutputError
 from pipeline.formats import nifti
 from pipeline.formats.nifti import (

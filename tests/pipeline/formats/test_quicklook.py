@@ -7,11 +7,11 @@ import pytest
 import rasterio
 from PIL import Image
 
-from pipeline.box import Box
+from pipeline.core.box import Box
 from pipeline.errors import InputError, OutputError
 from pipeline.formats.geotiff import open_geotiff
 from pipeline.formats.quicklook import write_quicklook
-from pipeline.scene import VolumeMeta
+from pipeline.formats.scene import VolumeMeta
 from tests.pipeline.formats.sample_data import (
     MNI_GM,
     MNI_T1,

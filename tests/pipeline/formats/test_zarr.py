@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import zarr
 
-from pipeline.box import Box
+from pipeline.core.box import Box
 from pipeline.errors import FormatError, InputError, OutputError
 from pipeline.formats.zarr import (
     create_work_array,
@@ -142,7 +142,7 @@ def test_geo_zarr_keeps_crs_and_transform_of_a_real_geotiff(tmp_path: Path) -> N
     need(RGB_BYTE)
     import rasterio
 
-    from pipeline.scene import GeoMeta
+    from pipeline.formats.scene import GeoMeta
 
     with rasterio.open(RGB_BYTE) as src:
         band = src.read(1)

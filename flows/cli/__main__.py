@@ -1,0 +1,3 @@
+from flows.cli.main import app
+
+app(prog_name="tilewise")

@@ -1,0 +1,121 @@
+"""Importance maps and the accumulator that blends overlapping window predictions.
+
+Gaussian and constant maps come from MONAI's ``compute_importance_map`` so the blend is numerically
+MONAI's. ``cosine`` (a Hann taper) and ``crop`` (keep window centres) are ours. All maps are clamped
+away from zero, as MONAI does, so every covered pixel has a positive weight.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from functools import lru_cache
+
+import numpy as np
+import torch
+from monai.data.utils import compute_importance_map
+
+from pipeline.core.box import Box
+
+BLEND_MODES = ("gaussian", "constant", "cosine", "crop")
+MIN_WEIGHT = 1e-3
+
+
+@lru_cache(maxsize=16)
+def importance_map(
+    patch_size: tuple[int, ...], mode: str = "gaussian", sigma_scale: float = 0.125, overlap: float = 0.25
+) -> np.ndarray:
+    """Float32 weights of shape ``patch_size`` (read-only, cached)."""
+    if mode in ("gaussian", "constant"):
+        weights = compute_importance_map(
+            patch_size, mode=mode, sigma_scale=sigma_scale, device="cpu", dtype=torch.float32
+        )
+        out = weights.numpy().astype(np.float32)
+    elif mode == "cosine":
+        out = _separable([np.hanning(n + 2)[1:-1] for n in patch_size])
+    elif mode == "crop":
+        out = _separable([_centre_profile(n, overlap) for n in patch_size])
+    else:
+        raise ValueError(f"blend mode {mode!r} is not one of {', '.join(BLEND_MODES)}")
+    out = np.maximum(out, max(float(out.min()), MIN_WEIGHT)).astype(np.float32)
+    out.setflags(write=False)
+    return out
+
+
+def _separable(profiles: Sequence[np.ndarray]) -> np.ndarray:
+    out = np.ones((), dtype=np.float64)
+    for p in profiles:
+        out = np.multiply.outer(out, p)
+    return (out / out.max()).astype(np.float32)
+
+
+def _centre_profile(n: int, overlap: float) -> np.ndarray:
+    """1 over the central ``n * (1 - overlap)`` pixels, ~0 elsewhere: each pixel keeps its central window."""
+    keep = max(1, round(n * (1 - overlap)))
+    lo = (n - keep) // 2
+    profile = np.zeros(n)
+    profile[lo : lo + keep] = 1.0
+    return profile
+
+
+class Accumulator:
+    """Weighted sums over one block footprint: ``K`` score planes and a separate weight plane.
+
+    Keeping the weight plane explicit (rather than recomputing it) makes skipped windows and the seam
+    merge exact with no special cases: a pixel's value is always ``sum(w * p) / sum(w)`` over the
+    windows that really ran. Keeping it in its own array lets the score planes be finalised in place
+    and handed out as the result, as MONAI does, with no second scene-sized buffer.
+    """
+
+    def __init__(self, region: Box, channels: int, weights: torch.Tensor) -> None:
+        self.region = region
+        # torch owns the memory (zero-filled on all intra-op threads, so the pages are touched in one
+        # parallel pass rather than one by one inside the multiply-adds); numpy views share it
+        self._sums = torch.zeros((channels, *region.shape), dtype=torch.float32)
+        self._weight = torch.zeros(region.shape, dtype=torch.float32)
+        self.sums = self._sums.numpy()
+        self.weight = self._weight.numpy()
+        self._weights = weights  # the importance map as a tensor, shared by every block of a run
+
+    @property
+    def nbytes(self) -> int:
+        return self.sums.nbytes + self.weight.nbytes
+
+    def add(self, window: Box, prediction: np.ndarray) -> None:
+        """Add one window's ``(K, *roi)`` prediction."""
+        where = window.slices(self.region.start)
+        self._sums[(slice(None), *where)].addcmul_(torch.from_numpy(prediction), self._weights)
+        self._weight[where].add_(self._weights)
+
+    def clear(self, nodata: np.ndarray) -> None:
+        """Zero the sums where there is no data (``nodata`` over the whole region): weight 0 there."""
+        self.sums[:, nodata] = 0.0
+        self.weight[nodata] = 0.0
+
+    def view(self, box: Box) -> tuple[np.ndarray, np.ndarray]:
+        """The sums ``(K, *box.shape)`` and weight ``(*box.shape)`` over ``box``, as views."""
+        where = box.slices(self.region.start)
+        return self.sums[(slice(None), *where)], self.weight[where]
+
+    def take(self, box: Box) -> np.ndarray:
+        """A copy of the sums and weight over ``box`` stacked as ``(K + 1, *box.shape)`` (a seam piece)."""
+        sums, weight = self.view(box)
+        return np.concatenate([sums, weight[None]])
+
+
+def finalise_into(sums: np.ndarray, weight: np.ndarray, out: np.ndarray) -> None:
+    """Divide weighted sums ``(K, *s)`` by ``weight`` into ``out`` (may be ``sums`` itself).
+
+    Pixels no window covered (all their windows were skipped as nodata) get NaN scores. torch
+    divides on all intra-op threads.
+    """
+    w = torch.from_numpy(weight)
+    torch.div(torch.from_numpy(sums), w, out=torch.from_numpy(out))  # x / 0 -> NaN or inf, fixed below
+    if w.numel() and float(w.min()) <= 0:
+        out[:, weight <= 0] = np.nan
+
+
+def finalise(sums: np.ndarray, weight: np.ndarray) -> np.ndarray:
+    """Blended float32 scores ``(K, *s)`` in a new array."""
+    scores = np.empty(sums.shape, dtype=np.float32)
+    finalise_into(sums, weight, scores)
+    return scores

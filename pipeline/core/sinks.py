@@ -1,0 +1,110 @@
+"""Where finalised regions go: a score array, or labels computed on the fly (argmax while it goes)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from pipeline.core.blending import finalise, finalise_into
+from pipeline.core.box import Box
+
+ARGMAX_SLAB_PIXELS = 1 << 20  # pixels per argmax slab: an 8 MB int64 temporary
+
+
+def read_padded(array: Any, box: Box, fill: float = 0.0, dtype: Any = np.float32) -> np.ndarray:
+    """``array[:, box]`` for a ``(C, *spatial)`` array-like (numpy, memmap, zarr), ``fill`` outside.
+
+    An in-memory array of the right dtype that covers ``box`` is returned as a view, not copied: the
+    engine only reads block pixels (writable ones: torch refuses to wrap read-only memory silently).
+    """
+    spatial = tuple(array.shape[1:])
+    inside = box.intersect(Box.from_shape(spatial))
+    if inside == box and type(array) is np.ndarray and array.dtype == dtype and array.flags.writeable:
+        return array[(slice(None), *box.slices())]
+    out = np.full((array.shape[0], *box.shape), fill, dtype=dtype)
+    if not inside.empty:
+        out[(slice(None), *inside.slices(box.start))] = array[(slice(None), *inside.slices())]
+    return out
+
+
+def read_padded_mask(mask: Any, box: Box) -> np.ndarray:
+    """``mask[box]`` for a spatial boolean array-like, True (no data) outside it."""
+    inside = box.intersect(Box.from_shape(tuple(mask.shape)))
+    out = np.ones(box.shape, dtype=bool)
+    if not inside.empty:
+        out[inside.slices(box.start)] = np.asarray(mask[inside.slices()], dtype=bool)
+    return out
+
+
+class ScoreSink:
+    """Writes blended float32 scores into a ``(K, *spatial)`` array-like.
+
+    Without ``out`` it allocates one at the first write, when K is known, or, when one block covers
+    the whole scene, adopts that block's sums, divided in place. A numpy (or memmap) ``out``
+    receives the division directly, with no intermediate copy.
+    """
+
+    def __init__(self, out: Any = None, spatial_shape: tuple[int, ...] = ()) -> None:
+        self.out = out
+        self.spatial_shape = spatial_shape
+
+    def write(self, box: Box, sums: np.ndarray, weight: np.ndarray) -> None:
+        if self.out is None and box.shape == self.spatial_shape and sums.flags.c_contiguous:
+            finalise_into(sums, weight, sums)
+            self.out = sums
+            return
+        if self.out is None:
+            self.out = np.empty((sums.shape[0], *self.spatial_shape), np.float32)
+        where = (slice(None), *box.slices())
+        if isinstance(self.out, np.ndarray) and self.out.dtype == np.float32:
+            finalise_into(sums, weight, self.out[where])
+        else:
+            self.out[where] = finalise(sums, weight)
+
+
+def argmax_labels(sums: np.ndarray, weight: np.ndarray, nodata_label: int) -> np.ndarray:
+    """uint8 class ids from weighted sums; ``nodata_label`` where no window ran.
+
+    The argmax is taken over the sums: dividing by a pixel's positive weight keeps the order of its
+    classes, so no score array is needed. It runs in slabs along the first axis so its int64 index
+    temporary stays small whatever the block size.
+    """
+    labels = np.empty(weight.shape, dtype=np.uint8)
+    step = max(1, ARGMAX_SLAB_PIXELS // max(1, math.prod(weight.shape[1:])))
+    for a in range(0, weight.shape[0], step):
+        labels[a : a + step] = np.argmax(sums[:, a : a + step], axis=0)
+    labels[weight <= 0] = nodata_label
+    return labels
+
+
+def quantise(scores: np.ndarray) -> np.ndarray:
+    """Probabilities in [0, 1] as uint8 0-255 (0 where uncovered)."""
+    return np.rint(np.clip(np.nan_to_num(scores, nan=0.0), 0.0, 1.0) * 255.0).astype(np.uint8)
+
+
+class LabelSink:
+    """Writes argmax labels (and optionally uint8 probabilities) without holding the scene's scores.
+
+    ``origin`` is the scene position of ``out[0, ...]``, so a sink can fill one block's canvas.
+    """
+
+    def __init__(
+        self,
+        out: Any,
+        *,
+        nodata_label: int = 255,
+        probabilities: Any = None,
+        origin: tuple[int, ...] | None = None,
+    ) -> None:
+        self.out = out
+        self.nodata_label = nodata_label
+        self.probabilities = probabilities
+        self.origin = origin
+
+    def write(self, box: Box, sums: np.ndarray, weight: np.ndarray) -> None:
+        where = box.slices(self.origin)
+        self.out[where] = argmax_labels(sums, weight, self.nodata_label)
+        if self.probabilities is not None:
+            self.probabilities[(slice(None), *where)] = quantise(finalise(sums, weight))

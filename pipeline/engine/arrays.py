@@ -1,0 +1,202 @@
+"""In-memory entry points: ``infer_array`` (blended scores) and ``infer_labels`` (argmax only).
+
+Both run the same block machinery as big jobs: a sweep over the block grid in which each window is
+computed once, interiors are finalised at once and seams are merged as soon as their contributors are
+done. Inputs may be any sliceable array-like (numpy, memmap, zarr), so scenes larger than memory work.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from pipeline.core.blending import importance_map
+from pipeline.core.sinks import LabelSink, ScoreSink, read_padded, read_padded_mask
+from pipeline.core.tiling import Block, BlockPlan, default_block_size
+from pipeline.engine.predictor import Predictor
+from pipeline.engine.runner import BlockInput, BlockRunner, MemorySeams, Prefetch, Sink, SweepMerger
+
+
+@dataclass
+class RunStats:
+    """What a sweep did: for benchmarks, reports and tests."""
+
+    windows_in_grid: int
+    windows_run: int
+    windows_skipped: int
+    blocks: int
+    block_size: tuple[int, ...]
+    peak_seam_bytes: int
+
+
+def _as_tuple(value: int | Sequence[int], dims: int, name: str) -> tuple[int, ...]:
+    out = (int(value),) * dims if isinstance(value, (int, np.integer)) else tuple(int(v) for v in value)
+    if len(out) != dims or min(out) < 1:
+        raise ValueError(f"{name} {value!r} must be a positive int or {dims} positive ints")
+    return out
+
+
+def _plan(
+    shape: Sequence[int],
+    patch_size: int | Sequence[int],
+    overlap: float,
+    block_size: int | Sequence[int] | None,
+    channels: int,
+) -> BlockPlan:
+    spatial = tuple(int(n) for n in shape[1:])
+    roi = _as_tuple(patch_size, len(spatial), "patch_size")
+    if not 0 <= overlap < 1:
+        raise ValueError(f"overlap {overlap} must be in [0, 1)")
+    blocks = (
+        default_block_size(spatial, roi, channels)
+        if block_size is None
+        else _as_tuple(block_size, len(spatial), "block_size")
+    )
+    return BlockPlan.build(spatial, roi, overlap, blocks)
+
+
+def sweep(
+    image: Any,
+    predict: Callable[[np.ndarray], np.ndarray],
+    plan: BlockPlan,
+    sink: Sink,
+    *,
+    blend: str = "gaussian",
+    sigma_scale: float = 0.125,
+    overlap: float = 0.25,
+    batch_size: int = 4,
+    mask: Any = None,
+    channels: int | None = None,
+    read: Callable[[Block], BlockInput] | None = None,
+    seam_budget_bytes: int = 64 * 2**20,
+) -> RunStats:
+    """Run every block of ``plan`` in sweep order, reading ahead in a thread, into ``sink``."""
+
+    def read_array(block: Block) -> BlockInput:
+        nodata = read_padded_mask(mask, block.read) if mask is not None else None
+        return BlockInput(block, read_padded(image, block.read), nodata)
+
+    seams = MemorySeams(seam_budget_bytes)
+    merger = SweepMerger(plan, sink, seams)
+    runner = BlockRunner(
+        plan,
+        predict,
+        importance_map(plan.roi, blend, sigma_scale, overlap),
+        batch_size=batch_size,
+        on_done=merger,
+        channels=channels,
+    )
+    try:
+        runner.run(Prefetch(plan.blocks(), read or read_array))
+    finally:
+        seams.close()
+    return RunStats(
+        plan.window_count,
+        runner.windows_run,
+        runner.windows_skipped,
+        int(np.prod(plan.grid_shape)),
+        plan.block_size,
+        merger.peak_seam_bytes,
+    )
+
+
+def _predictor(model: Any, device: str, tta: bool, activation: str) -> Predictor:
+    return (
+        model
+        if isinstance(model, Predictor)
+        else Predictor(model, device=device, tta=tta, activation=activation)
+    )
+
+
+def _out_channels(model: Any) -> int | None:
+    inner = model.model if isinstance(model, Predictor) else model
+    value = getattr(inner, "out_channels", None)
+    return int(value) if isinstance(value, (int, np.integer)) else None
+
+
+def infer_array(
+    image: Any,
+    model: Callable[[torch.Tensor], Any],
+    *,
+    patch_size: int | Sequence[int],
+    overlap: float = 0.25,
+    blend: str = "gaussian",
+    sigma_scale: float = 0.125,
+    batch_size: int = 4,
+    block_size: int | Sequence[int] | None = None,
+    device: str = "cpu",
+    mask: Any = None,
+    tta: bool = False,
+    activation: str = "none",
+    out: Any = None,
+) -> np.ndarray:
+    """Blended float32 scores ``(K, *spatial)`` for a ``(C, *spatial)`` image.
+
+    Equal to MONAI's ``sliding_window_inference`` with the same ``roi``/``overlap``/``mode``/
+    ``sigma_scale``, whatever ``block_size`` is. ``mask`` (spatial, True = no data) skips windows that
+    lie wholly in it; pixels no computed window covers get NaN.
+    """
+    predict = _predictor(model, device, tta, activation)
+    channels = _out_channels(model)
+    plan = _plan(image.shape, patch_size, overlap, block_size, channels or 16)
+    sink = ScoreSink(out, plan.spatial_shape)
+    sweep(
+        image,
+        predict,
+        plan,
+        sink,
+        blend=blend,
+        sigma_scale=sigma_scale,
+        overlap=overlap,
+        batch_size=batch_size,
+        mask=mask,
+        channels=channels,
+    )
+    return sink.out
+
+
+def infer_labels(
+    image: Any,
+    model: Callable[[torch.Tensor], Any],
+    *,
+    patch_size: int | Sequence[int],
+    overlap: float = 0.25,
+    blend: str = "gaussian",
+    sigma_scale: float = 0.125,
+    batch_size: int = 4,
+    block_size: int | Sequence[int] | None = None,
+    device: str = "cpu",
+    mask: Any = None,
+    nodata_label: int = 255,
+    tta: bool = False,
+    activation: str = "none",
+    out: Any = None,
+) -> Any:
+    """uint8 argmax labels ``(*spatial)``, never holding the ``(K, *spatial)`` scores.
+
+    ``out`` may be a zarr array or memmap so that neither input nor output need fit in memory.
+    Pixels in ``mask`` (or covered by no computed window) get ``nodata_label``.
+    """
+    predict = _predictor(model, device, tta, activation)
+    channels = _out_channels(model)
+    plan = _plan(image.shape, patch_size, overlap, block_size, channels or 16)
+    if out is None:
+        out = np.empty(plan.spatial_shape, np.uint8)
+    sink = LabelSink(out, nodata_label=nodata_label)
+    sweep(
+        image,
+        predict,
+        plan,
+        sink,
+        blend=blend,
+        sigma_scale=sigma_scale,
+        overlap=overlap,
+        batch_size=batch_size,
+        mask=mask,
+        channels=channels,
+    )
+    return out

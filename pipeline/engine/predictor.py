@@ -1,0 +1,115 @@
+"""Runs batches of windows through a model: device choice, AMP, pinned transfers, TTA, activation."""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+
+from pipeline.engine.lanes import cpu_lanes
+from pipeline.engine.subpixel import SubPixelUpsampling
+
+ACTIVATIONS = ("none", "softmax", "sigmoid")
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``auto`` picks the worker's own GPU (its CUDA_VISIBLE_DEVICES) when there is one."""
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' was asked for but no CUDA device is visible")
+    return dev
+
+
+class Predictor:
+    """Callable ``(B, C, *patch) float32 ndarray -> (B, K, *patch) float32 ndarray``.
+
+    ``model`` is any callable on torch tensors (an ``nn.Module`` is moved to the device and put in
+    eval mode). On CPU, narrow strided transposed convolutions run as sub-pixel convolutions
+    (:mod:`pipeline.engine.subpixel`: the same result to float rounding, faster) unless ``subpixel=False``.
+    On CUDA the batch goes through pinned memory with a non-blocking copy and runs under
+    autocast (bf16 where supported, else fp16); outputs always come back as float32.
+
+    ``lanes``: on CPU, how many batches an ``nn.Module`` runs at once, one thread each
+    (:mod:`pipeline.engine.lanes`); ``None`` is torch's thread count. The module's ``forward`` is then called
+    from several threads at once, so a module that keeps state of its own needs ``lanes=1`` or a lock.
+    """
+
+    def __init__(
+        self,
+        model: Callable[[torch.Tensor], Any],
+        *,
+        device: str | torch.device = "cpu",
+        amp: bool | None = None,
+        tta: bool = False,
+        activation: str = "none",
+        subpixel: bool = True,
+        lanes: int | None = None,
+    ) -> None:
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"activation {activation!r} is not one of {ACTIVATIONS}")
+        self.device = resolve_device(device)
+        if isinstance(model, torch.nn.Module):
+            model = model.to(self.device).eval()
+        self.model = model
+        module_on_cpu = self.device.type == "cpu" and isinstance(model, torch.nn.Module)
+        self._subpixel = SubPixelUpsampling(model) if subpixel and module_on_cpu else None
+        requested = cpu_lanes(lanes)  # checked on any device
+        self.lanes = requested if module_on_cpu else 1
+        self.amp = (self.device.type == "cuda") if amp is None else amp
+        self.amp_dtype = (
+            torch.bfloat16
+            if self.device.type == "cuda" and torch.cuda.is_bf16_supported()
+            else torch.float16
+            if self.device.type == "cuda"
+            else torch.bfloat16
+        )
+        self.tta = tta
+        self.activation = activation
+        self.calls = 0
+        self.windows = 0
+        self._count_lock = threading.Lock()  # lanes call concurrently
+
+    def _to_device(self, batch: np.ndarray) -> torch.Tensor:
+        tensor = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32))
+        if self.device.type == "cuda":
+            return tensor.pin_memory().to(self.device, non_blocking=True)
+        return tensor
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.model(x)
+        if isinstance(out, (tuple, list)):
+            out = out[0]
+        out = out.float()
+        if self.activation == "softmax":
+            out = torch.softmax(out, dim=1)
+        elif self.activation == "sigmoid":
+            out = torch.sigmoid(out)
+        return out
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        with self._count_lock:
+            self.calls += 1
+            self.windows += int(batch.shape[0])
+        x = self._to_device(batch)
+        with (
+            torch.inference_mode(),
+            torch.autocast(self.device.type, self.amp_dtype, enabled=self.amp),
+            self._subpixel or contextlib.nullcontext(),
+        ):
+            if not self.tta:
+                out = self._forward(x)
+            else:
+                spatial = range(2, x.ndim)
+                flips = [c for r in range(len(spatial) + 1) for c in itertools.combinations(spatial, r)]
+                out = sum(
+                    torch.flip(self._forward(torch.flip(x, f) if f else x), f) if f else self._forward(x)
+                    for f in flips
+                ) / len(flips)
+        return out.cpu().numpy()

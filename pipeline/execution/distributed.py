@@ -1,0 +1,273 @@
+"""The Dask executor: one scene's blocks spread over many worker processes, GPUs or machines.
+
+Tasks carry a ``SceneTask`` (paths and numbers) and block indices; workers read their own regions,
+write their own files and chunks, and return small stats. Phase-1 tasks take runs of consecutive
+blocks so windows batch across block boundaries and the graph stays small (hundreds of tasks, not
+millions). Phase 2 runs once every phase-1 result is on disk. A worker that dies has its tasks
+rescheduled by Dask; because every write is a whole file or a whole chunk renamed or overwritten by
+its single owner, a retry is harmless.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import math
+import os
+import platform
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from pipeline.errors import ExecutionError, TilewiseError
+from pipeline.execution.local import Progress, needs_phase1
+from pipeline.execution.tasks import SceneTask, TaskStats, cached_model, phase1, phase2
+from pipeline.execution.workstore import Index, WorkStore
+
+
+def _threads(n: int) -> None:
+    import torch
+
+    torch.set_num_threads(n)
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ[var] = str(n)
+
+
+try:
+    from distributed.diagnostics.plugin import WorkerPlugin
+except ImportError:  # pragma: no cover - dask is a dependency
+    WorkerPlugin = object  # type: ignore[assignment,misc]
+
+
+class TilewiseWorker(WorkerPlugin):  # type: ignore[misc,valid-type]
+    """Sets torch threads and a small GDAL cache on each worker, and loads the bundle once, from its
+    path (never tensors)."""
+
+    name = "tilewise"
+
+    def __init__(
+        self, threads: int = 1, bundle_path: str | None = None, bundle_hash: str = "", device: str = "cpu"
+    ) -> None:
+        self.threads, self.bundle_path, self.bundle_hash, self.device = (
+            threads,
+            bundle_path,
+            bundle_hash,
+            device,
+        )
+
+    def setup(self, worker: Any) -> None:
+        from pipeline.formats.gdal_cache import use_worker_cache
+
+        _threads(self.threads)
+        use_worker_cache()
+        if self.bundle_path:
+            cached_model(self.bundle_path, self.bundle_hash, self.device)
+
+
+@dataclass
+class TaskFailure:
+    """A task's exception, sent back as plain data: tracebacks never cross the wire (some cannot)."""
+
+    kind: str
+    message: str
+
+
+def _guarded(fn: Any) -> Any:
+    @functools.wraps(fn)  # keeps the qualified name, so tasks pickle by reference, not by value
+    def run(task: SceneTask, indices: list[Index]) -> Any:
+        try:
+            return fn(task, indices)
+        except TilewiseError as exc:
+            return TaskFailure(type(exc).__name__, str(exc))
+        except Exception as exc:
+            return TaskFailure(type(exc).__name__, f"{type(exc).__name__} on a worker: {exc}")
+
+    return run
+
+
+@_guarded
+def _phase1_task(task: SceneTask, indices: list[Index]) -> TaskStats:
+    stats = phase1(task, indices)
+    gpu = os.environ.get("CUDA_VISIBLE_DEVICES")
+    stats.worker = f"{platform.node()}:{os.getpid()}" + (f":gpu{gpu}" if gpu else "")
+    return stats
+
+
+@_guarded
+def _phase2_task(task: SceneTask, indices: list[Index]) -> int:
+    store = WorkStore(task.work_dir)
+    for index in indices:
+        phase2(task, index, store)
+    return len(indices)
+
+
+def _result(fut: Any, uri: str) -> Any:
+    value = fut.result()
+    if isinstance(value, TaskFailure):
+        raise ExecutionError(value.message, path=None if uri in value.message else uri)
+    return value
+
+
+def chunks(items: list[Index], workers: int, per_worker: int = 4, cap: int = 64) -> list[list[Index]]:
+    """Runs of consecutive blocks: about ``per_worker`` tasks per worker, at most ``cap`` blocks each."""
+    if not items:
+        return []
+    size = max(1, min(cap, math.ceil(len(items) / max(1, workers * per_worker))))
+    return [items[i : i + size] for i in range(0, len(items), size)]
+
+
+class DaskExecutor:
+    def __init__(self, client: Any, *, threads: int = 1, device: str = "auto") -> None:
+        self.client = client
+        self.threads, self.device = threads, device
+        self.tasks_submitted = 0
+        self._bundle = ""
+
+    @property
+    def gpu(self) -> bool:
+        """Tasks ask for a GPU only when the workers offer one (else they would wait forever)."""
+        workers = self.client.scheduler_info().get("workers", {}).values()
+        return any("GPU" in (w.get("resources") or {}) for w in workers)
+
+    def _load_model_on_workers(self, task: SceneTask) -> None:
+        if self._bundle != task.bundle_hash:
+            plugin = TilewiseWorker(self.threads, task.bundle_path, task.bundle_hash, task.device)
+            self.client.register_plugin(plugin)
+            self._bundle = task.bundle_hash
+
+    @property
+    def workers(self) -> int:
+        return max(1, len(self.client.scheduler_info().get("workers", {})))
+
+    def run(self, task: SceneTask, progress: Progress | None = None) -> TaskStats:
+        from distributed import as_completed
+        from distributed.client import FutureCancelledError
+        from distributed.scheduler import KilledWorker
+
+        plan, store = task.plan, WorkStore(task.work_dir)
+        self._load_model_on_workers(task)
+        order = [b.index for b in plan.blocks()]
+        resources = {"GPU": 1} if self.gpu else None
+        todo = [i for i in order if needs_phase1(plan, store, i)]
+        total = len(order)
+        stats = TaskStats()
+        ran_on: set[str] = set()
+        try:
+            futures = [
+                self.client.submit(_phase1_task, task, group, pure=False, resources=resources, retries=1)
+                for group in chunks(todo, self.workers)
+            ]
+            self.tasks_submitted += len(futures)
+            for fut in as_completed(futures):
+                s: TaskStats = _result(fut, task.source.uri)
+                stats.blocks += s.blocks
+                stats.windows += s.windows
+                stats.skipped += s.skipped
+                stats.read_s += s.read_s
+                stats.compute_s += s.compute_s
+                ran_on.add(s.worker)
+            pending = [i for i in order if not store.is_merged(i)]
+            merged = total - len(pending)
+            if progress:
+                progress(merged, total)
+            merges = [
+                self.client.submit(_phase2_task, task, group, pure=False, retries=1)
+                for group in chunks(pending, self.workers, per_worker=2)
+            ]
+            self.tasks_submitted += len(merges)
+            for fut in as_completed(merges):
+                merged += _result(fut, task.source.uri)
+                if progress:
+                    progress(merged, total)
+        except KilledWorker as exc:
+            raise ExecutionError(
+                f"a block task of this scene kept killing workers ({exc}); the scene is abandoned",
+                path=task.source.uri,
+            ) from exc
+        except FutureCancelledError as exc:
+            raise ExecutionError("the cluster cancelled this scene's tasks", path=task.source.uri) from exc
+        stats.merged = merged
+        stats.extra = {
+            "dask_tasks": len(futures) + len(merges),
+            "workers": self.workers,
+            "ran_on": sorted(ran_on),
+        }
+        return stats
+
+
+@contextmanager
+def dask_executor(
+    *, workers: int = 1, scheduler: str | None = None, threads_per_worker: int = 1, device: str = "auto"
+) -> Iterator[DaskExecutor]:
+    """A client to the given scheduler, or a LocalCluster of worker processes on 127.0.0.1.
+
+    With CUDA and dask-cuda installed, ``LocalCUDACluster`` starts one worker per GPU, each seeing only
+    its own device through CUDA_VISIBLE_DEVICES.
+    """
+    from distributed import Client
+
+    if scheduler:
+        with Client(scheduler, timeout="30s") as client:
+            yield DaskExecutor(client, threads=threads_per_worker, device=device)
+        return
+    cluster = local_cluster(workers or 1, threads_per_worker, device)
+    with cluster, Client(cluster) as client:
+        yield DaskExecutor(client, threads=threads_per_worker, device=device)
+
+
+def worker_environ() -> dict[str, str]:
+    """Environment set before a worker process starts: Dask's own, plus ``MALLOC_ARENA_MAX=2``.
+
+    glibc reads the arena limit once. By the time the engine's ``tune_malloc`` runs in a worker,
+    Dask's threads already own several arenas, and blocks read by the prefetch thread and freed by the
+    task thread fragment them: per-worker RSS crept up with the number of blocks. ``dask worker``
+    processes started by hand need the same variable (docker/compose.yaml sets it).
+    """
+    import dask
+
+    env = {k: str(v) for k, v in dask.config.get("distributed.nanny.pre-spawn-environ", {}).items()}
+    if os.environ.get("TILEWISE_MALLOC", "").lower() != "default":
+        env["MALLOC_ARENA_MAX"] = "2"
+    return env
+
+
+# Every scheduler, nanny and worker event loop wakes every 20 ms only to notice if it was blocked (a
+# warning after 3 s): with the system monitor, 7-8 % of a core for an idle 2-worker cluster, taken from
+# the model once every core runs one. 200 ms still catches a 3 s stall; it measured ~2 %.
+QUIET_EVENT_LOOPS = {
+    "distributed.admin.tick.interval": "200ms",
+    "distributed.admin.system-monitor.interval": "2s",
+}
+
+
+def local_cluster(workers: int, threads_per_worker: int = 1, device: str = "auto") -> Any:
+    """Worker processes on 127.0.0.1 (dashboard on loopback too); one per GPU with dask-cuda."""
+    import dask
+    from distributed import LocalCluster
+
+    common: dict[str, Any] = {
+        "host": "127.0.0.1",
+        "dashboard_address": "127.0.0.1:0",
+        "threads_per_worker": threads_per_worker,
+    }
+    settings = {
+        "distributed.nanny.pre-spawn-environ": worker_environ(),
+        # the dashboard's statistical profiler walks the task thread's stack every 10 ms: 1-2 % of a
+        # core on our long model-bound tasks; every 100 ms still fills its profile page
+        "distributed.worker.profile.interval": "100ms",
+        **QUIET_EVENT_LOOPS,
+    }
+    with dask.config.set(settings):
+        if device in ("cuda", "auto") and _cuda_available():
+            with contextlib.suppress(ImportError):  # no dask-cuda: plain worker processes
+                from dask_cuda import LocalCUDACluster
+
+                return LocalCUDACluster(resources={"GPU": 1}, **common)
+        return LocalCluster(n_workers=workers, processes=True, **common)
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()

@@ -1,0 +1,221 @@
+"""Turn raw scene pixels into exactly what the model was trained on: the right channels, normalised.
+
+Format-agnostic on purpose: it only uses the Scene protocol (``uri``, ``shape``, ``read``,
+``read_nodata``), so every reader gets the same behaviour. Channel counts are checked when the
+preprocessor is made, before any block runs, so a wrong scene fails in one clear line instead of
+producing confident garbage. Per-scene statistics (percentile normalisation) come from a sparse grid
+of small windows over the whole scene: representative, bounded in memory and I/O whatever the
+scene size, and identical for every block, so blocks stay seam-free.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from pipeline.core.box import Box
+from pipeline.errors import InputError
+from pipeline.formats.scene import GeoMeta, Scene
+
+if TYPE_CHECKING:
+    from models.bundle import Normalization
+
+SAMPLE_BUDGET = 1 << 20  # pixels per channel read for scene statistics
+SAMPLE_WINDOW = {2: 64, 3: 16}  # edge of each sample window
+
+
+def sample_boxes(spatial_shape: Sequence[int], budget: int = SAMPLE_BUDGET) -> list[Box]:
+    """Small windows spread evenly over the scene (first and last flush with its edges).
+
+    Covers the whole scene in one box when it fits the budget; otherwise ``budget`` pixels at most.
+    """
+    shape = tuple(int(s) for s in spatial_shape)
+    if math.prod(shape) <= budget:
+        return [Box.from_shape(shape)]
+    edge = SAMPLE_WINDOW.get(len(shape), 16)
+    win = tuple(min(edge, s) for s in shape)
+    max_windows = max(1, budget // math.prod(win))
+    counts = [math.ceil(s / w) for s, w in zip(shape, win, strict=True)]
+    scale = (max_windows / math.prod(counts)) ** (1.0 / len(shape))
+    counts = [max(1, min(c, math.floor(c * scale))) for c in counts]
+    while math.prod(counts) > max_windows:
+        counts[counts.index(max(counts))] -= 1
+    starts = [
+        np.linspace(0, s - w, n).round().astype(int) for s, w, n in zip(shape, win, counts, strict=True)
+    ]
+    return [
+        Box.from_shape(win, start=tuple(int(v) for v in pos))
+        for pos in np.stack(np.meshgrid(*starts, indexing="ij"), axis=-1).reshape(-1, len(shape))
+    ]
+
+
+@dataclass
+class Preprocessor:
+    """Channel selection + normalisation for one (bundle, scene) pair; cheap to pickle to workers."""
+
+    normalization: Normalization
+    channels: list[str]
+    band_indexes: list[int] | None = None  # 1-based
+    model_name: str = "model"
+    uri: str = ""
+    lower_values: np.ndarray | None = None  # percentile: per-channel scene values at lower/upper
+    upper_values: np.ndarray | None = None
+
+    @classmethod
+    def from_bundle(
+        cls, bundle_config: Any, scene: Scene, *, sample_budget: int = SAMPLE_BUDGET, stats: bool = True
+    ) -> Preprocessor:
+        """Check ``scene`` fits the bundle's inputs and compute any per-scene statistics.
+
+        ``bundle_config`` is a ``BundleConfig`` (or a ``Bundle``, whose ``.config`` is used).
+        ``stats=False`` only checks channels (a dry run reads no pixels).
+        """
+        cfg = getattr(bundle_config, "config", bundle_config)
+        pre = cls(
+            normalization=cfg.inputs.normalization,
+            channels=list(cfg.inputs.channels),
+            band_indexes=list(cfg.inputs.band_indexes) if cfg.inputs.band_indexes else None,
+            model_name=cfg.name,
+            uri=scene.uri,
+        )
+        pre.check_scene(scene)
+        if stats and pre.normalization.kind == "percentile":
+            pre.compute_percentiles(scene, sample_budget)
+        return pre
+
+    @property
+    def in_channels(self) -> int:
+        return len(self.channels)
+
+    def _indexes(self) -> list[int]:
+        return [b - 1 for b in self.band_indexes] if self.band_indexes else list(range(self.in_channels))
+
+    def _mismatch(self, have: int, word: str = "channels") -> InputError:
+        want = f"expects {self.in_channels} ({','.join(self.channels)})"
+        if self.band_indexes:
+            want += f" from {word} {','.join(str(b) for b in self.band_indexes)}"
+        elif have > self.in_channels:
+            want += "; set inputs.band_indexes in the bundle to choose them"
+        return InputError(f"scene has {have} {word}, bundle {self.model_name} {want}", path=self.uri or None)
+
+    def check_scene(self, scene: Scene) -> None:
+        """Raise InputError (naming the scene) when its channels cannot feed the model."""
+        have = int(scene.shape[0])
+        word = "bands" if isinstance(scene.meta, GeoMeta) else "channels"
+        if self.band_indexes is not None:
+            if max(self.band_indexes) > have:
+                raise self._mismatch(have, word)
+        elif have != self.in_channels:
+            raise self._mismatch(have, word)
+
+    def select(self, raw: np.ndarray) -> np.ndarray:
+        """The model's channels, in its order, from a ``(C_scene, *box)`` read (no copy when identity)."""
+        idx = self._indexes()
+        if max(idx) >= raw.shape[0] or (self.band_indexes is None and raw.shape[0] != self.in_channels):
+            raise self._mismatch(int(raw.shape[0]))
+        if idx == list(range(raw.shape[0])):
+            return raw
+        return raw[idx]
+
+    def compute_percentiles(self, scene: Scene, budget: int = SAMPLE_BUDGET) -> None:
+        """Per-channel lower/upper percentiles of valid pixels from a sparse sample of the scene."""
+        chunks: list[np.ndarray] = []
+        for box in sample_boxes(tuple(scene.shape[1:]), budget):
+            values = self.select(scene.read(box)).astype(np.float64).reshape(self.in_channels, -1)
+            nodata = scene.read_nodata(box)
+            if nodata is not None:
+                values = values[:, ~np.asarray(nodata, dtype=bool).reshape(-1)]
+            chunks.append(values)
+        sample = np.concatenate(chunks, axis=1) if chunks else np.empty((self.in_channels, 0))
+        lo = np.zeros(self.in_channels)
+        hi = np.zeros(self.in_channels)
+        for c in range(self.in_channels):
+            v = sample[c][np.isfinite(sample[c])]
+            if v.size:
+                lo[c], hi[c] = np.percentile(v, [self.normalization.lower, self.normalization.upper])
+        self.lower_values, self.upper_values = lo, hi
+
+    def _normalise(self, x: np.ndarray, channel: int | None = None) -> np.ndarray:
+        """Normalise ``x`` in place: all channels, or the one plane ``channel`` (shaped ``(1, ...)``)."""
+        norm = self.normalization
+        pick = slice(None) if channel is None else slice(channel, channel + 1)
+        per_channel = (x.shape[0],) + (1,) * (x.ndim - 1)
+        if norm.kind == "zscore":
+            assert norm.mean is not None and norm.std is not None  # enforced by the bundle schema
+            x -= np.asarray(norm.mean, np.float32)[pick].reshape(per_channel)
+            x /= np.asarray(norm.std, np.float32)[pick].reshape(per_channel)
+        elif norm.kind == "percentile":
+            if self.lower_values is None or self.upper_values is None:
+                raise InputError(
+                    "percentile statistics were not computed (use from_bundle)", path=self.uri or None
+                )
+            lo = self.lower_values.astype(np.float32)[pick].reshape(per_channel)
+            span = (self.upper_values - self.lower_values).astype(np.float32)[pick]
+            span[span <= 0] = 1.0  # constant channel: maps to 0 rather than dividing by zero
+            np.clip(x, lo, lo + span.reshape(per_channel), out=x)
+            x -= lo
+            x /= span.reshape(per_channel)
+        elif norm.kind == "ct_window":
+            assert norm.center is not None and norm.width is not None
+            low = norm.center - norm.width / 2
+            np.clip(x, low, low + norm.width, out=x)
+            x -= np.float32(low)
+            x /= np.float32(norm.width)
+        elif norm.kind == "scale":
+            x *= np.float32(norm.factor)
+            x += np.float32(norm.offset)
+        return x
+
+    def invalid(
+        self, raw: np.ndarray, nodata_mask: np.ndarray | None = None, *, selected: bool = False
+    ) -> np.ndarray:
+        """The boolean ``box`` mask of pixels the model must not see: nodata, or non-finite in any
+        channel once normalised. One plane at a time, so a block costs one plane-sized temporary."""
+        x = raw if selected else self.select(raw)
+        invalid = np.zeros(x.shape[1:], dtype=bool)
+        for c in range(x.shape[0]):
+            plane = x[c : c + 1].astype(np.float32, copy=True)
+            with np.errstate(invalid="ignore", over="ignore"):
+                invalid |= ~np.isfinite(self._normalise(plane, c)[0])
+        if nodata_mask is not None:
+            mask = np.asarray(nodata_mask, dtype=bool)
+            if mask.shape != x.shape[1:]:
+                raise InputError(
+                    f"nodata mask shape {mask.shape} != pixel shape {x.shape[1:]}", path=self.uri or None
+                )
+            invalid |= mask
+        return invalid
+
+    def prepare(self, selected_raw: np.ndarray, invalid: np.ndarray | None = None) -> np.ndarray:
+        """Normalised float32 model input for raw pixels of the model's channels; ``invalid`` ones 0.
+
+        Elementwise, so normalising a window of a block gives the same values as normalising the
+        block: the engine keeps blocks raw (a quarter of the memory for 8-bit imagery) and
+        normalises each window as it is batched.
+        """
+        x = selected_raw.astype(np.float32, copy=True)
+        with np.errstate(invalid="ignore", over="ignore"):
+            x = self._normalise(x)
+        if invalid is not None:
+            x[:, invalid] = 0.0
+        return x
+
+    def apply(
+        self, raw: np.ndarray, nodata_mask: np.ndarray | None = None, *, selected: bool = False
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Normalised float32 ``(C_model, *box)`` and the boolean ``box`` mask of invalid pixels.
+
+        Invalid means nodata or non-finite in any channel; those pixels are 0 in the output, set
+        after normalisation so the model never sees NaN or a nodata sentinel scaled into range.
+        """
+        x = raw if selected else self.select(raw)
+        invalid = self.invalid(x, nodata_mask, selected=True)
+        return self.prepare(x, invalid if invalid.any() else None), invalid
+
+    def __call__(self, raw: np.ndarray, nodata_mask: np.ndarray | None = None) -> np.ndarray:
+        """Normalised float32 model input for a raw scene read; see :meth:`apply` for the mask."""
+        return self.apply(raw, nodata_mask)[0]

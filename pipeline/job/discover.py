@@ -1,0 +1,113 @@
+"""Turn the INPUT argument (file, folder, glob or URL) into scenes, grouping NIfTI channel sets."""
+
+from __future__ import annotations
+
+import glob
+import os
+from pathlib import Path
+
+from pipeline.errors import InputError
+from pipeline.formats.source import SceneSource, kind_of
+
+WORK_DIR = ".tilewise-work"
+
+
+def _walk(root: Path) -> list[str]:
+    """Files and ``.zarr`` folders under ``root``; symlinked folders are not followed (no loops).
+
+    A folder named like a file scene (``x.tif/``, ``y.nii.gz/``) is listed, not entered: it is almost
+    always a botched copy, and its reader then fails it with a clear reason instead of hiding it.
+    """
+    found: list[str] = []
+    for folder, dirs, files in os.walk(root, followlinks=False):
+        keep = []
+        for d in sorted(dirs):
+            if d.startswith(".") or d == WORK_DIR:
+                continue
+            if kind_of(d) is not None:
+                found.append(os.path.join(folder, d))
+            else:
+                keep.append(d)
+        dirs[:] = keep
+        found.extend(os.path.join(folder, f) for f in sorted(files) if not f.startswith("."))
+    return found
+
+
+def _remote(uri: str) -> list[str]:
+    import fsspec
+
+    fs, _, paths = fsspec.get_fs_token_paths(uri)
+    protocol = uri.split("://", 1)[0]
+    if fs.isfile(paths[0]):
+        return [uri]
+    listed = fs.find(paths[0], withdirs=True, maxdepth=None)
+    out = []
+    for p in sorted(listed):
+        kind = kind_of(p)
+        is_zarr_root = kind == "zarr" and fs.isdir(p)
+        is_file_scene = kind not in (None, "zarr") and ".zarr/" not in p
+        if is_zarr_root or is_file_scene:
+            out.append(f"{protocol}://{p}")
+    return out
+
+
+def candidates(target: str) -> list[str]:
+    """Every path the INPUT argument names, before grouping and format checks."""
+    if "://" in target and not target.startswith("file://"):
+        return _remote(target)
+    target = target.removeprefix("file://")
+    path = Path(target)
+    if any(ch in target for ch in "*?[") and not path.exists():
+        return sorted(glob.glob(target, recursive=True))
+    if path.is_dir() and kind_of(target) is None:
+        return _walk(path)
+    if path.exists() or path.is_symlink():
+        return [target]
+    raise InputError("no such file, folder or glob match", path=target)
+
+
+def discover(target: str, *, exclude: str | None = None) -> list[SceneSource]:
+    """Scenes under ``target``, in a stable order. Files with no known extension are ignored in
+    folders and globs (a folder may hold sidecars); a single named file must be a scene."""
+    from pipeline.formats.nifti import group_channel_files
+
+    paths = candidates(target)
+    if exclude:
+        root = os.path.abspath(exclude)
+        paths = [p for p in paths if "://" in p or not os.path.abspath(p).startswith(root + os.sep)]
+    single = len(paths) == 1 and paths[0] == target
+    scenes: list[SceneSource] = []
+    niftis = [p for p in paths if kind_of(p) == "nifti"]
+    for group in group_channel_files(niftis):
+        scenes.append(SceneSource("nifti", tuple(str(g) for g in group)))
+    for p in paths:
+        kind = kind_of(p)
+        if kind in ("geotiff", "zarr"):
+            scenes.append(SceneSource(kind, (p,)))
+        elif kind is None and single:
+            raise InputError("not a known scene type (.tif .tiff .vrt .jp2 .img .nii .nii.gz .zarr)", path=p)
+    return sorted(scenes, key=lambda s: s.uri)
+
+
+def scene_stem(source: SceneSource) -> str:
+    """Output base name: the file name without its scene extension (and without a channel suffix)."""
+    uri = source.uri.split("?", 1)[0].split("#", 1)[0] if "://" in source.uri else source.uri
+    name = uri.rstrip("/").rsplit("/", 1)[-1]  # never a query string: presigned URLs carry secrets
+    for suffix in (
+        ".nii.gz",
+        ".nii",
+        ".ome.zarr",
+        ".zarr",
+        ".tiff",
+        ".tif",
+        ".vrt",
+        ".jp2",
+        ".img",
+        ".gtiff",
+    ):
+        if name.lower().endswith(suffix):
+            name = name[: -len(suffix)]
+            break
+    if len(source.uris) > 1 and len(name) > 5 and name[-5] == "_" and name[-4:].isdigit():
+        name = name[:-5]
+    return name

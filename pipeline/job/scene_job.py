@@ -1,0 +1,308 @@
+"""One scene end-to-end: open, check, plan, execute blocks, finalise outputs atomically, report.
+
+A scene's failure is caught here and turned into a one-line reason, so one bad scene never stops the
+others. The report is written last: its presence means the scene is complete, and a rerun skips it
+unless ``overwrite`` is set.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import os
+import platform
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipeline.core.tiling import BlockPlan, default_block_size
+from pipeline.errors import ConfigError, InputError, OutputError, TilewiseError, redact
+from pipeline.execution.local import Executor, Progress
+from pipeline.execution.preprocess import Preprocessor
+from pipeline.execution.tasks import SceneTask
+from pipeline.execution.workstore import WorkStore
+from pipeline.formats.scene import GeoMeta, VolumeMeta
+from pipeline.formats.source import SceneSource
+from pipeline.job.config import JobConfig
+from pipeline.job.discover import WORK_DIR, scene_stem
+from pipeline.job.report import class_counts, class_table, pixel_area_m2, write_report
+
+_STORAGE_FULL = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG}  # not a scene's fault: OutputError
+LABEL_SUFFIX = {"geotiff": "_labels.tif", "nifti": "_labels.nii.gz", "zarr": "_labels.zarr"}
+ALLOWED_FORMATS = {"geotiff": {"geotiff", "zarr"}, "nifti": {"nifti", "zarr"}, "zarr": {"zarr", "geotiff"}}
+
+
+@dataclass
+class SceneResult:
+    uri: str
+    stem: str
+    status: str  # ok | skipped | failed
+    reason: str = ""
+    outputs: dict[str, str] = field(default_factory=dict)
+    seconds: float = 0.0
+    windows: int = 0
+    pixels: int = 0
+    report: dict[str, Any] = field(default_factory=dict)
+
+
+def output_paths(out_dir: Path, stem: str, fmt: str, config: JobConfig, geo: bool) -> dict[str, Path]:
+    """The scene's final files, all directly inside ``out_dir`` (anything else is refused)."""
+    paths = {"labels": out_dir / f"{stem}{LABEL_SUFFIX[fmt]}", "report": out_dir / f"{stem}_report.json"}
+    if config.outputs.probabilities:
+        suffix = {"geotiff": ".tif", "nifti": ".nii.gz", "zarr": ".zarr"}[fmt]
+        paths["probabilities"] = out_dir / f"{stem}_probabilities{suffix}"
+    if config.outputs.polygons and geo:
+        paths["polygons"] = out_dir / f"{stem}_polygons.gpkg"
+    if config.outputs.quicklook:
+        paths["quicklook"] = out_dir / f"{stem}_quicklook.png"
+    for path in paths.values():
+        if path.parent != out_dir or path.name in (".", "..") or "\0" in path.name:
+            raise OutputError(f"scene name {stem!r} would write outside the output folder", path=str(path))
+    return paths
+
+
+def open_options(source: SceneSource, bundle: Any, work_dir: Path) -> SceneSource:
+    """Reader options the bundle implies (orientation, spacing/GSD, a cache for big .nii.gz)."""
+    cfg = bundle.config
+    spacing = tuple(cfg.target_spacing) if cfg.target_spacing else None
+    if source.kind == "geotiff" and spacing and len(spacing) == 2:
+        return SceneSource(source.kind, source.uris, (("target_gsd", spacing),))
+    if source.kind != "nifti":
+        return source
+    options = (("orientation", cfg.orientation), ("target_spacing", spacing), ("cache_dir", str(work_dir)))
+    return SceneSource(source.kind, source.uris, options)
+
+
+def plan_scene(scene: Any, bundle: Any, config: JobConfig) -> tuple[tuple[int, ...], float, tuple[int, ...]]:
+    """Patch size, overlap and block size for a scene (config over bundle defaults)."""
+    spatial = tuple(int(n) for n in scene.shape[1:])
+    dims = bundle.config.spatial_dims
+    if len(spatial) != dims:
+        raise InputError(
+            f"scene is {len(spatial)}-D {spatial} but bundle {bundle.config.name} is a {dims}-D model"
+        )
+    roi = tuple(config.tiling.patch_size or bundle.config.patch_size)
+    if len(roi) == 1:
+        roi = roi * dims
+    if len(roi) != dims:
+        raise ConfigError(f"patch size {list(roi)} does not have {dims} entries")
+    overlap = config.tiling.overlap if config.tiling.overlap is not None else bundle.config.overlap
+    if config.tiling.block_size:
+        block = tuple(config.tiling.block_size)
+        block = block * dims if len(block) == 1 else block
+        block = tuple(max(b, r) for b, r in zip(block, roi, strict=True))
+    else:
+        budget = config.tiling.memory_budget_mb * 2**20
+        block = default_block_size(spatial, roi, bundle.num_classes, budget)
+    return roi, float(overlap), block
+
+
+def _reported_input(report: Path) -> str | None:
+    """The input a finished scene's report names (None if unreadable)."""
+    try:
+        value = json.loads(report.read_text()).get("input")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return value if isinstance(value, str) else None
+
+
+def _same_input(reported: str, uri: str) -> bool:
+    """Whether a report's input is this scene; True when it cannot tell (input moved or relative)."""
+    if reported == redact(uri):
+        return True
+    if "://" in reported or "://" in uri:
+        return False
+    try:
+        return os.path.samefile(reported, uri)
+    except OSError:
+        return True
+
+
+def _fail_reason(exc: BaseException, uri: str) -> str:
+    """One line naming the scene and what is wrong."""
+    if isinstance(exc, TilewiseError):
+        text = str(exc)
+    elif isinstance(exc, MemoryError):
+        text = "out of memory; lower tiling.memory_budget_mb or --batch-size"
+    else:
+        text = f"internal error {type(exc).__name__}: {exc}"
+    text = " ".join(text.split())
+    return redact(text if isinstance(exc, TilewiseError) and exc.path else f"{uri}: {text}")
+
+
+def run_scene(
+    source: SceneSource,
+    bundle: Any,
+    config: JobConfig,
+    out_dir: Path,
+    executor: Executor,
+    *,
+    progress: Progress | None = None,
+    debug: bool = False,
+) -> SceneResult:
+    """Run one scene; never raises for a scene-level problem (unless ``debug``)."""
+    stem = scene_stem(source)
+    t0 = time.perf_counter()
+    result = SceneResult(source.uri, stem, "failed")
+    try:
+        try:
+            _run(source, bundle, config, out_dir, executor, progress, result)
+        except OSError as exc:
+            if isinstance(exc, TilewiseError) or exc.errno not in _STORAGE_FULL:
+                raise
+            reason = f"cannot write under {out_dir}: {exc.strerror or exc}"
+            raise OutputError(reason, path=source.uri) from exc
+    except Exception as exc:
+        if debug:
+            raise
+        result.status, result.reason = "failed", _fail_reason(exc, source.uri)
+        if not isinstance(exc, TilewiseError):
+            result.report["traceback"] = traceback.format_exc(limit=8)
+    result.seconds = round(time.perf_counter() - t0, 3)
+    return result
+
+
+def _run(
+    source: SceneSource,
+    bundle: Any,
+    config: JobConfig,
+    out_dir: Path,
+    executor: Executor,
+    progress: Progress | None,
+    result: SceneResult,
+) -> None:
+    key = hashlib.sha1(source.uri.encode()).hexdigest()[:10]
+    work_dir = out_dir / WORK_DIR / f"{result.stem}-{key}"
+    source = open_options(source, bundle, work_dir / "cache")
+    fmt = config.outputs.format if config.outputs.format != "auto" else source.kind
+    if fmt not in ALLOWED_FORMATS[source.kind]:
+        raise ConfigError(f"cannot write {source.kind} input as {fmt}", path=source.uri)
+    timings: dict[str, float] = {}
+    t = time.perf_counter()
+    scene = source.open()
+    try:
+        geo = isinstance(scene.meta, GeoMeta)
+        if fmt == "geotiff" and not geo:
+            raise ConfigError("GeoTIFF output needs a georeferenced input", path=source.uri)
+        paths = output_paths(out_dir, result.stem, fmt, config, geo)
+        if paths["report"].exists() and not config.outputs.overwrite:
+            other = _reported_input(paths["report"])
+            if other is not None and not _same_input(other, source.uri):  # a.tif, sub/a.tif: one name
+                raise InputError(
+                    f"its outputs ({paths['labels'].name}...) already hold the results of {other}; "
+                    "rename one of the two inputs, or use another output folder",
+                    path=source.uri,
+                )
+            result.status, result.reason = "skipped", "outputs exist (use --overwrite)"
+            result.outputs = {k: str(v) for k, v in paths.items() if v.exists()}
+            return
+        roi, overlap, block = plan_scene(scene, bundle, config)  # dimensionality first: the deeper mismatch
+        pre = Preprocessor.from_bundle(bundle, scene)
+        timings["open_s"] = time.perf_counter() - t
+        task = SceneTask(
+            source=source,
+            bundle_path=str(bundle.path),
+            bundle_hash=bundle.hash,
+            work_dir=str(work_dir),
+            spatial_shape=tuple(int(n) for n in scene.shape[1:]),
+            patch_size=roi,
+            overlap=overlap,
+            block_size=block,
+            classes=bundle.num_classes,
+            preprocessor=pre,
+            blend=config.tiling.blend,
+            sigma_scale=config.tiling.sigma_scale,
+            batch_size=config.execution.batch_size,
+            device=config.execution.device,
+            tta=config.execution.tta,
+            activation=bundle.config.output_activation,
+            probabilities=config.outputs.probabilities,
+            nodata_label=config.outputs.nodata_label,
+        )
+        state = {
+            "uri": source.uri,
+            "bundle": bundle.hash,
+            "config": config.hash_fields(),
+            "roi": roi,
+            "overlap": overlap,
+            "block": block,
+            "shape": task.spatial_shape,
+        }
+        store = WorkStore(work_dir)
+        resumed = store.prepare(state, task.spatial_shape, block, task.classes, task.probabilities)
+        t = time.perf_counter()
+        stats = executor.run(task, progress)
+        timings["blocks_s"] = time.perf_counter() - t
+        t = time.perf_counter()
+        from pipeline.job.outputs import write_outputs
+
+        final_cfg = config
+        if resumed:  # files without a report are this scene's own, from a run killed while finalising
+            final_cfg = config.model_copy(
+                update={"outputs": config.outputs.model_copy(update={"overwrite": True})}
+            )
+        write_outputs(scene, store, paths, fmt, bundle, final_cfg)
+        timings["finalise_s"] = time.perf_counter() - t
+        report = _report(source, scene, bundle, config, task, store, stats, resumed, paths, timings)
+        write_report(paths["report"], report)
+        result.status, result.report = "ok", report
+        result.outputs = {k: str(v) for k, v in paths.items()}
+        result.windows, result.pixels = stats.windows, int(np.prod(task.spatial_shape))
+        if not config.outputs.keep_work:
+            store.remove()
+    finally:
+        scene.close()
+
+
+def _report(
+    source: SceneSource,
+    scene: Any,
+    bundle: Any,
+    config: JobConfig,
+    task: SceneTask,
+    store: WorkStore,
+    stats: Any,
+    resumed: bool,
+    paths: dict[str, Path],
+    timings: dict[str, float],
+) -> dict[str, Any]:
+    labels = store.labels("r")
+    counts, nodata = class_counts(labels, task.classes, task.nodata_label)
+    meta = scene.meta
+    if isinstance(meta, GeoMeta):
+        area = pixel_area_m2(meta, *task.spatial_shape[:2])
+        table = class_table(bundle.class_names, counts, "area_ha", None if area is None else area / 1e4)
+    elif isinstance(meta, VolumeMeta):
+        voxel_mm3 = float(np.prod(meta.spacing))
+        table = class_table(bundle.class_names, counts, "volume_ml", voxel_mm3 / 1000.0)
+    else:
+        table = class_table(bundle.class_names, counts, "", None)
+    plan = BlockPlan.build(task.spatial_shape, task.patch_size, task.overlap, task.block_size)
+    return {
+        "input": redact(source.uri),
+        "inputs": [redact(u) for u in source.uris],
+        "shape": list(scene.shape),
+        "model": {"name": bundle.config.name, "path": str(bundle.path), "hash": bundle.hash},
+        "config": config.model_dump(mode="json", exclude={"input", "output", "model"}),
+        "plan": {
+            "patch_size": list(task.patch_size),
+            "overlap": task.overlap,
+            "block_size": list(task.block_size),
+            "blocks": int(np.prod(plan.grid_shape)),
+            "windows_in_grid": plan.window_count,
+        },
+        "windows_computed": stats.windows,
+        "windows_skipped_nodata": stats.skipped,
+        "resumed": resumed,
+        "execution": stats.extra,
+        "timings_s": {k: round(v, 3) for k, v in timings.items()},
+        "classes": table,
+        "nodata_pixels": nodata,
+        "outputs": {k: str(v) for k, v in paths.items()},
+        "host": platform.node(),
+    }
