@@ -22,6 +22,7 @@ from rasterio.windows import Window
 
 from pipeline.atomic import atomic_path, temp_sibling
 from pipeline.errors import ConfigError, InputError, OutputError
+from pipeline.formats.colours import RGBA, class_rgba, palette, to_hex
 from pipeline.formats.gdal_cache import bound_gdal_cache
 from pipeline.formats.scene import GeoMeta
 
@@ -50,7 +51,7 @@ def _to_uint8(block: Any, what: str, dest: Path, *, scale_floats: bool = False) 
     return arr.astype(np.uint8)
 
 
-def _pam_xml(class_names: Sequence[str], class_colors: Sequence[tuple[int, int, int]]) -> str:
+def _pam_xml(class_names: Sequence[str], class_colors: Sequence[RGBA]) -> str:
     """PAM sidecar with category names and a thematic RAT: rasterio cannot set either, GDAL reads both,
     and QGIS takes its paletted legend labels from the category names."""
     root = ET.Element("PAMDataset")
@@ -68,7 +69,7 @@ def _pam_xml(class_names: Sequence[str], class_colors: Sequence[tuple[int, int, 
         ET.SubElement(fd, "Usage").text = str(usage)
     for value, (name, rgb) in enumerate(zip(class_names, class_colors, strict=True)):
         row = ET.SubElement(rat, "Row", index=str(value))
-        for cell in (value, name, *rgb):
+        for cell in (value, name, *rgb[:3]):
             ET.SubElement(row, "F").text = str(cell)
     return ET.tostring(root, encoding="unicode")
 
@@ -154,16 +155,9 @@ def _write_cog(
     return dest
 
 
-def _check_classes(
-    class_names: Sequence[str], class_colors: Sequence[Sequence[int]] | None, nodata: int | None, dest: Path
-) -> None:
+def _check_classes(class_names: Sequence[str], nodata: int | None, dest: Path) -> None:
     if not class_names:
         raise ConfigError("at least one class name is needed", path=str(dest))
-    if class_colors is not None:
-        if len(class_colors) != len(class_names):
-            raise ConfigError(f"{len(class_colors)} colours for {len(class_names)} classes", path=str(dest))
-        if any(len(c) != 3 or not all(0 <= int(v) <= 255 for v in c) for c in class_colors):
-            raise ConfigError("class colours must be (r, g, b) with 0..255 values", path=str(dest))
     if nodata is not None and not len(class_names) <= nodata <= 255:
         raise ConfigError(
             f"nodata {nodata} must be in {len(class_names)}..255 (above the class ids)", path=str(dest)
@@ -176,7 +170,7 @@ def write_cog_labels(
     *,
     meta: GeoMeta,
     class_names: Sequence[str],
-    class_colors: Sequence[tuple[int, int, int]],
+    class_colors: Sequence[Any],
     nodata: int = 255,
     overwrite: bool = False,
     block_rows: int = 1024,
@@ -192,17 +186,17 @@ def write_cog_labels(
     dest = Path(dest)
     if len(labels.shape) != 2:
         raise InputError(f"labels must be (H, W), got shape {tuple(labels.shape)}", path=str(dest))
-    _check_classes(class_names, class_colors, nodata, dest)
-    colors = [tuple(int(v) for v in c) for c in class_colors]
+    _check_classes(class_names, nodata, dest)
+    try:
+        colors = class_rgba(class_names, class_colors, exact=True)
+    except ConfigError as exc:
+        raise ConfigError(str(exc), path=str(dest)) from exc
 
     def setup(dst: Any) -> None:
-        cmap = {i: (0, 0, 0, 255) for i in range(256)}
-        cmap.update({i: (*rgb, 255) for i, rgb in enumerate(colors)})
-        cmap[nodata] = (0, 0, 0, 0)
-        dst.write_colormap(1, cmap)
+        dst.write_colormap(1, palette(colors, nodata))
         dst.update_tags(
             CLASS_NAMES=json.dumps(list(class_names)),
-            CLASS_COLORS=json.dumps(["#{:02x}{:02x}{:02x}".format(*c) for c in colors]),
+            CLASS_COLORS=json.dumps([to_hex(c) for c in colors]),
             **(tags or {}),
         )
         dst.update_tags(1, NODATA_MEANING="no prediction (outside the scene or no valid input)")
@@ -246,7 +240,7 @@ def write_cog_probabilities(
     if len(probs.shape) != 3:
         raise InputError(f"probabilities must be (K, H, W), got shape {tuple(probs.shape)}", path=str(dest))
     count, height, width = (int(n) for n in probs.shape)
-    _check_classes(class_names, None, None, dest)
+    _check_classes(class_names, None, dest)
     if count != len(class_names):
         raise ConfigError(f"{count} probability bands for {len(class_names)} classes", path=str(dest))
 

@@ -9,7 +9,6 @@ temporary GTiff, then GDAL's COG driver builds overviews and the final layout in
 from __future__ import annotations
 
 import math
-import os
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -24,7 +23,6 @@ from rasterio.windows import Window
 
 from pipeline.core.box import Box
 from pipeline.errors import FormatError, InputError
-from pipeline.formats.cog import write_cog_labels, write_cog_probabilities
 from pipeline.formats.gdal_cache import bound_gdal_cache
 from pipeline.formats.local import missing_reason
 from pipeline.formats.scene import GeoMeta
@@ -32,23 +30,10 @@ from pipeline.formats.scene import GeoMeta
 __all__ = [
     "GeoTiffScene",
     "gdal_path",
-    "is_geotiff_like",
     "open_geotiff",
-    "write_cog_labels",
-    "write_cog_probabilities",
 ]
 
-GDAL_EXTENSIONS = frozenset(
-    {".tif", ".tiff", ".gtif", ".gtiff", ".vrt", ".img", ".jp2", ".j2k", ".ecw", ".sid", ".ntf", ".nitf"}
-    | {".hgt", ".dem", ".asc", ".bil", ".rst", ".dt2", ".kea"}
-)
 _VSI_PREFIX = {"s3": "/vsis3/", "gs": "/vsigs/", "gcs": "/vsigs/", "az": "/vsiaz/", "abfs": "/vsiaz/"}
-
-
-def is_geotiff_like(path: str | os.PathLike[str]) -> bool:
-    """True when the name looks like a GDAL raster this reader should own (by extension only)."""
-    name = str(path).split("?", 1)[0].rstrip("/").lower()
-    return any(name.endswith(ext) for ext in GDAL_EXTENSIONS)
 
 
 def gdal_path(uri: str) -> str:

@@ -20,6 +20,7 @@ from PIL import Image
 from pipeline.atomic import atomic_path
 from pipeline.core.box import Box
 from pipeline.errors import InputError
+from pipeline.formats.colours import parse_color
 from pipeline.formats.scene import GeoMeta, Scene, VolumeMeta
 
 STRIP_PX = 8 * 1024 * 1024  # pixels per strip when sampling a 2-D scene without overviews
@@ -84,18 +85,20 @@ def _stretch(image: np.ndarray, valid: np.ndarray, rgb_bands: tuple[int, int, in
 
 
 def _overlay(
-    base: np.ndarray, labels: np.ndarray, colors: Sequence[Sequence[int]], alpha: float, nodata: int | None
+    base: np.ndarray, labels: np.ndarray, colors: Sequence[Any], alpha: float, nodata: int | None
 ) -> np.ndarray:
+    """Blend class colours over ``base``; a colour's own alpha scales ``alpha`` (0: left unpainted)."""
     lut = np.zeros((256, 3), dtype=np.float64)
-    painted = np.zeros(256, dtype=bool)
-    for k, rgb in enumerate(colors[:256]):
-        lut[k], painted[k] = rgb, True
+    weight = np.zeros(256, dtype=np.float64)
+    for k, rgba in enumerate(parse_color(c, index=i) for i, c in enumerate(colors[:256])):
+        lut[k], weight[k] = rgba[:3], alpha * rgba[3] / 255
     if nodata is not None and 0 <= nodata < 256:
-        painted[nodata] = False
+        weight[nodata] = 0.0
     ids = np.clip(labels.astype(np.int64), 0, 255)
-    hit = painted[ids] & (labels >= 0) & (labels < 256)
+    hit = (weight[ids] > 0) & (labels >= 0) & (labels < 256)
+    w = weight[ids[hit]][:, None]
     out = base.astype(np.float64)
-    out[hit] = (1.0 - alpha) * out[hit] + alpha * lut[ids[hit]]
+    out[hit] = (1.0 - w) * out[hit] + w * lut[ids[hit]]
     return np.clip(np.rint(out), 0, 255).astype(np.uint8)
 
 
@@ -143,7 +146,7 @@ def write_quicklook(
     labels: Any,
     dest_png: str | os.PathLike[str],
     *,
-    class_colors: Sequence[tuple[int, int, int]],
+    class_colors: Sequence[Any],
     max_size: int = 1024,
     alpha: float = 0.5,
     nodata: int | None = 255,
@@ -151,7 +154,8 @@ def write_quicklook(
     views: Sequence[str] = ("axial",),
     overwrite: bool = False,
 ) -> Path:
-    """Write a PNG of ``scene`` with ``labels`` overlaid in ``class_colors`` (class id = index).
+    """Write a PNG of ``scene`` with ``labels`` overlaid in ``class_colors`` (class id = index; any form
+    ``pipeline.formats.colours.parse_color`` reads).
 
     ``rgb_bands`` are 0-based channels shown as R, G, B (e.g. ``(2, 1, 0)`` for a B,G,R,NIR stack);
     by default the first 3 channels, or channel 0 as grey. Nodata labels and ids without a colour stay

@@ -1,4 +1,8 @@
-"""Which reader opens a path, and how a ``SceneSource`` (small, picklable) becomes a Scene on any worker."""
+"""The scene source: which reader opens a scene, as a small picklable recipe any worker can open.
+
+Workers open their own scene from a ``SceneSource`` instead of receiving pixels through the scheduler.
+Readers are imported on first use, so listing and planning scenes never loads GDAL or nibabel.
+"""
 
 from __future__ import annotations
 
@@ -6,14 +10,16 @@ from dataclasses import dataclass
 from typing import Any
 
 from pipeline.errors import FormatError
-from pipeline.formats.geotiff import is_geotiff_like
+from pipeline.formats.kinds import GEOTIFF, NIFTI, ZARR, kind_of
+
+__all__ = ["SceneSource", "kind_of", "open_source"]
 
 
 @dataclass(frozen=True)
 class SceneSource:
     """How to open a scene on any worker."""
 
-    kind: str  # geotiff | nifti | zarr
+    kind: str  # one of pipeline.formats.kinds.KINDS
     uris: tuple[str, ...]
     options: tuple[tuple[str, Any], ...] = ()
 
@@ -25,25 +31,10 @@ class SceneSource:
         return open_source(self)
 
 
-NIFTI_SUFFIXES = (".nii", ".nii.gz")
-ZARR_SUFFIXES = (".zarr",)
-
-
-def kind_of(uri: str) -> str | None:
-    """The reader family for a path or URL, by its extension (None if not a scene)."""
-    name = uri.rstrip("/").lower()
-    if name.endswith(NIFTI_SUFFIXES):
-        return "nifti"
-    if name.endswith(ZARR_SUFFIXES):
-        return "zarr"
-    if is_geotiff_like(name):
-        return "geotiff"
-    return None
-
-
 def open_source(source: SceneSource) -> Any:
+    """The scene ``source`` names, resampled to its ``target_gsd`` option where a raster needs it."""
     options = dict(source.options)
-    if source.kind == "geotiff":
+    if source.kind == GEOTIFF:
         from pipeline.formats.geotiff import open_geotiff
         from pipeline.formats.resample import ResampledGeoScene, needs_resampling
 
@@ -52,13 +43,13 @@ def open_source(source: SceneSource) -> Any:
         if needs_resampling(scene.meta.gsd, target):
             return ResampledGeoScene(scene, target)
         return scene
-    if source.kind == "nifti":
-        from pipeline.formats.nifti import open_nifti
+    if source.kind == NIFTI:
+        from pipeline.formats.nifti_reader import open_nifti
 
         uris = list(source.uris) if len(source.uris) > 1 else source.uri
         return open_nifti(uris, **options)
-    if source.kind == "zarr":
-        from pipeline.formats.zarr import open_zarr
+    if source.kind == ZARR:
+        from pipeline.formats.zarr_reader import open_zarr
 
         return open_zarr(source.uri, **options)
     raise FormatError(f"no reader for scene kind {source.kind!r}", path=source.uri)

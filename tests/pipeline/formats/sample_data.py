@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -39,3 +40,41 @@ def read_window(path: Path, rows: tuple[int, int], cols: tuple[int, int]) -> np.
     need(path)
     with rasterio.open(path) as ds:
         return ds.read(window=(rows, cols))
+
+
+TOTALSEG = DATA / "medical" / "totalsegmentator"
+CT, CT_SEG = TOTALSEG / "example_ct_sm.nii.gz", TOTALSEG / "example_seg.nii.gz"
+MR, MR_SEG = TOTALSEG / "example_mr_sm.nii.gz", TOTALSEG / "example_seg_mr.nii.gz"
+
+
+def whole(scene: Any, fill: float = 0.0) -> np.ndarray:
+    """A scene's every pixel or voxel, ``(C, *spatial)``, read through its own reader."""
+    from pipeline.core.box import Box
+
+    return scene.read(Box.from_shape(scene.spatial_shape), fill)
+
+
+def raw(path: Path) -> np.ndarray:
+    """A NIfTI file's stored voxels, as nibabel gives them (file order, no scaling)."""
+    import nibabel as nib
+
+    return np.asarray(nib.load(path).dataobj)
+
+
+def to_ras(path: Path) -> np.ndarray:
+    """A NIfTI file's voxels reoriented to RAS by nibabel: the reference a reader is held to."""
+    import nibabel as nib
+    from nibabel import orientations as nio
+
+    img = nib.load(path)
+    tr = nio.ornt_transform(nio.io_orientation(img.affine), nio.axcodes2ornt("RAS"))
+    return nio.apply_orientation(np.asarray(img.dataobj), tr)
+
+
+def save_like(data: np.ndarray, like: Path, dest: Path, **kw: Any) -> Path:
+    """``data`` saved as NIfTI under ``like``'s affine and header."""
+    import nibabel as nib
+
+    src = nib.load(like)
+    nib.save(nib.Nifti1Image(data, src.affine, src.header.copy(), **kw), dest)
+    return dest

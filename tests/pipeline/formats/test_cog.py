@@ -16,7 +16,8 @@ from rio_cogeo.cogeo import cog_validate
 
 from pipeline.core.box import Box
 from pipeline.errors import ConfigError, InputError, OutputError
-from pipeline.formats.geotiff import open_geotiff, write_cog_labels, write_cog_probabilities
+from pipeline.formats.cog import write_cog_labels, write_cog_probabilities
+from pipeline.formats.geotiff import open_geotiff
 from tests.pipeline.formats.sample_data import (
     PAN_ATLANTA,
     PAN_VEGAS_4326,

@@ -167,3 +167,34 @@ def test_shape_mismatch_and_existing_output(tmp_path):
     assert dest.read_bytes() == b"old"
     write_quicklook(scene, _landcover(), dest, class_colors=COVER_COLORS, overwrite=True, max_size=64)
     assert Image.open(dest).size == (64, 32)
+
+
+class _Ramp:
+    """A 2-D scene whose columns ramp from dark to bright, so blends differ from the base everywhere."""
+
+    uri, shape, dtype, meta = "ramp", (1, 8, 8), np.dtype(np.uint8), None
+    spatial_shape = (8, 8)
+
+    def read(self, box, fill=0.0):
+        return np.broadcast_to(np.arange(box.start[1], box.stop[1], dtype=np.uint8) * 30, (1, *box.shape))
+
+    def read_nodata(self, box):
+        return None
+
+    def close(self):
+        pass
+
+
+def test_colours_take_every_spelling_and_their_alpha_scales_the_blend(tmp_path):
+    labels = np.repeat(np.arange(4, dtype=np.uint8), 16).reshape(8, 8)  # two rows per class
+    write_quicklook(_Ramp(), labels, tmp_path / "base.png", class_colors=[], nodata=None)
+    base = np.asarray(Image.open(tmp_path / "base.png").convert("RGB")).astype(float)
+    colors = ["#ff000000", "blue", (0, 255, 0, 128), None]  # clear, opaque, half, default for class 3
+    write_quicklook(_Ramp(), labels, tmp_path / "a.png", class_colors=colors, alpha=1.0, nodata=None)
+    got = np.asarray(Image.open(tmp_path / "a.png").convert("RGB")).astype(float)
+    assert len(np.unique(base[0, :, 0])) > 1
+    np.testing.assert_array_equal(got[:2], base[:2])  # alpha 0: unpainted, whatever its rgb
+    assert (got[2:4] == (0, 0, 255)).all()
+    w = 128 / 255
+    np.testing.assert_array_equal(got[4:6], np.rint((1 - w) * base[4:6] + w * np.array([0, 255, 0])))
+    assert (got[6:8] == (118, 183, 178)).all()  # class 3's default colour, Tableau's #76b7b2

@@ -13,7 +13,7 @@ from pipeline.core.box import Box
 from pipeline.formats.geotiff import open_geotiff
 from pipeline.formats.resample import NativeView, ResampledGeoScene, needs_resampling
 from pipeline.job.config import load_config
-from pipeline.job.skeleton import run_batch
+from pipeline.job.skeleton import run_job
 
 
 def test_resampled_reads_match_gdal_whole_scene_resampling(data):
@@ -71,7 +71,7 @@ def test_job_with_gsd_bundle_writes_on_input_grid(tmp_path, data, bundle_factory
             "outputs.keep_work": True,
         },
     )
-    (r,) = run_batch(cfg)
+    (r,) = run_job(cfg)
     assert r.status == "ok", r.reason
     assert r.report["plan"]["windows_in_grid"] < 150  # computed at 1 m: 450² not 900²
     with rasterio.open(src) as a, rasterio.open(r.outputs["labels"]) as b:

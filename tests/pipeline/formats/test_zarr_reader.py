@@ -1,37 +1,20 @@
-"""Zarr / OME-Zarr readers and writers, with real labels (TotalSegmentator) and a real CRS (Landsat)."""
+"""Zarr / OME-Zarr reader: plain arrays, axes, OME metadata, damaged stores, object storage."""
 
 from __future__ import annotations
 
-import json
 import os
 import pickle
 import socket
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 import pytest
 import zarr
 
 from pipeline.core.box import Box
-from pipeline.errors import FormatError, InputError, OutputError
-from pipeline.formats.zarr import (
-    create_work_array,
-    open_work_array,
-    open_zarr,
-    parse_color,
-    storage_options,
-    write_geo_zarr,
-    write_ome_zarr_labels,
-    writer_unit,
-)
-from tests.pipeline.formats.sample_data import DATA, RGB_BYTE, need
-
-CT_SEG = DATA / "medical" / "totalsegmentator" / "example_seg.nii.gz"
-
-
-def whole(scene: object) -> np.ndarray:
-    return scene.read(Box.from_shape(scene.spatial_shape))  # type: ignore[attr-defined]
+from pipeline.errors import FormatError, InputError
+from pipeline.formats.zarr_reader import open_zarr, storage_options
+from tests.pipeline.formats.sample_data import whole
 
 
 @pytest.mark.parametrize("fmt", [2, 3])
@@ -84,98 +67,6 @@ def test_channel_axes_and_single_array_groups(tmp_path: Path) -> None:
     group.create_array("second", shape=(4, 4), dtype="u1", chunks=(2, 2))
     with pytest.raises(FormatError, match="2 arrays"):
         open_zarr(tmp_path / "g.zarr")
-
-
-@pytest.mark.parametrize("ngff", ["0.5", "0.4"])
-def test_ome_zarr_labels_from_real_ct_labels(tmp_path: Path, ngff: str) -> None:
-    from ome_zarr.io import parse_url
-    from ome_zarr.reader import Label, Multiscales, Reader
-
-    need(CT_SEG)
-    seg = np.asarray(nib.load(CT_SEG).dataobj)  # (X, Y, Z) = (122, 101, 30), 3 mm
-    names = [f"class_{i}" for i in range(int(seg.max()) + 1)]
-    names[:2] = ["background", "spleen"]
-    colors = ["#00000000", "#ff0000"]
-    source = zarr.create_array(
-        store=str(tmp_path / "src.zarr"), shape=seg.shape, dtype=seg.dtype, chunks=(32, 32, 8)
-    )
-    source[:] = seg  # a zarr input is copied through dask, chunk by chunk
-    for name, labels in (("np", seg), ("zr", source)):
-        dest = tmp_path / f"{name}.ome.zarr"
-        write_ome_zarr_labels(
-            labels,
-            dest,
-            image_name="organs",
-            class_names=names,
-            class_colors=colors,
-            spacing=(3.0, 3.0, 3.0),
-            axes="xyz",
-            unit="millimeter",
-            chunks=(32, 32, 16),
-            ngff_version=ngff,
-        )
-        nodes = list(Reader(parse_url(str(dest)))())
-        assert len(nodes) == 1
-        node = nodes[0]
-        assert node.load(Label) is not None and node.load(Multiscales) is not None
-        assert 2 <= len(node.data) <= 4
-        assert np.array_equal(np.asarray(node.data[0]), seg.transpose(2, 1, 0))  # NGFF order z, y, x
-        assert node.data[1].shape == (15, 50, 61)
-        assert node.metadata["color"][1] == [1.0, 0.0, 0.0, 1.0]
-        assert node.metadata["properties"][1]["class"] == "spleen"
-        assert [a["name"] for a in node.metadata["axes"]] == ["z", "y", "x"]
-        scene = open_zarr(dest)
-        assert scene.shape == (1, 30, 101, 122) and scene.meta.spacing == (3.0, 3.0, 3.0)
-        assert np.array_equal(whole(scene)[0], seg.transpose(2, 1, 0))
-        low = open_zarr(dest, level=1)
-        assert low.shape == (1, 15, 50, 61) and low.meta.spacing[0] == pytest.approx(6.0)
-        with pytest.raises(InputError, match="level"):
-            open_zarr(dest, level=len(node.data))
-    with pytest.raises(OutputError):
-        write_ome_zarr_labels(seg, dest, class_names=names)
-    write_ome_zarr_labels(seg[:, :, 0], dest, class_names=names, overwrite=True)
-    assert open_zarr(dest).shape == (1, 122, 101)  # 2-D, axes y, x
-    assert not [p for p in tmp_path.iterdir() if ".tw-tmp-" in p.name]
-
-
-def test_geo_zarr_keeps_crs_and_transform_of_a_real_geotiff(tmp_path: Path) -> None:
-    need(RGB_BYTE)
-    import rasterio
-
-    from pipeline.formats.scene import GeoMeta
-
-    with rasterio.open(RGB_BYTE) as src:
-        band = src.read(1)
-        crs, transform = src.crs, src.transform
-    labels = np.where(band == 0, 255, (band > 100).astype(np.uint8)).astype(np.uint8)
-    band = zarr.create_array(
-        store=str(tmp_path / "band.zarr"), shape=(1, *labels.shape), dtype="u1", chunks=(1, 100, 791)
-    )
-    band[0] = labels  # a (1, H, W) work store is copied band by band
-    for fmt, source in ((2, labels), (3, band)):
-        dest = tmp_path / f"geo{fmt}.zarr"
-        write_geo_zarr(
-            source,
-            dest,
-            meta=GeoMeta(crs=crs, transform=transform),
-            class_names=["dark", "bright"],
-            class_colors=["#000000", "#ffffff"],
-            chunks=(256, 256),
-            zarr_format=fmt,
-        )
-        s = open_zarr(dest)
-        assert s.shape == (1, 718, 791) and s.dtype == np.uint8
-        assert s.meta.crs == crs and s.meta.transform == transform
-        assert s.meta.gsd == pytest.approx((abs(transform.e), transform.a))
-        assert s.meta.nodata == 255 and s.nodata == 255
-        assert np.array_equal(whole(s)[0], labels)
-        mask = s.read_nodata(Box((0, 0), (718, 791)))
-        assert np.array_equal(mask, labels == 255)
-        attrs = dict(zarr.open_array(store=str(dest), mode="r").attrs)
-        assert attrs["_ARRAY_DIMENSIONS"] == ["y", "x"] and attrs["class_names"] == ["dark", "bright"]
-        assert attrs["class_colors"][1] == [255, 255, 255, 255] and attrs["transform"] == list(
-            transform.to_gdal()
-        )
 
 
 def test_missing_or_corrupt_metadata_is_a_format_error(tmp_path: Path) -> None:
@@ -243,35 +134,13 @@ def test_deleted_chunk_reads_fill_value(tmp_path: Path) -> None:
     assert (got[4:, :4] == 7).all() and (got[:4] == 1).all() and (got[4:, 4:] == 1).all()
 
 
-def test_work_arrays_are_idempotent_and_shard_aware(tmp_path: Path) -> None:
-    path = tmp_path / "work" / "probs.zarr"
-    arr = create_work_array(path, (3, 64, 64), np.float32, (3, 32, 32))
-    arr[:, :32, :32] = 0.5
-    assert writer_unit(arr) == (3, 32, 32)
-    same = create_work_array(path, (3, 64, 64), np.float32, (3, 32, 32))  # a resume: reopened, data kept
-    assert float(same[0, 0, 0]) == 0.5
-    with pytest.raises(OutputError, match="exists"):
-        create_work_array(path, (3, 64, 64), np.uint8, (3, 32, 32))
-    fresh = create_work_array(path, (3, 64, 64), np.uint8, (3, 32, 32), overwrite=True)
-    assert fresh.dtype == np.uint8 and int(fresh[0, 0, 0]) == 0
-    sharded = create_work_array(
-        tmp_path / "s.zarr", (64, 64), np.uint8, (8, 8), shards=(32, 32), fill_value=255
-    )
-    assert writer_unit(sharded) == (32, 32)
-    sharded[:32, :32] = 1
-    reread = open_work_array(tmp_path / "s.zarr", mode="r")
-    assert int(reread[0, 0]) == 1 and int(reread[40, 40]) == 255
-    assert json.loads((tmp_path / "s.zarr" / "zarr.json").read_text())["zarr_format"] == 3
-    with pytest.raises(FormatError):
-        open_work_array(tmp_path / "nothing.zarr")
-
-
-def test_colors_and_s3_options(monkeypatch: pytest.MonkeyPatch) -> None:
-    assert parse_color("#102030") == (16, 32, 48, 255) and parse_color([1, 2, 3, 4]) == (1, 2, 3, 4)
-    assert parse_color(None, index=0)[3] == 0 and parse_color(None, index=3) != parse_color(None, index=4)
+def test_s3_storage_options_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
     assert storage_options("s3://b/x.zarr") == {"endpoint_url": "http://127.0.0.1:9"}
     assert storage_options("/local/x.zarr") == {}
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", "http://127.0.0.1:10")
+    monkeypatch.setenv("AWS_NO_SIGN_REQUEST", "YES")
+    assert storage_options("s3a://b/x.zarr") == {"endpoint_url": "http://127.0.0.1:10", "anon": True}
 
 
 def _free_port() -> int:

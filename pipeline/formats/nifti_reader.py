@@ -1,0 +1,256 @@
+"""NIfTI volumes in, on exactly the input's voxel grid, in the engine's orientation and spacing.
+
+The engine works in one orientation (the bundle's, default RAS) and optionally one spacing; the file
+keeps its own. Reorientation is a pure flip/permutation of voxel axes (no interpolation), so
+``to_native_labels`` inverts it exactly, and written labels overlay the input voxel-for-voxel in
+ITK-SNAP, 3D Slicer and napari.
+
+Axis rule: a file's voxel axes are padded to 3 (a 2-D file is ``(X, Y, 1)``) and reoriented. A file
+with only two dims in its header is exposed as ``(C, a, b)``: its missing axis is dropped after
+reorientation, and ``meta.orientation`` names the two remaining axes. A file with an explicit Z of 1
+stays 3-D. A 4-D file's last axis holds the channels.
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+import re
+import tempfile
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from nibabel import orientations as nio
+
+from pipeline.core.box import Box
+from pipeline.errors import ConfigError, FormatError, InputError
+from pipeline.formats.nifti_files import CACHE_THRESHOLD_BYTES, VoxelSource, shape4
+from pipeline.formats.scene import VolumeMeta
+
+_CHANNEL_FILE = re.compile(r"^(?P<case>.+)_(?P<idx>\d{4})(?P<ext>\.nii(?:\.gz)?)$")
+
+
+def group_channel_files(paths: Iterable[str | os.PathLike[str]]) -> list[list[str]]:
+    """Group nnU-Net channel files (``CASE_0000.nii.gz``, ``CASE_0001.nii.gz`` ...) into one scene each.
+
+    A case is grouped only when its suffixes run 0000, 0001, ... without a gap, so a lone
+    ``scan_2019.nii.gz`` stays its own scene; every other NIfTI is a single-file scene.
+    """
+    cases: dict[tuple[str, str, str], dict[int, str]] = {}
+    groups: list[list[str]] = []
+    for p in map(str, paths):
+        m = _CHANNEL_FILE.match(posixpath.basename(p))
+        if m:
+            cases.setdefault((posixpath.dirname(p), m["case"], m["ext"]), {})[int(m["idx"])] = p
+        else:
+            groups.append([p])
+    for members in cases.values():
+        idx = sorted(members)
+        if idx == list(range(len(idx))):
+            groups.append([members[i] for i in idx])
+        else:
+            groups.extend([members[i]] for i in idx)
+    return sorted(groups)
+
+
+def _src_coords(a: int, b: int, f: float) -> np.ndarray:
+    """Source coordinates of target voxels ``a..b-1`` when both grids span the same extent."""
+    return (np.arange(a, b) + 0.5) * f - 0.5
+
+
+def _resample_axis(x: np.ndarray, axis: int, s: np.ndarray, order: int) -> np.ndarray:
+    """Separable resampling along one axis (order 0: nearest, 1: linear), edges clamped."""
+    n = x.shape[axis]
+    s = np.clip(s, 0, n - 1)
+    if order == 0:
+        return np.take(x, np.floor(s + 0.5).astype(np.intp), axis=axis)
+    i0 = np.floor(s).astype(np.intp)
+    w = (s - i0).astype(np.float32).reshape([-1 if d == axis else 1 for d in range(x.ndim)])
+    x = x.astype(np.float32, copy=False)
+    return np.take(x, i0, axis=axis) * (1 - w) + np.take(x, np.minimum(i0 + 1, n - 1), axis=axis) * w
+
+
+class NiftiScene:
+    """A NIfTI volume or channel set as ``(C, *spatial)`` in the engine's orientation and spacing."""
+
+    def __init__(
+        self,
+        uris: list[str],
+        orientation: str = "RAS",
+        target_spacing: Sequence[float] | None = None,
+        order: int = 1,
+        cache_dir: str | None = None,
+        cache_threshold_bytes: int = CACHE_THRESHOLD_BYTES,
+    ) -> None:
+        self._args = (uris, orientation, target_spacing, order, cache_dir, cache_threshold_bytes)
+        self.uri, self.files = uris[0], list(uris)
+        cache = Path(cache_dir or os.environ.get("TILEWISE_CACHE_DIR") or tempfile.gettempdir())
+        cache = cache / "tilewise-nifti"
+        self._sources: list[VoxelSource] = []
+        nans: list[bool | None] = []  # per file: NaNs present? None = unknown (read in place)
+        for uri in uris:
+            src = VoxelSource.open(uri, cache)
+            if self._sources:
+                self._check_same_grid(self._sources[0], src)
+            nans.append(src.prepare(cache, cache_threshold_bytes))
+            self._sources.append(src)
+        self._nan_free = all(n is False for n in nans)
+        img0 = self._sources[0].img
+        self.native_shape: tuple[int, ...] = tuple(int(n) for n in img0.shape[: min(3, len(img0.shape))])
+        self._pad3 = shape4(img0.shape)[:3]
+        try:
+            target = nio.axcodes2ornt(tuple(orientation.upper()))
+        except (ValueError, TypeError) as exc:
+            raise ConfigError(f"bad orientation {orientation!r}: {exc}") from exc
+        try:
+            affine = np.asarray(img0.affine, dtype=np.float64)
+            if not np.isfinite(affine).all():
+                raise ValueError("it holds NaN or infinity")
+            tr = nio.ornt_transform(nio.io_orientation(affine), target)
+        except (ValueError, TypeError) as exc:
+            raise FormatError(f"unusable voxel-to-world affine in the header: {exc}", path=self.uri) from exc
+        self._perm, self._flip = [0, 0, 0], [False, False, False]
+        for i, (e, d) in enumerate(tr):
+            self._perm[int(e)], self._flip[int(e)] = i, d < 0
+        self._sq = self._perm.index(2) if len(self.native_shape) == 2 else None
+        keep = [e for e in range(3) if e != self._sq]
+        zooms = np.linalg.norm(np.asarray(img0.affine)[:3, :3], axis=0)
+        self._native = tuple(self._pad3[self._perm[e]] for e in keep)
+        native_spacing = tuple(float(zooms[self._perm[e]]) for e in keep)
+        codes = "".join(orientation.upper()[e] for e in keep)
+        self._factor: tuple[float, ...] | None = None
+        spatial, spacing = self._native, native_spacing
+        self._order = order
+        if target_spacing is not None:
+            if len(target_spacing) != len(spatial):
+                raise ConfigError(f"target_spacing {tuple(target_spacing)} has not {len(spatial)} values")
+            spatial = tuple(
+                max(1, round(n * s / t)) for n, s, t in zip(spatial, spacing, target_spacing, strict=True)
+            )
+            if spatial != self._native:
+                self._factor = tuple(n / m for n, m in zip(self._native, spatial, strict=True))
+                spacing = tuple(s * f for s, f in zip(native_spacing, self._factor, strict=True))
+        dtype = np.result_type(*(s.dtype for s in self._sources))
+        self.dtype = np.dtype(np.float32) if self._factor and order > 0 and dtype.kind != "f" else dtype
+        self.channels = sum(s.channels for s in self._sources)
+        self.shape: tuple[int, ...] = (self.channels, *spatial)
+        self.meta = VolumeMeta(
+            affine=np.asarray(img0.affine), spacing=spacing, header=img0.header, orientation=codes
+        )
+        self.native_spacing = native_spacing
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickle as "reopen": a Dask worker reopens the file (and finds the cache) itself."""
+        return (NiftiScene, self._args)
+
+    @staticmethod
+    def _check_same_grid(first: VoxelSource, other: VoxelSource) -> None:
+        a, b = first.img, other.img
+        if a.shape[:3] != b.shape[:3] or not np.allclose(a.affine, b.affine, atol=1e-4):
+            raise InputError(
+                f"channel files differ in shape or affine: {first.uri} {a.shape} vs {other.uri} {b.shape}",
+                path=other.uri,
+            )
+
+    @property
+    def spatial_shape(self) -> tuple[int, ...]:
+        return self.shape[1:]
+
+    def _read_native(self, box: Box, fill: float) -> np.ndarray:
+        """Read ``box`` of the reoriented native grid: the file region, transposed and flipped."""
+        start, stop = list(box.start), list(box.stop)
+        if self._sq is not None:
+            start.insert(self._sq, 0)
+            stop.insert(self._sq, 1)
+        full = Box(tuple(start), tuple(stop))
+        out = np.full((self.channels, *full.shape), fill, dtype=self.dtype)
+        inside = full.intersect(Box.from_shape([self._pad3[p] for p in self._perm]))
+        if not inside.empty:
+            sl: list[slice] = [slice(0)] * 3
+            for e, (a, b) in enumerate(zip(inside.start, inside.stop, strict=True)):
+                n = self._pad3[self._perm[e]]
+                sl[self._perm[e]] = slice(n - b, n - a) if self._flip[e] else slice(a, b)
+            block = np.concatenate([s.read(tuple(sl)) for s in self._sources], axis=3)
+            block = np.transpose(block, (3, *self._perm))
+            flips = [e + 1 for e in range(3) if self._flip[e]]
+            out[(slice(None), *inside.slices(full.start))] = np.flip(block, flips) if flips else block
+        return out if self._sq is None else out.squeeze(1 + self._sq)
+
+    def read(self, box: Box, fill: float = 0.0) -> np.ndarray:
+        """Voxels of ``box`` as ``(C, *box.shape)``; resampled on the fly when a spacing was asked."""
+        if self._factor is None:
+            return self._read_native(box, fill)
+        out = np.full((self.channels, *box.shape), fill, dtype=self.dtype)
+        inside = box.intersect(Box.from_shape(self.spatial_shape))
+        if inside.empty:
+            return out
+        coords = [
+            np.clip(_src_coords(a, b, f), 0, n - 1)
+            for a, b, f, n in zip(inside.start, inside.stop, self._factor, self._native, strict=True)
+        ]
+        lo = [int(np.floor(c[0])) for c in coords]
+        hi = [min(int(np.floor(c[-1])) + 2, n) for c, n in zip(coords, self._native, strict=True)]
+        x = self._read_native(Box(tuple(lo), tuple(hi)), fill)
+        for axis, (c, a) in enumerate(zip(coords, lo, strict=True)):
+            x = _resample_axis(x, axis + 1, c - a, self._order)
+        out[(slice(None), *inside.slices(box.start))] = x
+        return out
+
+    def read_nodata(self, box: Box) -> np.ndarray | None:
+        """NaN voxels (and outside) for float data that has any; ``None`` otherwise."""
+        if self.dtype.kind != "f" or self._nan_free:
+            return None
+        return np.isnan(self.read(box, fill=np.nan)).any(axis=0)
+
+    def _to_native(self, x: np.ndarray, lead: int, order: int) -> np.ndarray:
+        if x.shape[lead:] != self.spatial_shape:
+            raise InputError(f"array shape {x.shape} does not match the scene {self.shape}", path=self.uri)
+        if self._factor is not None:
+            for axis, (n, f, m) in enumerate(
+                zip(self._native, self._factor, self.spatial_shape, strict=True)
+            ):
+                x = _resample_axis(x, lead + axis, np.clip(_src_coords(0, n, 1 / f), 0, m - 1), order)
+        if self._sq is not None:
+            x = np.expand_dims(x, lead + self._sq)
+        flips = [lead + e for e in range(3) if self._flip[e]]
+        x = np.flip(x, flips) if flips else x
+        inv = [self._perm.index(i) for i in range(3)]
+        x = np.transpose(x, (*range(lead), *(lead + e for e in inv)))
+        return np.ascontiguousarray(x.squeeze(lead + 2) if len(self.native_shape) == 2 else x)
+
+    def to_native_labels(self, labels_engine: np.ndarray) -> np.ndarray:
+        """Labels on the engine grid back to the file's voxel grid (nearest, then exact un-reorient)."""
+        return self._to_native(np.asarray(labels_engine), 0, 0)
+
+    def to_native_scores(self, scores_engine: np.ndarray) -> np.ndarray:
+        """``(K, *spatial)`` scores back to ``(K, *native)`` on the file grid (linear where resampled)."""
+        return self._to_native(np.asarray(scores_engine), 1, 1)
+
+    def close(self) -> None:
+        for s in self._sources:
+            s.data = None
+
+
+def open_nifti(
+    uri: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
+    *,
+    orientation: str = "RAS",
+    target_spacing: Sequence[float] | None = None,
+    cache_dir: str | None = None,
+    order: int = 1,
+    cache_threshold_bytes: int = CACHE_THRESHOLD_BYTES,
+) -> NiftiScene:
+    """Open a NIfTI file, or a list of channel files sharing one grid, as a lazily read scene.
+
+    ``order`` is the interpolation used when ``target_spacing`` resamples (1 for images, 0 for labels).
+    A ``.nii.gz`` bigger than ``cache_threshold_bytes`` uncompressed is decompressed once into a zarr
+    cache under ``cache_dir`` (gzip cannot seek); smaller ones are loaded once and kept.
+    """
+    uris = [os.fspath(uri)] if isinstance(uri, str | os.PathLike) else [os.fspath(u) for u in uri]
+    if not uris:
+        raise InputError("no NIfTI file given")
+    if order not in (0, 1):
+        raise ConfigError(f"order must be 0 or 1, not {order}")
+    return NiftiScene(uris, orientation, target_spacing, order, cache_dir, cache_threshold_bytes)

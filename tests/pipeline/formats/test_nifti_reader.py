@@ -1,0 +1,184 @@
+"""NIfTI reader on the real volumes in ../shared/data/medical: orientation, spacing, channel sets."""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from pipeline.core.box import Box
+from pipeline.errors import InputError
+from pipeline.formats.nifti_reader import group_channel_files, open_nifti
+from tests.pipeline.formats.sample_data import (
+    CT,
+    CT_SEG,
+    MNI_T1,
+    MR,
+    MR_SEG,
+    need,
+    raw,
+    save_like,
+    to_ras,
+    whole,
+)
+
+pytestmark = pytest.mark.usefixtures("data")  # fails, never skips, when the real data is missing
+
+
+def test_mni_t1_ras_1mm() -> None:
+    need(MNI_T1)
+    s = open_nifti(str(MNI_T1))
+    assert s.shape == (1, 197, 233, 189) and s.dtype == np.uint8
+    assert s.meta.spacing == (1.0, 1.0, 1.0) and s.meta.orientation == "RAS"
+    assert np.array_equal(s.meta.affine, nib.load(MNI_T1).affine)
+    box = Box((90, 100, 80), (110, 130, 100))
+    assert np.array_equal(s.read(box)[0], raw(MNI_T1)[90:110, 100:130, 80:100])
+    assert s.read_nodata(box) is None
+
+
+def test_ct_ras_3mm_int16() -> None:
+    s = open_nifti(CT)
+    assert s.shape == (1, 122, 101, 30) and s.dtype == np.int16
+    assert s.meta.spacing == (3.0, 3.0, 3.0) and s.meta.orientation == "RAS"
+    assert np.array_equal(whole(s)[0], raw(CT))
+
+
+def test_lps_mr_reoriented_to_ras_and_exactly_back() -> None:
+    s = open_nifti(MR, orientation="RAS")
+    assert nib.aff2axcodes(nib.load(MR).affine) == ("L", "P", "S")
+    assert s.shape == (1, 117, 91, 20) and s.meta.orientation == "RAS"
+    assert np.array_equal(whole(s)[0], np.flip(raw(MR), (0, 1)))  # LPS -> RAS: x and y flipped
+    assert np.array_equal(s.meta.affine, nib.load(MR).affine)  # meta keeps the file's own grid
+    seg = open_nifti(MR_SEG, orientation="RAS")
+    labels_engine = whole(seg)[0]
+    assert np.array_equal(labels_engine, to_ras(MR_SEG))
+    assert np.array_equal(seg.to_native_labels(labels_engine), raw(MR_SEG))
+    # the file's own orientation is the identity
+    assert np.array_equal(whole(open_nifti(MR, orientation="LPS"))[0], raw(MR))
+    # an odd orientation is a permutation too, still exactly invertible
+    odd = open_nifti(MR_SEG, orientation="SLA")
+    assert odd.shape == (1, 20, 117, 91)
+    assert np.array_equal(odd.to_native_labels(whole(odd)[0]), raw(MR_SEG))
+    with pytest.raises(InputError):
+        seg.to_native_labels(labels_engine[:-1])
+
+
+def test_padded_reads_match_the_volume() -> None:
+    s = open_nifti(MR)
+    ref = to_ras(MR)
+    b = s.read(Box((-3, 10, 5), (20, 30, 25)), fill=-7)
+    assert b.shape == (1, 23, 20, 20)
+    assert np.array_equal(b[0, 3:, :, :15], ref[:20, 10:30, 5:20])
+    assert (b[0, :3] == -7).all() and (b[0, :, :, 15:] == -7).all()
+
+
+def test_4d_and_multi_file_channel_sets(tmp_path: Path) -> None:
+    ct = raw(CT)
+    four = save_like(np.stack([ct, ct // 2], axis=-1), CT, tmp_path / "ct4d.nii.gz")
+    s4 = open_nifti(four)
+    assert s4.shape == (2, 122, 101, 30) and s4.native_shape == (122, 101, 30)
+    v = whole(s4)
+    assert np.array_equal(v[0], ct) and np.array_equal(v[1], ct // 2)
+    c0 = save_like(ct, CT, tmp_path / "case_0000.nii.gz")
+    c1 = save_like((ct * 0.5).astype(np.float32), CT, tmp_path / "case_0001.nii.gz", dtype=np.float32)
+    lone = save_like(ct, CT, tmp_path / "scan_2019.nii.gz")
+    groups = group_channel_files([str(c1), str(lone), str(c0), str(tmp_path / "other.nii")])
+    assert [str(c0), str(c1)] in groups and [str(lone)] in groups and [str(tmp_path / "other.nii")] in groups
+    sm = open_nifti([str(c0), str(c1)])
+    assert sm.shape == (2, 122, 101, 30) and sm.dtype == np.float32
+    box = Box((10, 10, 5), (50, 40, 20))
+    got = sm.read(box)
+    assert np.array_equal(got[0], ct[10:50, 10:40, 5:20]) and np.allclose(
+        got[1], ct[10:50, 10:40, 5:20] * 0.5
+    )
+    shifted = nib.load(c1)
+    aff = shifted.affine.copy()
+    aff[0, 3] += 3.0
+    moved = nib.Nifti1Image(np.asarray(shifted.dataobj), aff)
+    bad = tmp_path / "bad_0001.nii.gz"
+    nib.save(moved, bad)
+    with pytest.raises(InputError) as err:
+        open_nifti([str(c0), str(bad)])
+    assert str(c0) in str(err.value) and str(bad) in str(err.value)
+
+
+def test_resample_2x_and_back_matches_ground_truth(tmp_path: Path) -> None:
+    """A perfect model at 6 mm: the one-hot GT read through the scene (linear, like any image),
+    argmax on the engine grid, labels mapped back by nearest neighbour (scores: linearly)."""
+    for image, seg in ((CT, CT_SEG), (MR, MR_SEG)):
+        src = nib.load(seg)
+        gt = np.asarray(src.dataobj)
+        ids = np.unique(gt)
+        onehot = (np.searchsorted(ids, gt)[..., None] == np.arange(len(ids))).astype(np.uint8)
+        path = tmp_path / f"onehot_{seg.name}"
+        nib.save(nib.Nifti1Image(onehot, src.affine, src.header), path)
+        s = open_nifti(path, orientation="RAS", target_spacing=(6.0, 6.0, 6.0))
+        assert s.spatial_shape == tuple(round(k / 2) for k in gt.shape)
+        assert s.meta.spacing == pytest.approx((6.0, 6.0, 6.0), rel=0.05)
+        scores = whole(s)
+        back = ids[s.to_native_labels(scores.argmax(0))]
+        assert back.shape == gt.shape and (back == gt).mean() >= 0.95
+        assert (ids[s.to_native_scores(scores).argmax(0)] == gt).mean() >= 0.97
+        # labels resampled by nearest neighbour both ways lose a little more at organ borders
+        nearest = open_nifti(seg, orientation="RAS", target_spacing=(6.0, 6.0, 6.0), order=0)
+        labels = whole(nearest)[0]
+        assert labels.dtype == np.uint8 and (nearest.to_native_labels(labels) == gt).mean() >= 0.93
+        img = open_nifti(image, target_spacing=(6.0, 6.0, 6.0))
+        assert img.dtype == np.float32 and img.spatial_shape == s.spatial_shape
+        assert img.to_native_scores(whole(img)).shape == (1, *gt.shape)
+
+
+def test_resampled_reads_do_not_depend_on_the_box_cut() -> None:
+    s = open_nifti(MR, target_spacing=(4.5, 4.0, 5.0))
+    full = whole(s)
+    nx, ny, nz = s.spatial_shape
+    pieces = np.zeros_like(full)
+    for x0 in range(0, nx, 17):
+        for z0 in range(0, nz, 5):
+            box = Box((x0, 0, z0), (min(x0 + 17, nx), ny, min(z0 + 5, nz)))
+            pieces[(slice(None), *box.slices())] = s.read(box)
+    assert np.array_equal(pieces, full)
+    padded = s.read(Box((-2, -2, -2), (nx + 2, ny + 2, nz + 2)), fill=-1)
+    assert np.array_equal(padded[:, 2:-2, 2:-2, 2:-2], full) and padded[0, 0].max() == -1
+
+
+def test_two_d_files_keep_two_dims_and_z1_stays_3d(tmp_path: Path) -> None:
+    src = nib.load(MR)
+    slab = np.asarray(src.dataobj)[:, :, 7]
+    flat = tmp_path / "slice2d.nii.gz"
+    nib.save(nib.Nifti1Image(slab, src.affine), flat)
+    s = open_nifti(flat)
+    assert s.shape == (1, 117, 91) and s.meta.orientation == "RA" and len(s.meta.spacing) == 2
+    assert np.array_equal(whole(s)[0], np.flip(slab, (0, 1)))
+    assert np.array_equal(s.to_native_labels(whole(s)[0]), slab)
+    one = tmp_path / "slab1.nii.gz"
+    nib.save(nib.Nifti1Image(slab[:, :, None], src.affine), one)
+    assert open_nifti(one).shape == (1, 117, 91, 1)
+
+
+def test_nan_voxels_are_nodata(tmp_path: Path) -> None:
+    ct = raw(CT).astype(np.float32)
+    ct[5:10, 5:10, 5:10] = np.nan
+    path = save_like(ct, CT, tmp_path / "nan.nii.gz", dtype=np.float32)
+    s = open_nifti(path)
+    mask = s.read_nodata(Box((0, 0, 0), (12, 12, 12)))
+    assert mask is not None and mask[5:10, 5:10, 5:10].all() and mask.sum() == 125
+    assert s.read_nodata(Box((-1, 0, 0), (2, 2, 2)))[0].all()  # outside is nodata
+    assert open_nifti(CT).read_nodata(Box((0, 0, 0), (4, 4, 4))) is None
+
+
+def test_pickles_as_a_reopen_and_reads_remote_uris(tmp_path: Path) -> None:
+    import fsspec
+
+    s = open_nifti(MR, target_spacing=(6.0, 6.0, 6.0))
+    again = pickle.loads(pickle.dumps(s))
+    assert again.shape == s.shape and np.array_equal(whole(again), whole(s))
+    fs = fsspec.filesystem("memory")
+    fs.pipe("/bucket/mr.nii.gz", MR.read_bytes())
+    remote = open_nifti("memory://bucket/mr.nii.gz", cache_dir=str(tmp_path))
+    assert remote.uri == "memory://bucket/mr.nii.gz"
+    assert np.array_equal(whole(remote), whole(open_nifti(MR)))
+    fs.rm("/bucket/mr.nii.gz")
