@@ -1,34 +1,20 @@
-"""Training data: scenes read by the pipeline's readers, class-balanced patches, MONAI augmentation.
+"""Class-balanced patches from in-memory training scenes, and MONAI augmentation.
 
-Images and labels are opened exactly as a job opens them (same readers, same NIfTI orientation and
-spacing), so the model learns on what it will be given. Rare classes decide what a segmentation model
-is worth (water is 1.2 % of the S2 clip), so a patch centre is drawn by first picking a class
-uniformly, then a random labelled pixel of that class. Patches stay wholly inside the training boxes:
-the held-out region is never seen, not even as context.
+Rare classes decide what a segmentation model is worth (water is 1.2 % of the S2 clip), so a patch
+centre is drawn by first picking a class uniformly, then a random labelled pixel of that class.
+Patches stay wholly inside the training boxes: the held-out region is never seen, not even as context.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 
 from pipeline.core.box import Box
-from pipeline.errors import ConfigError, InputError
-from pipeline.formats.scene import GeoMeta, VolumeMeta
-from pipeline.formats.source import SceneSource
-from pipeline.job.evaluate import (
-    IGNORE,
-    check_aligned,
-    label_source,
-    parse_label_map,
-    parse_region,
-    remap_labels,
-)
+from pipeline.job.evaluate import IGNORE
 
 MAX_POINTS = 1_000_000  # per class and training box: bounds the index memory on large scenes
 
@@ -54,135 +40,6 @@ def training_boxes(spatial_shape: Sequence[int], val_box: Box | None) -> list[Bo
     """The scene minus the held-out box, as disjoint boxes (at most two per axis)."""
     whole = Box.from_shape(tuple(spatial_shape))
     return [whole] if val_box is None else [b for b in whole.difference(val_box) if not b.empty]
-
-
-def scene_source(uri: str, orientation: str, spacing: Sequence[float] | None, cache: Path) -> SceneSource:
-    """The image as the job would open it (NIfTI: the bundle's orientation and target spacing)."""
-    from pipeline.job.discover import discover
-
-    found = discover(uri)
-    if len(found) != 1:
-        raise InputError(f"expected one scene, found {len(found)}", path=uri)
-    src = found[0]
-    if src.kind != "nifti":
-        return src
-    options = (("orientation", orientation), ("target_spacing", tuple(spacing) if spacing else None))
-    return SceneSource(src.kind, src.uris, (*options, ("cache_dir", str(cache))))
-
-
-def spacing_of(meta: Any) -> list[float] | None:
-    """Pixel size (GSD, y x) or voxel size (mm) of a scene, for the bundle's target_spacing."""
-    if isinstance(meta, GeoMeta) and meta.gsd:
-        return [float(v) for v in meta.gsd]
-    if isinstance(meta, VolumeMeta):
-        return [float(v) for v in meta.spacing]
-    return None
-
-
-@dataclass
-class RawPair:
-    """An image read whole (the model's bands, raw values) with its remapped labels and regions."""
-
-    uri: str
-    scene: Any
-    raw: np.ndarray  # model channels, scene dtype
-    nodata: np.ndarray | None
-    labels: np.ndarray
-    val_box: Box | None
-    train_boxes: list[Box]
-
-
-def load_pairs(
-    images: Sequence[str],
-    labels: Sequence[str],
-    num_classes: int,
-    *,
-    cache: Path,
-    orientation: str = "RAS",
-    target_spacing: Sequence[float] | None = None,
-    band_indexes: Sequence[int] | None = None,
-    label_map: str | Mapping[int, int] | None = None,
-    ignore_value: int | None = IGNORE,
-    val_region: str | None = None,
-) -> list[RawPair]:
-    """Open each image/label pair with the pipeline readers, check they share a grid, read them whole.
-
-    Training holds its scenes in memory (inference never does): fine for the training-sized scenes
-    this is for, and it makes class-balanced sampling a cheap index lookup.
-    """
-    if len(images) != len(labels) or not images:
-        raise ConfigError(f"give one labels file per image ({len(images)} images, {len(labels)} labels)")
-    lmap = parse_label_map(label_map)
-    out = []
-    for image_uri, label_uri in zip(images, labels, strict=True):
-        src = scene_source(str(image_uri), orientation, target_spacing, cache)
-        scene = src.open()
-        lab_scene = label_source(src, str(label_uri)).open()
-        try:
-            check_aligned(scene, lab_scene)
-            whole = Box.from_shape(scene.shape[1:])
-            raw = scene.read(whole)
-            if band_indexes:
-                if max(band_indexes) > raw.shape[0]:
-                    raise InputError(
-                        f"band_indexes {band_indexes} but only {raw.shape[0]} bands", path=src.uri
-                    )
-                raw = raw[[b - 1 for b in band_indexes]]
-            nodata = scene.read_nodata(whole)
-            labels = remap_labels(
-                lab_scene.read(whole, fill=IGNORE)[0],
-                num_classes,
-                label_map=lmap,
-                ignore_value=ignore_value,
-                uri=str(label_uri),
-            )
-        finally:
-            lab_scene.close()
-        val_box = parse_region(val_region, scene.shape[1:]) if val_region else None
-        out.append(
-            RawPair(src.uri, scene, raw, nodata, labels, val_box, training_boxes(scene.shape[1:], val_box))
-        )
-    return out
-
-
-def zscore_stats(pairs: Sequence[RawPair]) -> tuple[list[float], list[float]]:
-    """Per-channel mean/std over valid pixels of the training boxes of all scenes (float64 sums)."""
-    channels = pairs[0].raw.shape[0]
-    n = np.zeros(channels)
-    s1 = np.zeros(channels)
-    s2 = np.zeros(channels)
-    for p in pairs:
-        for box in p.train_boxes:
-            x = p.raw[(slice(None), *box.slices())].reshape(channels, -1).astype(np.float64)
-            ok = np.isfinite(x).all(axis=0)
-            if p.nodata is not None:
-                ok &= ~p.nodata[box.slices()].reshape(-1)
-            x = x[:, ok]
-            n += x.shape[1]
-            s1 += x.sum(axis=1)
-            s2 += (x * x).sum(axis=1)
-    if n[0] == 0:
-        raise InputError("no valid pixels in the training region", path=pairs[0].uri)
-    mean = s1 / n
-    std = np.sqrt(np.maximum(s2 / n - mean * mean, 0.0))
-    std[std < 1e-6] = 1.0  # a constant channel carries no information; avoid dividing by zero
-    return [float(v) for v in mean], [float(v) for v in std]
-
-
-class SelectedScene:
-    """A scene stand-in whose channels are already the model's (bands were picked on read)."""
-
-    def __init__(self, raw: RawPair) -> None:
-        self.uri = raw.uri
-        self.shape = raw.raw.shape
-        self.meta = raw.scene.meta
-        self._raw = raw
-
-    def read(self, box: Box, fill: float = 0.0) -> np.ndarray:
-        return self._raw.raw[(slice(None), *box.slices())]
-
-    def read_nodata(self, box: Box) -> np.ndarray | None:
-        return None if self._raw.nodata is None else self._raw.nodata[box.slices()]
 
 
 class PatchSampler:

@@ -1,13 +1,11 @@
-"""Registry: names to nets (ours and MONAI's), clear errors, and archive formats that never unpickle."""
+"""Registry: names to nets (ours and MONAI's) and clear errors; archives are left to their bundle."""
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import pytest
 import torch
 
-from models.nets.registry import build_model, load_scripted, resolve
+from models.nets.registry import build_model, resolve
 from pipeline.errors import BundleError
 
 CONFIGS = {
@@ -66,6 +64,7 @@ def test_monai_3d() -> None:
         ({"name": "unet", "spatial_dims": 4}, "spatial_dims must be 2 or 3"),
         ({"name": "monai.UNet", "spatial_dims": 2, "in_channels": 1, "out_channels": 2}, "monai.UNet"),
         ({"name": "torchscript"}, "path"),
+        ({"name": "export", "path": "model.pt2"}, "read with its bundle, not built"),
     ],
 )
 def test_bad_configs_raise_bundle_error(config: dict[str, object], fragment: str) -> None:
@@ -84,47 +83,3 @@ def test_resolve_returns_monai_classes() -> None:
     import monai.networks.nets as nets
 
     assert resolve("monai.SegResNet") is nets.SegResNet
-
-
-def _tiny_unet() -> torch.nn.Module:
-    torch.manual_seed(1)
-    return build_model(CONFIGS["unet"]).eval()
-
-
-@pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::torch.jit.TracerWarning")
-def test_torchscript_round_trip(tmp_path: Path) -> None:
-    net = _tiny_unet()
-    x = torch.randn(1, 2, 32, 32)
-    path = tmp_path / "model.ts"
-    torch.jit.trace(net, x).save(str(path))
-    loaded = load_scripted(path)
-    with torch.no_grad():
-        assert torch.allclose(loaded(x), net(x), atol=1e-5)
-    via_registry = build_model(
-        {"name": "torchscript", "path": "model.ts", "in_channels": 2}, base_dir=tmp_path
-    )
-    with torch.no_grad():
-        assert torch.allclose(via_registry(x), net(x), atol=1e-5)
-
-
-def test_export_round_trip(tmp_path: Path) -> None:
-    net = _tiny_unet()
-    x = torch.randn(1, 2, 37, 29)  # odd size: padding is captured in the graph
-    path = tmp_path / "model.pt2"
-    torch.export.save(torch.export.export(net, (x,)), str(path))
-    loaded = load_scripted(path)
-    with torch.no_grad():
-        assert torch.allclose(loaded(x), net(x), atol=1e-5)
-    assert isinstance(build_model({"name": "export", "path": str(path)}), torch.nn.Module)
-
-
-def test_pickle_checkpoint_is_not_an_archive(tmp_path: Path) -> None:
-    path = tmp_path / "weights.pt"
-    torch.save(_tiny_unet().state_dict(), path)
-    with pytest.raises(BundleError, match="TorchScript"):
-        load_scripted(path)
-    with pytest.raises(BundleError, match="not found"):
-        load_scripted(tmp_path / "missing.ts")
-    (tmp_path / "junk.pt2").write_bytes(b"not a zip")
-    with pytest.raises(BundleError, match=r"torch\.export"):
-        load_scripted(tmp_path / "junk.pt2")

@@ -1,0 +1,174 @@
+"""The content of ``model.yaml``: what a net needs to be used right, validated before any scene is read.
+
+A net alone is not enough to segment a scene: the wrong bands, normalisation or patch size give
+confident garbage. The schema is strict (unknown keys are errors, so a typo is not silently ignored)
+and checks fields against each other (channels against ``in_channels``, classes against
+``out_channels``), so a bundle that loads is one that can be used. See docs/contracts.md.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from pipeline.errors import BundleError
+from pipeline.formats.colours import TABLEAU_10
+from pipeline.formats.colours import default_color as default_color  # the one default-colour rule
+
+CONFIG_NAME = "model.yaml"
+WEIGHTS_NAME = "weights.safetensors"
+PALETTE = TABLEAU_10
+_HEX = re.compile(r"^#[0-9a-fA-F]{6}$")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Normalization(_Strict):
+    """How raw pixel values become model input; which fields matter depends on ``kind``."""
+
+    kind: Literal["none", "zscore", "percentile", "ct_window", "scale"] = "none"
+    mean: list[float] | None = None
+    std: list[float] | None = None
+    lower: float = 2.0  # percentile: percent, computed per scene
+    upper: float = 98.0
+    center: float | None = None  # ct_window
+    width: float | None = None
+    factor: float = 1.0  # scale: x * factor + offset
+    offset: float = 0.0
+
+    @model_validator(mode="after")
+    def _by_kind(self) -> Normalization:
+        if self.kind == "zscore":
+            if self.mean is None or self.std is None:
+                raise ValueError("zscore needs 'mean' and 'std' (one value per channel)")
+            if any(s <= 0 for s in self.std):
+                raise ValueError("zscore 'std' values must be > 0")
+        elif self.kind == "percentile" and not 0.0 <= self.lower < self.upper <= 100.0:
+            raise ValueError(f"percentile needs 0 <= lower < upper <= 100, got {self.lower}, {self.upper}")
+        elif self.kind == "ct_window":
+            if self.center is None or self.width is None:
+                raise ValueError("ct_window needs 'center' and 'width'")
+            if self.width <= 0:
+                raise ValueError("ct_window 'width' must be > 0")
+        return self
+
+
+class Inputs(_Strict):
+    channels: list[str] = Field(min_length=1)
+    band_indexes: list[int] | None = None  # 1-based source bands / channels
+    normalization: Normalization = Field(default_factory=Normalization)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Inputs:
+        n = len(self.channels)
+        if self.band_indexes is not None:
+            if len(self.band_indexes) != n:
+                raise ValueError(f"band_indexes has {len(self.band_indexes)} entries for {n} channels")
+            if any(b < 1 for b in self.band_indexes):
+                raise ValueError("band_indexes are 1-based and must be >= 1")
+        norm = self.normalization
+        for key in ("mean", "std"):
+            values = getattr(norm, key)
+            if values is not None and len(values) != n:
+                raise ValueError(f"normalization.{key} has {len(values)} values for {n} channels")
+        return self
+
+
+class ClassSpec(_Strict):
+    name: str = Field(min_length=1)
+    color: str
+
+    @field_validator("color")
+    @classmethod
+    def _hex(cls, v: str) -> str:
+        if not _HEX.match(v):
+            raise ValueError(f"color must look like '#rrggbb', got {v!r}")
+        return v.lower()
+
+    @property
+    def rgb(self) -> tuple[int, int, int]:
+        return int(self.color[1:3], 16), int(self.color[3:5], 16), int(self.color[5:7], 16)
+
+
+class BundleConfig(_Strict):
+    """The validated content of ``model.yaml``."""
+
+    format_version: Literal[1] = 1
+    name: str = Field(min_length=1)
+    architecture: dict[str, Any]
+    spatial_dims: Literal[2, 3]
+    inputs: Inputs
+    orientation: str = "RAS"
+    target_spacing: list[float] | None = None
+    patch_size: list[int]
+    overlap: float = Field(default=0.25, ge=0.0, lt=1.0)
+    output_activation: Literal["softmax", "sigmoid", "none"] = "softmax"
+    classes: list[ClassSpec] = Field(min_length=1)
+    card: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("orientation")
+    @classmethod
+    def _orientation(cls, v: str) -> str:
+        v = v.upper()
+        axes = [{"R": 0, "L": 0, "A": 1, "P": 1, "S": 2, "I": 2}.get(c) for c in v]
+        if len(v) != 3 or None in axes or len(set(axes)) != 3:
+            raise ValueError(f"orientation must be 3 axis codes like 'RAS' or 'LPS', got {v!r}")
+        return v
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> BundleConfig:
+        arch, dims = self.architecture, self.spatial_dims
+        if not isinstance(arch.get("name"), str):
+            raise ValueError(
+                "architecture.name is required (unet, fcn, monai.<ClassName>, torchscript, export)"
+            )
+        for key in ("in_channels", "out_channels"):
+            if not isinstance(arch.get(key), int):
+                raise ValueError(f"architecture.{key} is required (an integer)")
+        if "spatial_dims" in arch and arch["spatial_dims"] != dims:
+            raise ValueError(f"architecture.spatial_dims {arch['spatial_dims']} != spatial_dims {dims}")
+        if arch["in_channels"] != len(self.inputs.channels):
+            raise ValueError(
+                f"architecture.in_channels is {arch['in_channels']} but inputs.channels lists "
+                f"{len(self.inputs.channels)}"
+            )
+        if arch["out_channels"] != len(self.classes):
+            raise ValueError(
+                f"architecture.out_channels is {arch['out_channels']} but classes lists {len(self.classes)}"
+            )
+        names = [c.name for c in self.classes]
+        if len(set(names)) != len(names):
+            raise ValueError(f"class names must be unique, got {names}")
+        if len(self.patch_size) != dims or any(p < 1 for p in self.patch_size):
+            raise ValueError(f"patch_size must be {dims} positive integers, got {self.patch_size}")
+        if self.target_spacing is not None and (
+            len(self.target_spacing) != dims or any(s <= 0 for s in self.target_spacing)
+        ):
+            raise ValueError(f"target_spacing must be null or {dims} positive numbers")
+        return self
+
+
+def _describe(err: ValidationError) -> str:
+    parts = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        msg = e["msg"].removeprefix("Value error, ")
+        parts.append(f"{loc}: {msg}")
+    return "; ".join(parts)
+
+
+def validate_config(data: Any, *, path: str | None = None) -> BundleConfig:
+    """Parse a dict (or pass through a BundleConfig), turning pydantic errors into BundleError."""
+    if isinstance(data, BundleConfig):
+        return data
+    if not isinstance(data, Mapping):
+        raise BundleError(f"expected a mapping at the top level, got {type(data).__name__}", path=path)
+    try:
+        return BundleConfig.model_validate(dict(data))
+    except ValidationError as exc:
+        raise BundleError(f"invalid bundle: {_describe(exc)}", path=path) from exc
