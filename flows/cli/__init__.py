@@ -1,0 +1,1 @@
+"""The ``tilewise`` command line (``flows.cli.app:app``); one module per group of commands."""

@@ -1,3 +1,5 @@
-from flows.cli.main import app
+"""``python -m flows.cli``: the ``tilewise`` command without the console script."""
+
+from flows.cli.app import app
 
 app(prog_name="tilewise")

@@ -1,49 +1,32 @@
-"""``tilewise bundle``: make a fresh bundle, or look inside one before trusting it with a job."""
+"""``tilewise bundle``: make a fresh bundle, or look inside one before trusting it with a job.
+
+torch loads inside the commands (through ``models.bundle``), so mounting this app costs nothing.
+"""
 
 from __future__ import annotations
 
 import json
-from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from models.bundle import Bundle, init_bundle, load_bundle
-from pipeline.errors import OutputError, TilewiseError
+from flows.cli.errors import reported
+from flows.cli.options import Arch, int_list
+from pipeline.errors import OutputError
+
+if TYPE_CHECKING:
+    from models.bundle import Bundle
 
 bundle_app = typer.Typer(help="Create and inspect model bundles.", no_args_is_help=True, add_completion=False)
 
 
-class Arch(StrEnum):
-    unet = "unet"
-    fcn = "fcn"
-
-
-def _fail(exc: TilewiseError) -> typer.Exit:
-    Console(stderr=True, soft_wrap=True).print(f"[bold red]error:[/] {exc}", markup=True, highlight=False)
-    return typer.Exit(code=exc.exit_code)
-
-
-def _int_list(text: str | None, option: str) -> list[int] | None:
-    if text is None:
-        return None
-    try:
-        values = [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise typer.BadParameter(
-            f"expected comma-separated integers, got {text!r}", param_hint=option
-        ) from None
-    if not values or any(v < 1 for v in values):
-        raise typer.BadParameter(f"expected positive integers, got {text!r}", param_hint=option)
-    return values
-
-
 @bundle_app.command("init")
 def init_cmd(
+    ctx: typer.Context,
     out: Annotated[Path, typer.Option("--out", help="Bundle folder to create.")],
     classes: Annotated[str, typer.Option("--classes", help="Class names, comma-separated, e.g. land,water.")],
     arch: Annotated[Arch, typer.Option("--arch", help="Network architecture.")] = Arch.unet,
@@ -57,15 +40,15 @@ def init_cmd(
     names = [c.strip() for c in classes.split(",") if c.strip()]
     if not names:
         raise typer.BadParameter("give at least one class name", param_hint="--classes")
-    feats = _int_list(features, "--features")
-    if out.exists() and not overwrite:
-        raise _fail(OutputError("exists; pass --overwrite to replace it", path=str(out)))
-    try:
+    feats = int_list(features, "--features", positive=True)
+    with reported(ctx):
+        if out.exists() and not overwrite:
+            raise OutputError("exists; pass --overwrite to replace it", path=str(out))
+        from models.bundle import init_bundle
+
         bundle = init_bundle(
             out, arch.value, spatial_dims, in_channels, names, patch_size, feats, overwrite=overwrite
         )
-    except TilewiseError as exc:
-        raise _fail(exc) from None
     Console().print(
         f"wrote bundle [bold]{bundle.config.name}[/] to {bundle.path} (sha256 {bundle.hash[:12]})"
     )
@@ -76,6 +59,7 @@ def _swatch(color: str) -> Text:
 
 
 def render(bundle: Bundle) -> Table:
+    """The bundle as a two-column table: everything a job will take from it."""
     cfg = bundle.config
     arch = {k: v for k, v in cfg.architecture.items() if k != "name"}
     norm = cfg.inputs.normalization.model_dump(exclude_defaults=True, exclude={"kind"})
@@ -106,11 +90,12 @@ def render(bundle: Bundle) -> Table:
 
 
 @bundle_app.command("info")
-def info_cmd(path: Annotated[Path, typer.Argument(help="Bundle folder (or its model.yaml).")]) -> None:
+def info_cmd(
+    ctx: typer.Context, path: Annotated[Path, typer.Argument(help="Bundle folder (or its model.yaml).")]
+) -> None:
     """Show what a bundle expects and produces."""
-    try:
-        bundle = load_bundle(path)
-        table = render(bundle)
-    except TilewiseError as exc:
-        raise _fail(exc) from None
+    from models.bundle import load_bundle
+
+    with reported(ctx):
+        table = render(load_bundle(path))
     Console().print(table)

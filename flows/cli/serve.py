@@ -1,6 +1,6 @@
-"""``tilewise serve``: the bucket flow as a scheduled Prefect deployment (mounted by ``flows.cli.main``).
+"""``tilewise serve``: the bucket flow as a scheduled Prefect deployment.
 
-Kept free of Prefect imports at module level, so other ``tilewise`` commands stay fast.
+Prefect loads inside the command, so the other ``tilewise`` commands stay fast.
 """
 
 from __future__ import annotations
@@ -9,12 +9,13 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 
-from pipeline.errors import ConfigError, TilewiseError
+from flows.cli.errors import reported
+from pipeline.errors import ConfigError
 
 
 def serve_cmd(
+    ctx: typer.Context,
     config: Annotated[
         Path, typer.Option("--config", "-c", help="YAML bucket job (see configs/bucket-job.yaml).")
     ],
@@ -35,20 +36,12 @@ def serve_cmd(
     Needs PREFECT_API_URL: a Prefect server runs the schedule (`prefect server start --host 127.0.0.1`).
     Ctrl-C stops serving and pauses the schedule.
     """
-    from flows.cli import main as cli
+    from pipeline.job.config import load_config
 
-    console = Console(stderr=True)
-    try:
-        from pipeline.job.config import load_config
-
+    with reported(ctx):
         job = load_config(config, {"model": model})
         if interval is not None and interval <= 0:
             raise ConfigError("--interval must be positive")
         from flows.serve import serve_bucket
 
         serve_bucket(job, cron=cron, interval=interval, name=name, limit=limit, staging_dir=staging_dir)
-    except TilewiseError as exc:
-        if cli._debug:
-            raise
-        console.print(f"[red]error:[/red] {exc}", highlight=False)
-        raise typer.Exit(exc.exit_code) from None

@@ -1,9 +1,7 @@
 """``tilewise train`` and ``tilewise evaluate``: make a bundle from labelled scenes, then score it.
 
-The two functions are plain typer commands so ``pipeline/cli.py`` mounts them with
-``app.command("train")(train_cmd)`` and ``app.command("evaluate")(evaluate_cmd)``. ``app`` here holds
-both for ``python -m flows.cli.train`` (what the training scripts call, so their card records a
-``tilewise train`` command anyone can rerun).
+The bundle's model card records the ``tilewise train`` command line, rebuilt from the parsed options,
+so anyone can rerun it. torch loads inside the commands.
 """
 
 from __future__ import annotations
@@ -19,14 +17,11 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from pipeline.errors import ConfigError, TilewiseError
+from flows.cli.errors import reported
+from flows.cli.options import Arch, int_list
+from pipeline.errors import ConfigError
 
 console = Console(stderr=True)
-
-
-class Arch(StrEnum):
-    unet = "unet"
-    fcn = "fcn"
 
 
 class NetNorm(StrEnum):
@@ -39,25 +34,6 @@ class Norm(StrEnum):
     zscore = "zscore"
     percentile = "percentile"
     none = "none"
-
-
-def _fail(exc: TilewiseError) -> typer.Exit:
-    console.print(f"[red]error:[/red] {exc}", highlight=False)
-    return typer.Exit(exc.exit_code)
-
-
-def _ints(text: str | None, option: str) -> list[int] | None:
-    if text is None:
-        return None
-    try:
-        values = [int(v) for v in text.replace("x", ",").split(",") if v.strip()]
-    except ValueError:
-        raise typer.BadParameter(
-            f"expected comma-separated integers, got {text!r}", param_hint=option
-        ) from None
-    if not values:
-        raise typer.BadParameter(f"expected integers, got {text!r}", param_hint=option)
-    return values
 
 
 def _names(text: str | None) -> list[str] | None:
@@ -172,22 +148,22 @@ def train_cmd(
         colors=_names(colors),
         bundle_init=str(bundle_init) if bundle_init else None,
         arch=arch.value,
-        features=_ints(features, "--features"),
+        features=int_list(features, "--features"),
         net_norm=net_norm.value,
         channels=_names(channels),
-        band_indexes=_ints(bands, "--bands"),
+        band_indexes=int_list(bands, "--bands"),
         normalization=normalization.value,
         label_map=label_map,
         ignore_value=ignore_value,
         val_region=val_region,
-        patch_size=_ints(patch_size, "--patch-size"),
+        patch_size=int_list(patch_size, "--patch-size"),
         overlap=overlap,
         epochs=epochs,
         steps_per_epoch=steps_per_epoch,
         batch_size=batch_size,
         lr=lr,
         weight_decay=weight_decay,
-        flip_axes=_ints(flip_axes, "--flip-axes"),
+        flip_axes=int_list(flip_axes, "--flip-axes"),
         rot90=rot90,
         intensity=intensity,
         intensity_per_channel=per_channel_jitter,
@@ -204,10 +180,8 @@ def train_cmd(
         overwrite=overwrite,
         progress=not quiet,
     )
-    try:
+    with reported(ctx):
         result = train(cfg)
-    except TilewiseError as exc:
-        raise _fail(exc) from None
     table = Table(title=f"{result.bundle.config.name}, held-out, epoch {result.best['epoch']}")
     for col in ("class", "dice", "iou", "pixels"):
         table.add_column(col)
@@ -247,6 +221,7 @@ def render_scores(result: dict) -> Table:
 
 
 def evaluate_cmd(
+    ctx: typer.Context,
     bundle: Annotated[Path, typer.Argument(help="Bundle folder.")],
     images: Images,
     labels: Labels,
@@ -267,7 +242,7 @@ def evaluate_cmd(
 
     limits = _thresholds(min_dice)
     overrides = {"execution.batch_size": batch_size, "execution.device": device}
-    try:
+    with reported(ctx):
         result = evaluate_bundle(
             bundle,
             [str(p) for p in images],
@@ -280,8 +255,6 @@ def evaluate_cmd(
         unknown = [c for c in limits if c not in result["per_class"]]
         if unknown:
             raise ConfigError(f"--min-dice names unknown classes {unknown}")
-    except TilewiseError as exc:
-        raise _fail(exc) from None
     Console().print(render_scores(result))
     if json_out is not None:
         json_out.write_text(json.dumps(result, indent=2, default=str))
@@ -293,11 +266,3 @@ def evaluate_cmd(
     if low:
         console.print(f"[red]below --min-dice:[/red] {low}", highlight=False)
         raise typer.Exit(1)
-
-
-app = typer.Typer(help="Train and evaluate bundles.", no_args_is_help=True, add_completion=False)
-app.command("train")(train_cmd)
-app.command("evaluate")(evaluate_cmd)
-
-if __name__ == "__main__":
-    app()

@@ -1,0 +1,43 @@
+"""The ``tilewise`` command: every subcommand mounted on one typer app.
+
+Each command loads its heavy modules (torch, GDAL, Prefect) when it runs, so importing this app, and
+``tilewise --help``, stay fast. Errors a user can cause print one line and exit with their family's
+code (see ``flows.cli.errors``); ``--debug`` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Annotated
+
+import typer
+
+from flows.cli.bundle import bundle_app
+from flows.cli.errors import set_debug
+from flows.cli.run import info_cmd, plan_cmd, run_cmd
+from flows.cli.serve import serve_cmd
+from flows.cli.train import evaluate_cmd, train_cmd
+
+app = typer.Typer(
+    help="Exact, seam-free segmentation of huge rasters and volumes.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+@app.callback()
+def main(
+    ctx: typer.Context, debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False
+) -> None:
+    set_debug(ctx, debug)
+    os.environ.setdefault("DO_NOT_TRACK", "1")
+
+
+app.command("run")(run_cmd)
+app.command("plan")(plan_cmd)
+app.command("info")(info_cmd)
+app.add_typer(bundle_app, name="bundle")
+app.command("serve")(serve_cmd)
+app.command("train")(train_cmd)
+app.command("evaluate")(evaluate_cmd)
