@@ -237,8 +237,12 @@ def default_block_size(
     chunks, never below the window, and never larger than the scene needs.
     """
     dims = len(spatial_shape)
-    voxels = budget_bytes / (4 * (channels + 1))
-    edge = int(voxels ** (1 / dims))
+    voxels = budget_bytes // (4 * (channels + 1))
+    edge = round(voxels ** (1 / dims))  # the float root of a perfect power may fall just below it
+    while edge > 1 and edge**dims > voxels:
+        edge -= 1
+    while (edge + 1) ** dims <= voxels:
+        edge += 1
     align = 256 if dims <= 2 else 32
     edge = max(align, edge // align * align)
     return tuple(max(r, min(edge, max(n, r))) for n, r in zip(spatial_shape, roi, strict=True))

@@ -1,6 +1,7 @@
 """Properties of the window grid and its block partition (pure maths, no arrays)."""
 
 import itertools
+import math
 
 import numpy as np
 from hypothesis import given, settings
@@ -99,10 +100,25 @@ def test_block_smaller_than_window_is_refused():
         raise AssertionError("expected ValueError")
 
 
-@given(st.lists(st.integers(1, 50000), min_size=2, max_size=3), st.integers(8, 256), st.integers(1, 64))
-def test_default_block_size_fits_budget(shape, roi, channels):
+@given(
+    st.lists(st.integers(1, 50000), min_size=2, max_size=3),
+    st.integers(8, 256),
+    st.integers(1, 64),
+    st.sampled_from([8, 64, 256, 1024]),
+)
+def test_default_block_size_is_the_largest_cube_that_fits_the_budget(shape, roi, channels, budget_mb):
+    budget = budget_mb * 2**20
     rois = [roi] * len(shape)
-    block = default_block_size(shape, rois, channels, budget_bytes=64 * 2**20)
-    assert all(b >= r for b, r in zip(block, rois))
-    edge_ok = all(b <= max(n, r) for b, n, r in zip(block, shape, rois))
-    assert edge_ok
+    block = default_block_size(shape, rois, channels, budget_bytes=budget)
+    align = 256 if len(shape) <= 2 else 32
+    plane_bytes = 4 * (channels + 1)  # the accumulator: K score planes and one weight plane, float32
+    assert all(b >= r for b, r in zip(block, rois))  # a block holds at least one window
+    assert all(b <= max(n, r) for b, n, r in zip(block, shape, rois))  # and no more than the scene
+    floor = [max(r, min(align, max(n, r))) for n, r in zip(shape, rois)]
+    if any(b > f for b, f in zip(block, floor)):  # above its floor, a block fits the budget
+        assert math.prod(block) * plane_bytes <= budget
+    free = [b for b, n, r in zip(block, shape, rois) if r < b < n]  # edges neither window nor scene
+    if free:
+        edge = free[0]
+        assert all(b == edge for b in free) and edge % align == 0
+        assert (edge + align) ** len(shape) * plane_bytes > budget  # one step more would not fit
