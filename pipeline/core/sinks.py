@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -11,6 +11,14 @@ from pipeline.core.blending import finalise, finalise_into
 from pipeline.core.box import Box
 
 ARGMAX_SLAB_PIXELS = 1 << 20  # pixels per argmax slab: an 8 MB int64 temporary
+
+
+class Sink(Protocol):
+    """Finalises regions from their complete weighted sums ``(K, *box.shape)`` and weight
+    ``(*box.shape)``. Each region lies inside one block's write region. The sink divides (or takes
+    the argmax) itself, so it can write straight into its destination; it may overwrite ``sums``."""
+
+    def write(self, box: Box, sums: np.ndarray, weight: np.ndarray) -> None: ...
 
 
 def read_padded(array: Any, box: Box, fill: float = 0.0, dtype: Any = np.float32) -> np.ndarray:

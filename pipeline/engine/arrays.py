@@ -15,10 +15,12 @@ import numpy as np
 import torch
 
 from pipeline.core.blending import importance_map
-from pipeline.core.sinks import LabelSink, ScoreSink, read_padded, read_padded_mask
+from pipeline.core.sinks import LabelSink, ScoreSink, Sink, read_padded, read_padded_mask
 from pipeline.core.tiling import Block, BlockPlan, default_block_size
 from pipeline.engine.predictor import Predictor
-from pipeline.engine.runner import BlockInput, BlockRunner, MemorySeams, Prefetch, Sink, SweepMerger
+from pipeline.engine.prefetch import Prefetch
+from pipeline.engine.runner import BlockInput, BlockRunner
+from pipeline.engine.seams import MemorySeams, SweepMerger
 
 
 @dataclass
@@ -118,6 +120,30 @@ def _out_channels(model: Any) -> int | None:
     return int(value) if isinstance(value, (int, np.integer)) else None
 
 
+@dataclass(frozen=True)
+class _Settings:
+    patch_size: int | Sequence[int]
+    overlap: float
+    blend: str
+    sigma_scale: float
+    batch_size: int
+    block_size: int | Sequence[int] | None
+    device: str
+    tta: bool
+    activation: str
+
+
+def _infer(image: Any, model: Any, make_sink: Callable[[BlockPlan], Any], s: _Settings, mask: Any) -> Any:
+    """The sweep both public functions run; they differ only in the sink."""
+    predict = _predictor(model, s.device, s.tta, s.activation)
+    channels = _out_channels(model)
+    plan = _plan(image.shape, s.patch_size, s.overlap, s.block_size, channels or 16)
+    sink = make_sink(plan)
+    sweep(image, predict, plan, sink, blend=s.blend, sigma_scale=s.sigma_scale, overlap=s.overlap,
+          batch_size=s.batch_size, mask=mask, channels=channels)  # fmt: skip
+    return sink
+
+
 def infer_array(
     image: Any,
     model: Callable[[torch.Tensor], Any],
@@ -140,22 +166,10 @@ def infer_array(
     ``sigma_scale``, whatever ``block_size`` is. ``mask`` (spatial, True = no data) skips windows that
     lie wholly in it; pixels no computed window covers get NaN.
     """
-    predict = _predictor(model, device, tta, activation)
-    channels = _out_channels(model)
-    plan = _plan(image.shape, patch_size, overlap, block_size, channels or 16)
-    sink = ScoreSink(out, plan.spatial_shape)
-    sweep(
-        image,
-        predict,
-        plan,
-        sink,
-        blend=blend,
-        sigma_scale=sigma_scale,
-        overlap=overlap,
-        batch_size=batch_size,
-        mask=mask,
-        channels=channels,
+    settings = _Settings(
+        patch_size, overlap, blend, sigma_scale, batch_size, block_size, device, tta, activation
     )
+    sink = _infer(image, model, lambda plan: ScoreSink(out, plan.spatial_shape), settings, mask)
     return sink.out
 
 
@@ -181,22 +195,12 @@ def infer_labels(
     ``out`` may be a zarr array or memmap so that neither input nor output need fit in memory.
     Pixels in ``mask`` (or covered by no computed window) get ``nodata_label``.
     """
-    predict = _predictor(model, device, tta, activation)
-    channels = _out_channels(model)
-    plan = _plan(image.shape, patch_size, overlap, block_size, channels or 16)
-    if out is None:
-        out = np.empty(plan.spatial_shape, np.uint8)
-    sink = LabelSink(out, nodata_label=nodata_label)
-    sweep(
-        image,
-        predict,
-        plan,
-        sink,
-        blend=blend,
-        sigma_scale=sigma_scale,
-        overlap=overlap,
-        batch_size=batch_size,
-        mask=mask,
-        channels=channels,
+
+    def label_sink(plan: BlockPlan) -> LabelSink:
+        canvas = np.empty(plan.spatial_shape, np.uint8) if out is None else out
+        return LabelSink(canvas, nodata_label=nodata_label)
+
+    settings = _Settings(
+        patch_size, overlap, blend, sigma_scale, batch_size, block_size, device, tta, activation
     )
-    return out
+    return _infer(image, model, label_sink, settings, mask).out

@@ -15,7 +15,8 @@ from pipeline.core.sinks import ScoreSink, read_padded, read_padded_mask
 from pipeline.core.tiling import Block, BlockPlan
 from pipeline.engine.arrays import sweep
 from pipeline.engine.predictor import Predictor
-from pipeline.engine.runner import BlockInput, BlockRunner, Prefetch
+from pipeline.engine.prefetch import Prefetch
+from pipeline.engine.runner import BlockInput, BlockRunner
 from tests.pipeline.formats.sample_data import S2_STACK, read_window
 
 
