@@ -1,7 +1,7 @@
 """Issue-4 figures: Dask scaling (2 workers x 1 thread vs 1 x 1), task count, scheduler overhead per task,
 and per-worker peak RSS as the scene grows.
 
-``scaling`` times whole jobs (``run_batch``: bundle load, blocks, COG finalise, report) on warm clusters,
+``scaling`` times whole jobs (``run_job``: bundle load, blocks, COG finalise, report) on warm clusters,
 after one small warm-up scene each; the warm-up seconds are printed too.
 
     .venv/bin/python benchmarks/bench_dask.py scaling [--edge 8192] [--pairs 2]
@@ -43,7 +43,7 @@ def _cluster(workers: int):
 
 def _job(scene: Path, bundle: Path, address: str, out: Path) -> tuple[float, dict]:
     from pipeline.job.config import load_config
-    from pipeline.job.skeleton import run_batch
+    from pipeline.job.skeleton import run_job
 
     cfg = load_config(
         None,
@@ -58,7 +58,7 @@ def _job(scene: Path, bundle: Path, address: str, out: Path) -> tuple[float, dic
         },
     )
     t = time.perf_counter()
-    (res,) = run_batch(cfg)
+    (res,) = run_job(cfg)
     assert res.status == "ok", res.reason
     return time.perf_counter() - t, res.report
 

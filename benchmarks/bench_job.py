@@ -55,7 +55,7 @@ def _forward_only(bundle_path: Path, windows: int, batch: int, patch: int) -> fl
 
 def speed(edge: int, pairs: int) -> None:
     from pipeline.job.config import load_config
-    from pipeline.job.skeleton import run_batch
+    from pipeline.job.skeleton import run_job
 
     torch.set_num_threads(2)
     scene = make_scene(OUT / f"scene-{edge}.tif", edge)
@@ -77,7 +77,7 @@ def speed(edge: int, pairs: int) -> None:
                     },
                 )
                 start = time.perf_counter()
-                (res,) = run_batch(cfg)
+                (res,) = run_job(cfg)
                 t["job"] = time.perf_counter() - start
                 assert res.status == "ok", res.reason
                 windows = res.report["windows_computed"]

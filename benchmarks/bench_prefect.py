@@ -1,4 +1,4 @@
-"""Prefect's overhead on a one-scene job: the folder flow against calling ``run_batch`` directly.
+"""Prefect's overhead on a one-scene job: the folder flow against calling ``run_job`` directly.
 
 .venv/bin/python benchmarks/bench_prefect.py [--pairs 5] [--cold 3]
 
@@ -34,8 +34,8 @@ SCENE = (
     DATA / "geo/rasterio/rgb-byte-tenth.tif"
 )  # Landsat RGB (CC0) at a tenth: the job is tiny, the overhead shows
 DIRECT = (
-    "import sys; from pipeline.job.skeleton import run_batch; from pipeline.job.config import load_config; "
-    "r = run_batch(load_config(None, {'input': sys.argv[1], 'output': sys.argv[2], 'model': sys.argv[3], "
+    "import sys; from pipeline.job.skeleton import run_job; from pipeline.job.config import load_config; "
+    "r = run_job(load_config(None, {'input': sys.argv[1], 'output': sys.argv[2], 'model': sys.argv[3], "
     "'outputs.overwrite': True})); sys.exit(0 if all(x.status == 'ok' for x in r) else 1)"
 )
 
@@ -49,13 +49,13 @@ def _config(out: Path, bundle: Path):
 
 def warm(pairs: int, work: Path, bundle: Path) -> dict[str, float]:
     from flows.folder import run_folder_job
-    from pipeline.job.skeleton import run_batch
+    from pipeline.job.skeleton import run_job
 
     def flow() -> None:
         assert all(r.status == "ok" for r in run_folder_job(_config(work / "flow", bundle)).results)
 
     def direct() -> None:
-        assert all(r.status == "ok" for r in run_batch(_config(work / "direct", bundle)))
+        assert all(r.status == "ok" for r in run_job(_config(work / "direct", bundle)))
 
     t = time.perf_counter()
     flow()  # creates the database, starts the temporary server

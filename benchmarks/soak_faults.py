@@ -7,8 +7,8 @@ with thousands of inputs. Prints the figures (kills injected, nothing-lost resul
 ``kills``: one uninterrupted ``python -m flows.cli run ... --keep-work`` gives the reference files and the
 time the job takes once its work folder exists (every run reports to one ``prefect server`` started on
 127.0.0.1 for the soak). Then each round kills the job's whole process group:
-``--random`` rounds at a uniformly random moment of that span (blocks, seam merges or finalisation;
-every other one of the finalisation only, from the first file in OUTPUT on),
+``--random`` rounds at a uniformly random moment of that span (blocks, seam merges or writing the outputs;
+every other one of writing the outputs only, from the first file in OUTPUT on),
 ``--armed`` rounds at a chosen point inside the process (``tests/hardening/killer.py``: a block write,
 a seam merge, half-way through a COG, just before the report). After each kill, every final file that
 exists must already equal the reference (atomic renames: never partial); the rerun must exit 0, give
@@ -48,7 +48,7 @@ def _cli(scene: Path, out: Path, bundle: Path, armed: tuple[str, int] | None = N
         return [sys.executable, "-m", "flows.cli", *args]
     code = (
         "import sys; from tests.hardening.killer import arm; "
-        f"arm({armed[0]!r}, {armed[1]}); from flows.cli.main import app; app(prog_name='tilewise')"
+        f"arm({armed[0]!r}, {armed[1]}); from flows.cli.app import app; app(prog_name='tilewise')"
     )
     return [sys.executable, "-c", code, *args]
 
@@ -62,7 +62,7 @@ def _temps(out: Path) -> list[Path]:
 
 
 def _watch(out: Path) -> tuple[float | None, float | None]:
-    """(work folder exists, finalisation started: a temporary or final file in OUTPUT) timestamps."""
+    """(work folder exists, outputs started: a temporary or final file in OUTPUT) timestamps."""
     work = (out / ".tilewise-work").exists()
     final = out.exists() and any(not p.name.startswith(".") for p in out.iterdir())
     now = time.perf_counter()
@@ -71,22 +71,22 @@ def _watch(out: Path) -> tuple[float | None, float | None]:
 
 def _reference(scene: Path, bundle: Path) -> tuple[Path, float, float, float]:
     """Uninterrupted run: its output folder, total seconds, seconds from work folder to the end, and
-    seconds of finalisation (first file in OUTPUT to the end)."""
+    seconds of writing outputs (first file in OUTPUT to the end)."""
     out = OUT / "reference"
     shutil.rmtree(out, ignore_errors=True)
     t0 = time.perf_counter()
     quiet = {"env": ENV, "stdout": subprocess.DEVNULL, "stderr": subprocess.PIPE}
     proc = subprocess.Popen(_cli(scene, out, bundle), **quiet)  # type: ignore[call-overload]
-    started = finalising = None
+    started = writing = None
     while proc.poll() is None:
         work, final = _watch(out)
-        started, finalising = started or work, finalising or final
+        started, writing = started or work, writing or final
         time.sleep(0.005)
     end = time.perf_counter()
     if proc.returncode != 0:
         tail = proc.stderr.read().decode()[-2000:] if proc.stderr else ""
         raise SystemExit(f"reference run failed: {tail}")
-    return out, end - t0, end - (started or t0), end - (finalising or end)
+    return out, end - t0, end - (started or t0), end - (writing or end)
 
 
 def _differs(out: Path, ref: Path, name: str, *, missing_ok: bool = False) -> bool:
@@ -151,9 +151,9 @@ def _kills(n_random: int, n_armed: int, edge: int, seed: int) -> None:
     bundle = make_bundle(OUT / "bundle", 3, [8, 16], patch=64)
     ref, total, span, fin = _reference(scene, bundle)
     stem = _stem(scene)
-    print(f"reference: {total:.1f} s in all, {span:.1f} s from work folder to report, {fin:.1f} s finalising")
-    armed_points = [("phase1", 36), ("phase2", 36), ("finalise", 2), ("report", 1)]
-    # random moments: of the whole job (from its work folder on), or of its finalisation only
+    print(f"reference: {total:.1f} s in all, {span:.1f} s from work folder to report, {fin:.1f} s on outputs")
+    armed_points = [("compute", 36), ("merge", 36), ("outputs", 2), ("report", 1)]
+    # random moments: of the whole job (from its work folder on), or of writing its outputs only
     rounds = [("random" if i % 2 == 0 else "final", None) for i in range(n_random)]
     rounds += [("armed", armed_points[i % 4]) for i in range(n_armed)]
     rows, lost = [], 0

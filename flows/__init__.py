@@ -5,6 +5,9 @@ in our own local or Dask executor (see ``pipeline.job.skeleton.make_executor``).
 cheap: Prefect itself loads only when a flow module is imported. Telemetry is off unless the user
 has said otherwise, and the first flow runs against a temporary local server unless
 ``PREFECT_API_URL`` names a real one.
+
+Setting those defaults is the one thing a tilewise module does to the process at import: Prefect
+reads its telemetry variables while it is itself imported, so later would be too late.
 """
 
 from __future__ import annotations

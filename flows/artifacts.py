@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pipeline.errors import redact
-from pipeline.job.scene_job import SceneResult
+from pipeline.job.results import SceneResult
 
 
 @dataclass

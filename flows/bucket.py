@@ -24,23 +24,18 @@ from prefect import flow, task
 from prefect.utilities.annotations import quote
 
 from flows.artifacts import RunSummary
-from flows.folder import (
-    HOOKS,
+from flows.manifest import ManifestEntry, ManifestStore, config_hash, fingerprint
+from flows.scene_runs import (
     SCENE_TASK_OPTIONS,
-    Hooks,
     TransientSceneError,
-    fail_reason,
     finish,
-    in_lanes,
     is_transient,
-    outcome,
     refuse,
     report_result,
+    run_flow,
     run_scene_once,
-    scene_progress,
-    settle,
+    run_scene_task,
 )
-from flows.manifest import ManifestEntry, ManifestStore, config_hash, fingerprint
 from flows.storage import (
     ObjectInfo,
     S3Prefix,
@@ -58,8 +53,8 @@ from pipeline.execution.local import Executor, Progress
 from pipeline.formats.source import SceneSource, kind_of
 from pipeline.job.config import JobConfig
 from pipeline.job.discover import WORK_DIR, scene_stem
-from pipeline.job.scene_job import SceneResult
-from pipeline.job.skeleton import ProgressFactory, concurrent_scenes, make_executor
+from pipeline.job.results import SceneResult, failure_reason
+from pipeline.job.skeleton import ProgressFactory, make_executor, run_each, scenes_in_flight
 
 
 @dataclass(frozen=True)
@@ -120,7 +115,7 @@ def _scene(
 
 def find_scenes(objects: list[ObjectInfo], src: S3Prefix, dst: S3Prefix) -> list[BucketScene]:
     """Group the listing into scenes: rasters, NIfTI files or channel sets, Zarr stores."""
-    from pipeline.formats.nifti import group_channel_files
+    from pipeline.formats.nifti_reader import group_channel_files
 
     by_key = {o.key: o for o in objects if not (dst.bucket == src.bucket and dst.contains(o.key))}
     scenes: list[BucketScene] = []
@@ -178,7 +173,7 @@ def bucket_scene_task(
             ) from None
         if debug:
             raise
-        result.status, result.reason = "failed", f"{scene.uri}: upload failed: {fail_reason(exc)}"
+        result.status, result.reason = "failed", f"{scene.uri}: upload failed: {failure_reason(exc)}"
         return result
     result.status, result.reason, result.outputs, result.report = "ok", "", uris, report
     return result
@@ -245,27 +240,23 @@ def bucket_flow(
     todo = [s for s in scenes if needed(s)]
     summary = RunSummary("bucket", dst.uri, listed=len(scenes), unchanged=len(scenes) - len(todo),
                          model=bundle.config.name, bundle_hash=bundle.hash)  # fmt: skip
-    with staging(staging_dir) as root, gdal_s3_env(), make_executor(config) as executor:
+    with staging(staging_dir) as root, gdal_s3_env(), make_executor(config, bundle) as executor:
 
         def work(item: tuple[int, BucketScene]) -> SceneResult:
             i, scene = item
-            t0, stage = time.perf_counter(), root / f"{i:05d}"
+            stage = root / f"{i:05d}"
             if scene.problem:
                 reason = redact(f"{scene.uri}: {scene.problem}")
                 return SceneResult(scene.uri, scene.stem, "failed", reason=reason)
             try:
                 stage_dir = local_under(stage, safe_relative(scene.rel_dir)) if scene.rel_dir else stage
-                run = bucket_scene_task.with_options(task_run_name=f"scene-{scene.stem}")
-                state = run(scene, quote(bundle), config, str(stage_dir), dst, quote(executor),
-                            quote(scene_progress(scene.source)), debug, return_state=True)  # fmt: skip
-                if debug and state.is_failed():
-                    state.result()
-                return settle(state, scene.source, t0)
+                args = (scene, quote(bundle), config, str(stage_dir), dst, quote(executor))
+                return run_scene_task(bucket_scene_task, scene.stem, scene.source, *args, debug=debug)
             finally:
                 shutil.rmtree(stage, ignore_errors=True)  # the staging disk holds the scenes in flight only
 
         by_uri = {s.uri: s for s in todo}
-        for result in in_lanes(list(enumerate(todo)), work, concurrent_scenes(executor, len(todo))):
+        for result in run_each(list(enumerate(todo)), work, scenes_in_flight(executor, len(todo))):
             report_result(summary, result)  # the manifest is written from this thread only
             store.record(manifest, _entry(by_uri[result.uri], result, bundle.hash, cfg_hash))
     return finish(summary, started)  # type: ignore[return-value]
@@ -281,13 +272,5 @@ def run_bucket_job(
     reprocess_failed: bool = False,
 ) -> RunSummary:
     """Run the bucket flow once (``tilewise run s3://... s3://...``) and return its summary."""
-    from flows.serve import prefect_api
-
-    token = HOOKS.set(Hooks(progress, on_result))
-    try:
-        with prefect_api():
-            state = bucket_flow(config, staging_dir=staging_dir, reprocess_failed=reprocess_failed,
-                                debug=debug, return_state=True)  # fmt: skip
-    finally:
-        HOOKS.reset(token)
-    return outcome(state)
+    return run_flow(bucket_flow, config, progress=progress, on_result=on_result, staging_dir=staging_dir,
+                    reprocess_failed=reprocess_failed, debug=debug)  # fmt: skip

@@ -3,7 +3,7 @@
 Tasks carry a ``SceneTask`` (paths and numbers) and block indices; workers read their own regions,
 write their own files and chunks, and return small stats. Phase-1 tasks take runs of consecutive
 blocks so windows batch across block boundaries and the graph stays small (hundreds of tasks, not
-millions). Phase 2 runs once every phase-1 result is on disk. A worker that dies has its tasks
+millions). Seam merges run once every computed block is on disk. A worker that dies has its tasks
 rescheduled by Dask; because every write is a whole file or a whole chunk renamed or overwritten by
 its single owner, a retry is harmless.
 """
@@ -15,15 +15,17 @@ import functools
 import math
 import os
 import platform
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 from pipeline.errors import ExecutionError, TilewiseError
-from pipeline.execution.local import Progress, needs_phase1
-from pipeline.execution.tasks import SceneTask, TaskStats, cached_model, phase1, phase2
+from pipeline.execution.local import Progress, needs_computing
+from pipeline.execution.tasks import SceneTask, TaskStats, compute_blocks, make_predictor, merge_block
 from pipeline.execution.workstore import Index, WorkStore
+from pipeline.formats.source import SceneSource
 
 
 def _threads(n: int) -> None:
@@ -41,8 +43,10 @@ except ImportError:  # pragma: no cover - dask is a dependency
 
 
 class TilewiseWorker(WorkerPlugin):  # type: ignore[misc,valid-type]
-    """Sets torch threads and a small GDAL cache on each worker, and loads the bundle once, from its
-    path (never tensors)."""
+    """What one worker process holds for a job: torch threads and a small GDAL cache, the bundle's
+    network (read from the bundle's path once per worker, never sent as tensors), and the scenes its
+    tasks have open. Registering a plugin for another bundle replaces this one, and ``teardown``
+    closes everything, so nothing outlives the job on the worker."""
 
     name = "tilewise"
 
@@ -55,14 +59,55 @@ class TilewiseWorker(WorkerPlugin):  # type: ignore[misc,valid-type]
             bundle_hash,
             device,
         )
+        self.model: Any = None
+        self.scenes: dict[SceneSource, Any] = {}
 
     def setup(self, worker: Any) -> None:
         from pipeline.formats.gdal_cache import use_worker_cache
 
+        self._lock = threading.Lock()  # made on the worker: the plugin travels pickled, a lock cannot
+
         _threads(self.threads)
         use_worker_cache()
         if self.bundle_path:
-            cached_model(self.bundle_path, self.bundle_hash, self.device)
+            from models.bundle import load_bundle
+            from pipeline.engine.predictor import resolve_device
+
+            self.model = load_bundle(self.bundle_path).build(device=resolve_device(self.device))
+
+    def teardown(self, worker: Any) -> None:
+        for source in list(self.scenes):
+            self.close_scene(source)
+        self.model = None
+
+    def scene(self, source: SceneSource) -> Any:
+        """The scene, opened once on this worker for all of its tasks."""
+        with self._lock:
+            if source not in self.scenes:
+                self.scenes[source] = source.open()
+            return self.scenes[source]
+
+    def close_scene(self, source: SceneSource) -> None:
+        with self._lock:
+            scene = self.scenes.pop(source, None)
+        if scene is not None:
+            scene.close()
+
+
+def _plugin(task: SceneTask) -> TilewiseWorker:
+    from distributed import get_worker
+
+    plugin = get_worker().plugins.get(TilewiseWorker.name)
+    if not isinstance(plugin, TilewiseWorker) or plugin.bundle_hash != task.bundle_hash:
+        raise ExecutionError("this worker holds no model for the scene's bundle", path=task.bundle_path)
+    return plugin
+
+
+def _close_scene_on_worker(source: SceneSource, dask_worker: Any = None) -> None:
+    """Run by ``client.run`` on every worker (which passes ``dask_worker``) once a scene is done."""
+    plugin = dask_worker.plugins.get(TilewiseWorker.name) if dask_worker is not None else None
+    if isinstance(plugin, TilewiseWorker):
+        plugin.close_scene(source)
 
 
 @dataclass
@@ -87,18 +132,21 @@ def _guarded(fn: Any) -> Any:
 
 
 @_guarded
-def _phase1_task(task: SceneTask, indices: list[Index]) -> TaskStats:
-    stats = phase1(task, indices)
+def _compute_task(task: SceneTask, indices: list[Index]) -> TaskStats:
+    plugin = _plugin(task)
+    stats = compute_blocks(
+        task, indices, scene=plugin.scene(task.source), predict=make_predictor(task, plugin.model)
+    )
     gpu = os.environ.get("CUDA_VISIBLE_DEVICES")
     stats.worker = f"{platform.node()}:{os.getpid()}" + (f":gpu{gpu}" if gpu else "")
     return stats
 
 
 @_guarded
-def _phase2_task(task: SceneTask, indices: list[Index]) -> int:
+def _merge_task(task: SceneTask, indices: list[Index]) -> int:
     store = WorkStore(task.work_dir)
     for index in indices:
-        phase2(task, index, store)
+        merge_block(task, index, store)
     return len(indices)
 
 
@@ -140,7 +188,16 @@ class DaskExecutor:
     def workers(self) -> int:
         return max(1, len(self.client.scheduler_info().get("workers", {})))
 
-    def run(self, task: SceneTask, progress: Progress | None = None) -> TaskStats:
+    def run(self, task: SceneTask, progress: Progress | None = None, *, scene: Any = None) -> TaskStats:
+        """Run the scene's blocks on the workers (each opens the scene itself: ``scene`` stays here),
+        then close the scene on every worker."""
+        try:
+            return self._run(task, progress)
+        finally:
+            with contextlib.suppress(Exception):  # a cluster going away has closed it already
+                self.client.run(_close_scene_on_worker, task.source)
+
+    def _run(self, task: SceneTask, progress: Progress | None) -> TaskStats:
         from distributed import as_completed
         from distributed.client import FutureCancelledError
         from distributed.scheduler import KilledWorker
@@ -149,13 +206,13 @@ class DaskExecutor:
         self._load_model_on_workers(task)
         order = [b.index for b in plan.blocks()]
         resources = {"GPU": 1} if self.gpu else None
-        todo = [i for i in order if needs_phase1(plan, store, i)]
+        todo = [i for i in order if needs_computing(plan, store, i)]
         total = len(order)
         stats = TaskStats()
         ran_on: set[str] = set()
         try:
             futures = [
-                self.client.submit(_phase1_task, task, group, pure=False, resources=resources, retries=1)
+                self.client.submit(_compute_task, task, group, pure=False, resources=resources, retries=1)
                 for group in chunks(todo, self.workers)
             ]
             self.tasks_submitted += len(futures)
@@ -172,7 +229,7 @@ class DaskExecutor:
             if progress:
                 progress(merged, total)
             merges = [
-                self.client.submit(_phase2_task, task, group, pure=False, retries=1)
+                self.client.submit(_merge_task, task, group, pure=False, retries=1)
                 for group in chunks(pending, self.workers, per_worker=2)
             ]
             self.tasks_submitted += len(merges)

@@ -1,27 +1,37 @@
 """Executors run a scene's blocks: in this process (a resumable sweep) or on a Dask cluster.
 
-Both call the same ``phase1``/``phase2`` functions on the same work store, so their outputs are
-byte-identical; they differ only in where the blocks run.
+Both call the same ``compute_blocks``/``merge_block`` functions on the same work store, so their outputs
+are byte-identical; they differ only in where the blocks run and who holds the model and the scene.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Protocol
+from typing import Any, Protocol
 
 from pipeline.core.tiling import BlockPlan
-from pipeline.engine.predictor import Predictor
-from pipeline.execution.tasks import SceneTask, TaskStats, phase1, phase2, ready_to_merge, release
+from pipeline.execution.tasks import (
+    SceneTask,
+    TaskStats,
+    compute_blocks,
+    make_predictor,
+    merge_block,
+    ready_to_merge,
+    release,
+)
 from pipeline.execution.workstore import Index, WorkStore
 
 Progress = Callable[[int, int], None]  # (blocks merged so far, total blocks)
 
 
 class Executor(Protocol):
-    def run(self, task: SceneTask, progress: Progress | None = None) -> TaskStats: ...
+    def run(self, task: SceneTask, progress: Progress | None = None, *, scene: Any = None) -> TaskStats:
+        """Run every block of ``task``. ``scene`` is the caller's open scene: an executor in the same
+        process reads from it instead of opening the scene again."""
+        ...
 
 
-def needs_phase1(plan: BlockPlan, store: WorkStore, index: Index) -> bool:
+def needs_computing(plan: BlockPlan, store: WorkStore, index: Index) -> bool:
     """A block is computed unless its result is on disk or nobody needs it any more."""
     if store.has_block(index):
         return False
@@ -31,13 +41,40 @@ def needs_phase1(plan: BlockPlan, store: WorkStore, index: Index) -> bool:
 class LocalExecutor:
     """One process: sweep the blocks in order and merge each seam as soon as it can be merged.
 
-    Peak memory is a few blocks plus the in-flight batch, whatever the scene size.
+    The model comes from the caller, never from disk: ``model`` (a network, or any callable
+    ``(B, C, *patch) -> (B, K, *patch)``), ``build`` (called once, on the first scene that has blocks
+    to compute), or ``predict`` (a whole predictor, for callers that bring their own). Peak memory is
+    a few blocks plus the in-flight batch, whatever the scene size.
     """
 
-    def __init__(self, predictor: Predictor | None = None) -> None:
-        self.predictor = predictor
+    def __init__(
+        self,
+        model: Any = None,
+        *,
+        build: Callable[[], Any] | None = None,
+        predict: Callable[[Any], Any] | None = None,
+    ) -> None:
+        if model is None and build is None and predict is None:
+            raise TypeError("LocalExecutor needs a model, a build function or a predict callable")
+        self.model, self.build, self.predict = model, build, predict
 
-    def run(self, task: SceneTask, progress: Progress | None = None) -> TaskStats:
+    def run(self, task: SceneTask, progress: Progress | None = None, *, scene: Any = None) -> TaskStats:
+        own = scene is None
+        scene = task.source.open() if own else scene
+        try:
+            return self._sweep(task, scene, progress)
+        finally:
+            if own:
+                scene.close()
+
+    def _predictor(self, task: SceneTask) -> Callable[[Any], Any]:
+        if self.predict is not None:
+            return self.predict
+        if self.model is None and self.build is not None:
+            self.model = self.build()
+        return make_predictor(task, self.model)
+
+    def _sweep(self, task: SceneTask, scene: Any, progress: Progress | None) -> TaskStats:
         plan = task.plan
         store = WorkStore(task.work_dir)
         order = [b.index for b in plan.blocks()]
@@ -46,14 +83,14 @@ class LocalExecutor:
 
         def merge(index: Index) -> None:
             nonlocal merged
-            phase2(task, index, store)
+            merge_block(task, index, store)
             merged += 1
             for c in plan.contributors(index):
                 release(plan, store, c)
             if progress is not None:
                 progress(merged, total)
 
-        def after_phase1(index: Index) -> None:
+        def after_compute(index: Index) -> None:
             for c in plan.consumers(index):
                 if not store.is_merged(c) and ready_to_merge(plan, store, c):
                     merge(c)
@@ -63,8 +100,12 @@ class LocalExecutor:
         for index in order:  # resumed run: merge what earlier runs computed
             if not store.is_merged(index) and ready_to_merge(plan, store, index):
                 merge(index)
-        todo = [i for i in order if needs_phase1(plan, store, i)]
-        stats = phase1(task, todo, predictor=self.predictor, on_block=after_phase1)
+        todo = [i for i in order if needs_computing(plan, store, i)]
+        stats = TaskStats()
+        if todo:
+            stats = compute_blocks(
+                task, todo, scene=scene, predict=self._predictor(task), on_block=after_compute
+            )
         stats.merged = merged
         missing = [i for i in order if not store.is_merged(i)]
         if missing:

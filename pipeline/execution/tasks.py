@@ -1,13 +1,14 @@
 """The two kinds of block task of a scene job, as plain functions any executor can call.
 
-A ``SceneTask`` is small and picklable: paths and numbers, never pixels or tensors. A worker opens the
-scene and builds the model itself (cached per process), reads its own regions, and writes its own
-files and chunks; only block indices and small stats travel.
+``compute_blocks`` runs a block's windows through the model, finalises its interior and stores the
+partial sums of its seam bands; ``merge_block`` adds up a block's seam band once every contributor is
+stored, and writes the block's whole chunk. A ``SceneTask`` is small and picklable: paths and
+numbers, never pixels or tensors. The caller hands over the open scene and the built model (the job
+in its own process, a worker plugin on a Dask worker); these functions never load either.
 """
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -20,7 +21,9 @@ from pipeline.core.blending import Accumulator, importance_map
 from pipeline.core.sinks import LabelSink
 from pipeline.core.tiling import Block, BlockPlan
 from pipeline.engine.predictor import Predictor
-from pipeline.engine.runner import BlockInput, BlockRunner, Prefetch, finish_block, merge_seams
+from pipeline.engine.prefetch import Prefetch
+from pipeline.engine.runner import BlockInput, BlockRunner
+from pipeline.engine.seams import finish_block, merge_seams
 from pipeline.execution.preprocess import Preprocessor
 from pipeline.execution.workstore import Index, WorkStore
 from pipeline.formats.source import SceneSource
@@ -66,33 +69,6 @@ class TaskStats:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-_cache_lock = threading.Lock()
-_models: dict[tuple[str, str, str], Any] = {}
-_scenes: dict[SceneSource, Any] = {}
-
-
-def cached_model(bundle_path: str, bundle_hash: str, device: str) -> Any:
-    """The bundle's network, built once per worker process and reused across tasks and scenes."""
-    key = (bundle_path, bundle_hash, device)
-    with _cache_lock:
-        if key not in _models:
-            from models.bundle import load_bundle
-            from pipeline.engine.predictor import resolve_device
-
-            _models.clear()  # one model per worker at a time keeps memory flat across jobs
-            _models[key] = load_bundle(bundle_path).build(device=resolve_device(device))
-        return _models[key]
-
-
-def cached_scene(source: SceneSource) -> Any:
-    with _cache_lock:
-        if source not in _scenes:
-            if len(_scenes) > 4:
-                _scenes.pop(next(iter(_scenes))).close()
-            _scenes[source] = source.open()
-        return _scenes[source]
-
-
 def read_block(task: SceneTask, scene: Any, block: Block) -> BlockInput:
     """Raw pixels of the block's read region (normalised window by window), with its nodata mask."""
     if hasattr(scene, "read_with_nodata"):  # one read of the pixels instead of two
@@ -112,20 +88,25 @@ def _canvas(task: SceneTask, block: Block) -> tuple[np.ndarray, np.ndarray | Non
     return labels, probs, sink
 
 
-def phase1(
+def make_predictor(task: SceneTask, model: Any) -> Predictor:
+    """The model as the task runs it (device, flips, output activation)."""
+    return Predictor(model, device=task.device, tta=task.tta, activation=task.activation)
+
+
+def compute_blocks(
     task: SceneTask,
     indices: Iterable[Index],
     *,
-    predictor: Predictor | None = None,
+    scene: Any,
+    predict: Callable[[np.ndarray], np.ndarray],
     on_block: Callable[[Index], None] | None = None,
 ) -> TaskStats:
-    """Compute the windows of the given blocks (batched across blocks); persist each block's result."""
+    """Compute the windows of the given blocks (batched across blocks); persist each block's result.
+
+    ``predict`` is a :class:`Predictor` (or any callable of its shape) over the model the caller built.
+    """
     store = WorkStore(task.work_dir)
-    scene = cached_scene(task.source)
     plan = task.plan
-    if predictor is None:
-        model = cached_model(task.bundle_path, task.bundle_hash, task.device)
-        predictor = Predictor(model, device=task.device, tta=task.tta, activation=task.activation)
     stats = TaskStats()
     todo = [plan.block(i) for i in indices if not store.has_block(tuple(i))]
 
@@ -153,7 +134,7 @@ def phase1(
 
     runner = BlockRunner(
         plan,
-        predictor,
+        predict,
         importance_map(plan.roi, task.blend, task.sigma_scale, task.overlap),
         batch_size=task.batch_size,
         on_done=done,
@@ -166,7 +147,7 @@ def phase1(
     return stats
 
 
-def phase2(task: SceneTask, index: Index, store: WorkStore | None = None) -> None:
+def merge_block(task: SceneTask, index: Index, store: WorkStore | None = None) -> None:
     """Merge one block's seam band and write its whole chunk once (so a rerun simply overwrites it)."""
     store = store or WorkStore(task.work_dir)
     if store.is_merged(index):

@@ -4,8 +4,8 @@ Layout of ``<output>/.tilewise-work/<scene-key>/``:
 - ``state.json``   the plan and hashes the state belongs to (a mismatch wipes the folder);
 - ``labels.zarr``  uint8 labels, one chunk per block write region (so each chunk has one writer);
 - ``probs.zarr``   optional uint8 probabilities ``(K, *spatial)``, chunked the same way;
-- ``blocks/``      one ``.npz`` per block after phase 1: its interior canvas and its partial sums;
-- ``merged/``      one empty marker per block after phase 2 (its chunk is final).
+- ``blocks/``      one ``.npz`` per block once computed: its interior canvas and its partial sums;
+- ``merged/``      one empty marker per block once its seams are merged (its chunk is final).
 
 Every file appears by atomic rename, so after a crash (kill -9 included) a file is either complete or
 absent; a rerun redoes exactly the blocks whose file is absent.
@@ -107,7 +107,7 @@ class WorkStore:
         path = self.root / "probs.zarr"
         return zarr.open_array(store=str(path), mode=mode) if path.exists() else None
 
-    # -- phase 1 results ---------------------------------------------------------------------------
+    # -- computed blocks ---------------------------------------------------------------------------
     def block_path(self, index: Index) -> Path:
         return self.root / "blocks" / f"{_name(index)}.npz"
 
@@ -162,7 +162,7 @@ class WorkStore:
         while len(self._cache) > self.cache_size:
             self._cache.popitem(last=False)
 
-    # -- phase 2 markers ---------------------------------------------------------------------------
+    # -- merge markers -----------------------------------------------------------------------------
     def is_merged(self, index: Index) -> bool:
         return (self.root / "merged" / _name(index)).exists()
 

@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 from pipeline.errors import InputError
+from pipeline.formats.kinds import SCENE_SUFFIXES, strip_scene_suffix
 from pipeline.formats.source import SceneSource, kind_of
 
 WORK_DIR = ".tilewise-work"
@@ -69,7 +70,7 @@ def candidates(target: str) -> list[str]:
 def discover(target: str, *, exclude: str | None = None) -> list[SceneSource]:
     """Scenes under ``target``, in a stable order. Files with no known extension are ignored in
     folders and globs (a folder may hold sidecars); a single named file must be a scene."""
-    from pipeline.formats.nifti import group_channel_files
+    from pipeline.formats.nifti_reader import group_channel_files
 
     paths = candidates(target)
     if exclude:
@@ -85,7 +86,8 @@ def discover(target: str, *, exclude: str | None = None) -> list[SceneSource]:
         if kind in ("geotiff", "zarr"):
             scenes.append(SceneSource(kind, (p,)))
         elif kind is None and single:
-            raise InputError("not a known scene type (.tif .tiff .vrt .jp2 .img .nii .nii.gz .zarr)", path=p)
+            known = " ".join(sorted(SCENE_SUFFIXES, key=lambda s: (kind_of("x" + s) or "", s)))
+            raise InputError(f"not a known scene type ({known})", path=p)
     return sorted(scenes, key=lambda s: s.uri)
 
 
@@ -93,21 +95,7 @@ def scene_stem(source: SceneSource) -> str:
     """Output base name: the file name without its scene extension (and without a channel suffix)."""
     uri = source.uri.split("?", 1)[0].split("#", 1)[0] if "://" in source.uri else source.uri
     name = uri.rstrip("/").rsplit("/", 1)[-1]  # never a query string: presigned URLs carry secrets
-    for suffix in (
-        ".nii.gz",
-        ".nii",
-        ".ome.zarr",
-        ".zarr",
-        ".tiff",
-        ".tif",
-        ".vrt",
-        ".jp2",
-        ".img",
-        ".gtiff",
-    ):
-        if name.lower().endswith(suffix):
-            name = name[: -len(suffix)]
-            break
+    name = strip_scene_suffix(name)
     if len(source.uris) > 1 and len(name) > 5 and name[-5] == "_" and name[-4:].isdigit():
         name = name[:-5]
     return name

@@ -1,7 +1,7 @@
 """Score a bundle against reference labels by running the real tiled job, never a shortcut.
 
 A metric computed with a separate in-memory code path would not prove what users get. ``evaluate_bundle``
-therefore runs ``run_batch`` (the same discovery, preprocessing, block sweep, seam merge and writers as
+therefore runs ``run_job`` (the same discovery, preprocessing, block sweep, seam merge and writers as
 ``tilewise run``) into a temporary folder, reads the written labels back with the format readers, and
 compares them with the reference on a region: per-class Dice and IoU from one confusion matrix.
 
@@ -299,7 +299,7 @@ def evaluate_bundle(
     """
     from models.bundle import load_bundle
     from pipeline.job.config import load_config
-    from pipeline.job.skeleton import run_batch
+    from pipeline.job.skeleton import run_job
 
     t0 = time.perf_counter()
     bundle = load_bundle(bundle_path)
@@ -319,7 +319,7 @@ def evaluate_bundle(
             **(overrides or {}),
         }
         cfg = load_config(None, flags)
-        results = run_batch(cfg, sources=[p.source for p in pairs])
+        results = run_job(cfg, sources=[p.source for p in pairs])
         total = np.zeros((k, k + 1), dtype=np.int64)
         per_scene = []
         for pair, result in zip(pairs, results, strict=True):

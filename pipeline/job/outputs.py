@@ -76,7 +76,7 @@ def write_outputs(
                 probs, paths["probabilities"], meta=meta, class_names=names, overwrite=overwrite, tags=tags
             )
     elif fmt == "nifti":
-        from pipeline.formats.nifti import write_nifti_labels, write_nifti_probabilities
+        from pipeline.formats.nifti_writer import write_nifti_labels, write_nifti_probabilities
 
         native = scene.to_native_labels(np.asarray(labels[...]))
         write_nifti_labels(
@@ -86,7 +86,7 @@ def write_outputs(
             scores = scene.to_native_scores(np.asarray(probs[...]))
             write_nifti_probabilities(scores, paths["probabilities"], scene=scene, overwrite=overwrite)
     elif fmt == "zarr":
-        from pipeline.formats.zarr import write_geo_zarr, write_ome_zarr_labels
+        from pipeline.formats.zarr_writer import write_geo_zarr, write_ome_zarr_labels
 
         if isinstance(meta, GeoMeta):
             write_geo_zarr(

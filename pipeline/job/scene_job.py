@@ -1,4 +1,4 @@
-"""One scene end-to-end: open, check, plan, execute blocks, finalise outputs atomically, report.
+"""One scene end-to-end: open, check, plan, execute blocks, write the outputs atomically, report.
 
 A scene's failure is caught here and turned into a one-line reason, so one bad scene never stops the
 others. The report is written last: its presence means the scene is complete, and a rerun skips it
@@ -13,8 +13,6 @@ import json
 import os
 import platform
 import time
-import traceback
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,35 +24,24 @@ from pipeline.execution.local import Executor, Progress
 from pipeline.execution.preprocess import Preprocessor
 from pipeline.execution.tasks import SceneTask
 from pipeline.execution.workstore import WorkStore
+from pipeline.formats.kinds import OUTPUT_SUFFIX
 from pipeline.formats.scene import GeoMeta, VolumeMeta
 from pipeline.formats.source import SceneSource
 from pipeline.job.config import JobConfig
 from pipeline.job.discover import WORK_DIR, scene_stem
 from pipeline.job.report import class_counts, class_table, pixel_area_m2, write_report
+from pipeline.job.results import SceneResult, failed_result
 
 _STORAGE_FULL = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG}  # not a scene's fault: OutputError
-LABEL_SUFFIX = {"geotiff": "_labels.tif", "nifti": "_labels.nii.gz", "zarr": "_labels.zarr"}
+LABEL_SUFFIX = {fmt: f"_labels{suffix}" for fmt, suffix in OUTPUT_SUFFIX.items()}
 ALLOWED_FORMATS = {"geotiff": {"geotiff", "zarr"}, "nifti": {"nifti", "zarr"}, "zarr": {"zarr", "geotiff"}}
-
-
-@dataclass
-class SceneResult:
-    uri: str
-    stem: str
-    status: str  # ok | skipped | failed
-    reason: str = ""
-    outputs: dict[str, str] = field(default_factory=dict)
-    seconds: float = 0.0
-    windows: int = 0
-    pixels: int = 0
-    report: dict[str, Any] = field(default_factory=dict)
 
 
 def output_paths(out_dir: Path, stem: str, fmt: str, config: JobConfig, geo: bool) -> dict[str, Path]:
     """The scene's final files, all directly inside ``out_dir`` (anything else is refused)."""
     paths = {"labels": out_dir / f"{stem}{LABEL_SUFFIX[fmt]}", "report": out_dir / f"{stem}_report.json"}
     if config.outputs.probabilities:
-        suffix = {"geotiff": ".tif", "nifti": ".nii.gz", "zarr": ".zarr"}[fmt]
+        suffix = OUTPUT_SUFFIX[fmt]
         paths["probabilities"] = out_dir / f"{stem}_probabilities{suffix}"
     if config.outputs.polygons and geo:
         paths["polygons"] = out_dir / f"{stem}_polygons.gpkg"
@@ -123,18 +110,6 @@ def _same_input(reported: str, uri: str) -> bool:
         return True
 
 
-def _fail_reason(exc: BaseException, uri: str) -> str:
-    """One line naming the scene and what is wrong."""
-    if isinstance(exc, TilewiseError):
-        text = str(exc)
-    elif isinstance(exc, MemoryError):
-        text = "out of memory; lower tiling.memory_budget_mb or --batch-size"
-    else:
-        text = f"internal error {type(exc).__name__}: {exc}"
-    text = " ".join(text.split())
-    return redact(text if isinstance(exc, TilewiseError) and exc.path else f"{uri}: {text}")
-
-
 def run_scene(
     source: SceneSource,
     bundle: Any,
@@ -160,9 +135,7 @@ def run_scene(
     except Exception as exc:
         if debug:
             raise
-        result.status, result.reason = "failed", _fail_reason(exc, source.uri)
-        if not isinstance(exc, TilewiseError):
-            result.report["traceback"] = traceback.format_exc(limit=8)
+        return failed_result(source.uri, stem, exc, time.perf_counter() - t0)
     result.seconds = round(time.perf_counter() - t0, 3)
     return result
 
@@ -236,18 +209,18 @@ def _run(
         store = WorkStore(work_dir)
         resumed = store.prepare(state, task.spatial_shape, block, task.classes, task.probabilities)
         t = time.perf_counter()
-        stats = executor.run(task, progress)
+        stats = executor.run(task, progress, scene=scene)
         timings["blocks_s"] = time.perf_counter() - t
         t = time.perf_counter()
         from pipeline.job.outputs import write_outputs
 
         final_cfg = config
-        if resumed:  # files without a report are this scene's own, from a run killed while finalising
+        if resumed:  # files without a report are this scene's own, from a run killed while writing them
             final_cfg = config.model_copy(
                 update={"outputs": config.outputs.model_copy(update={"overwrite": True})}
             )
         write_outputs(scene, store, paths, fmt, bundle, final_cfg)
-        timings["finalise_s"] = time.perf_counter() - t
+        timings["outputs_s"] = time.perf_counter() - t
         report = _report(source, scene, bundle, config, task, store, stats, resumed, paths, timings)
         write_report(paths["report"], report)
         result.status, result.report = "ok", report

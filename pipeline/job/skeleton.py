@@ -1,40 +1,58 @@
-"""A whole job: discover scenes, load the bundle once, run each scene, collect results.
+"""The job skeleton every way of running tilewise shares.
 
-The CLI, the Prefect flows and the tests all call ``run_batch``; only the presentation differs.
+Check the job, read the bundle once, prepare the output folder, find the scenes, make the executor
+(with the model built once in this process, or loaded once per Dask worker), and run the scenes: one
+at a time here, several at once on a cluster. ``run_job`` is the plain runner; the Prefect flows run
+the same steps with each scene as a task run.
 """
 
 from __future__ import annotations
 
+import contextvars
 import os
 import tempfile
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from pipeline.atomic import clean_stale_temps
 from pipeline.errors import ConfigError, OutputError
 from pipeline.execution.local import Executor, LocalExecutor, Progress
+from pipeline.formats.source import SceneSource
 from pipeline.job.config import JobConfig
-from pipeline.job.scene_job import SceneResult, run_scene
+from pipeline.job.results import SceneResult
+from pipeline.job.scene_job import run_scene
 
 ProgressFactory = Callable[[str, int], Progress]
+T = TypeVar("T")
 
 
-def make_executor(config: JobConfig) -> AbstractContextManager[Executor]:
-    """The local sweep by default; a Dask executor when workers or a scheduler are asked for."""
-    if config.execution.workers or config.execution.scheduler:
-        from pipeline.execution.distributed import dask_executor
+@dataclass
+class Job:
+    """A job that may start: its config, its bundle (read once), its output folder and its scenes."""
 
-        ex = config.execution
-        return dask_executor(
-            workers=ex.workers or 1,
-            scheduler=ex.scheduler,
-            threads_per_worker=ex.threads_per_worker,
-            device=ex.device,
-        )
-    return nullcontext(LocalExecutor())
+    config: JobConfig
+    bundle: Any
+    out_dir: Path
+    scenes: list[SceneSource]
+
+
+def prepare_job(config: JobConfig, *, sources: list[SceneSource] | None = None) -> Job:
+    """Everything that refuses a whole job (config, bundle, output folder) happens here, up front."""
+    from models.bundle import load_bundle
+    from pipeline.job.discover import discover
+
+    if not (config.input and config.output and config.model):
+        raise ConfigError("input, output and model are all required")
+    bundle = load_bundle(config.model)
+    out_dir = prepare_output(config.output)
+    scenes = sources if sources is not None else discover(config.input, exclude=str(out_dir))
+    clean_stale_temps(out_dir)  # temporaries of a crashed earlier run; never those of scenes in flight
+    return Job(config, bundle, out_dir, list(scenes))
 
 
 def prepare_output(output: str) -> Path:
@@ -54,42 +72,79 @@ def prepare_output(output: str) -> Path:
     return out
 
 
-def run_batch(
+class _BuildOnce:
+    """The bundle's network, built on first use (a job whose scenes are all done builds nothing)."""
+
+    def __init__(self, bundle: Any, device: str) -> None:
+        self.bundle, self.device = bundle, device
+        self._model: Any = None
+        self._lock = threading.Lock()
+
+    def __call__(self) -> Any:
+        with self._lock:
+            if self._model is None:
+                from pipeline.engine.predictor import resolve_device
+
+                self._model = self.bundle.build(device=resolve_device(self.device))
+            return self._model
+
+
+def make_executor(config: JobConfig, bundle: Any) -> AbstractContextManager[Executor]:
+    """The local sweep over the bundle's network by default; Dask when workers or a scheduler are set
+    (each worker then loads the bundle once, from its path)."""
+    ex = config.execution
+    if ex.workers or ex.scheduler:
+        from pipeline.execution.distributed import dask_executor
+
+        return dask_executor(
+            workers=ex.workers or 1,
+            scheduler=ex.scheduler,
+            threads_per_worker=ex.threads_per_worker,
+            device=ex.device,
+        )
+    return nullcontext(LocalExecutor(build=_BuildOnce(bundle, ex.device)))
+
+
+def scenes_in_flight(executor: Executor, scenes: int) -> int:
+    """Scenes run at once: one in-process, about two per worker on a cluster."""
+    workers = getattr(executor, "workers", 0)
+    return max(1, min(scenes, 2 * workers)) if workers else 1
+
+
+def run_each(items: list[T], work: Callable[[T], SceneResult], in_flight: int) -> Iterator[SceneResult]:
+    """``work`` on every item, ``in_flight`` at a time; results come in completion order. Each thread
+    runs inside a copy of the caller's context (a Prefect flow run's, for one)."""
+    if in_flight <= 1:
+        yield from (work(item) for item in items)
+        return
+    with ThreadPoolExecutor(max_workers=in_flight, thread_name_prefix="tilewise-scene") as pool:
+        futures = [pool.submit(contextvars.copy_context().run, work, item) for item in items]
+        yield from (f.result() for f in as_completed(futures))
+
+
+def in_scene_order(results: list[SceneResult], scenes: list[SceneSource]) -> list[SceneResult]:
+    order = {s.uri: i for i, s in enumerate(scenes)}
+    return sorted(results, key=lambda r: order.get(r.uri, 0))
+
+
+def run_job(
     config: JobConfig,
     *,
-    sources: list[Any] | None = None,
+    sources: list[SceneSource] | None = None,
     progress: ProgressFactory | None = None,
     on_result: Callable[[SceneResult], None] | None = None,
     debug: bool = False,
 ) -> list[SceneResult]:
-    """Run every scene of the job; a failed scene is reported, never raised."""
-    from models.bundle import load_bundle
-    from pipeline.job.discover import discover
+    """Run every scene of the job without Prefect; a failed scene is a result, never raised."""
+    job = prepare_job(config, sources=sources)
+    with make_executor(config, job.bundle) as executor:
 
-    if not (config.input and config.output and config.model):
-        raise ConfigError("input, output and model are all required")
-    bundle = load_bundle(config.model)
-    out_dir = prepare_output(config.output)
-    scenes = sources if sources is not None else discover(config.input, exclude=str(out_dir))
-    clean_stale_temps(out_dir)  # temporaries of a crashed earlier run; never those of scenes in flight
+        def one(source: SceneSource) -> SceneResult:
+            tick = progress(source.uri, 0) if progress else None
+            result = run_scene(source, job.bundle, config, job.out_dir, executor, progress=tick, debug=debug)
+            if on_result:
+                on_result(result)
+            return result
 
-    def one(source: Any, executor: Executor) -> SceneResult:
-        tick = progress(source.uri, 0) if progress else None
-        result = run_scene(source, bundle, config, out_dir, executor, progress=tick, debug=debug)
-        if on_result:
-            on_result(result)
-        return result
-
-    with make_executor(config) as executor:
-        lanes = concurrent_scenes(executor, len(scenes))
-        if lanes <= 1:
-            return [one(source, executor) for source in scenes]
-        # a cluster runs several scenes at once, so many small scenes keep every worker busy
-        with ThreadPoolExecutor(max_workers=lanes, thread_name_prefix="tilewise-scene") as pool:
-            return list(pool.map(lambda s: one(s, executor), scenes))
-
-
-def concurrent_scenes(executor: Executor, scenes: int) -> int:
-    """Scenes in flight at once: one in-process, about two per worker on a cluster."""
-    workers = getattr(executor, "workers", 0)
-    return max(1, min(scenes, 2 * workers)) if workers else 1
+        results = list(run_each(job.scenes, one, scenes_in_flight(executor, len(job.scenes))))
+    return in_scene_order(results, job.scenes)

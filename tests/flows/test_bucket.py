@@ -22,7 +22,7 @@ def _config(bucket: str, bundle: Path, **extra):
 
 def _run(config, tmp_path: Path):
     from flows.bucket import bucket_flow
-    from flows.folder import outcome
+    from flows.scene_runs import outcome
 
     state = bucket_flow(config, staging_dir=str(tmp_path / "stage"), return_state=True)
     return state, outcome(state)

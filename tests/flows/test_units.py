@@ -11,7 +11,7 @@ import pytest
 
 from flows.artifacts import artifact_key
 from flows.bucket import find_scenes
-from flows.folder import is_transient
+from flows.scene_runs import is_transient
 from flows.manifest import Manifest, ManifestEntry, ManifestStore, config_hash, fingerprint
 from flows.storage import (
     ObjectInfo,

@@ -153,7 +153,7 @@ def nii_inputs(draw: st.DrawFn, data: str) -> tuple[bytes, bool]:
 
 
 def check_nii(blob: bytes, gz: bool) -> None:
-    from pipeline.formats.nifti import open_nifti
+    from pipeline.formats.nifti_reader import open_nifti
 
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / ("fuzz.nii.gz" if gz else "fuzz.nii")
@@ -198,7 +198,7 @@ def _small_ome(root: Path) -> None:
 
 
 def check_zarr(where: str, key: str, value: Any) -> None:
-    from pipeline.formats.zarr import open_zarr
+    from pipeline.formats.zarr_reader import open_zarr
 
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp) / "fuzz.zarr"

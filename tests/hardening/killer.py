@@ -4,9 +4,9 @@
 hit of POINT; ``arm(POINT, N)`` does the same inside any process (``benchmarks/soak_faults.py`` arms the
 real CLI through a ``sitecustomize``). Points:
 
-- ``phase1``: before the N-th block result is written (blocks computing);
-- ``phase2``: after the N-th seam merge wrote its chunk, before its marker (merge in progress);
-- ``finalise``: half-way through writing the N-th COG (a partial temporary file beside the final path);
+- ``compute``: before the N-th block result is written (blocks computing);
+- ``merge``: after the N-th seam merge wrote its chunk, before its marker (merge in progress);
+- ``outputs``: half-way through writing the N-th COG (a partial temporary file beside the final path);
 - ``report``: every final file renamed into place, the report not yet written.
 """
 
@@ -20,7 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-POINTS = ("phase1", "phase2", "finalise", "report")
+POINTS = ("compute", "merge", "outputs", "report")
 
 
 def _die() -> None:
@@ -48,11 +48,11 @@ def arm(point: str, n: int) -> None:
     import pipeline.job.scene_job as job
     from pipeline.execution.workstore import WorkStore
 
-    if point == "phase1":
+    if point == "compute":
         WorkStore.put_block = _on_nth(WorkStore.put_block, n)  # type: ignore[method-assign]
-    elif point == "phase2":  # phase2() writes the block's whole chunk, then marks it merged
+    elif point == "merge":  # merge_block() writes the block's whole chunk, then marks it merged
         WorkStore.mark_merged = _on_nth(WorkStore.mark_merged, n)  # type: ignore[method-assign]
-    elif point == "finalise":
+    elif point == "outputs":
         real_copy = cog.rasterio.shutil.copy
         copies = 0
 
@@ -74,11 +74,11 @@ def arm(point: str, n: int) -> None:
 
 def main() -> None:
     from pipeline.job.config import load_config
-    from pipeline.job.skeleton import run_batch
+    from pipeline.job.skeleton import run_job
 
     point, n, overrides = sys.argv[1], int(sys.argv[2]), json.loads(sys.argv[3])
     arm(point, n)
-    for result in run_batch(load_config(None, overrides)):
+    for result in run_job(load_config(None, overrides)):
         print(result.stem, result.status, result.reason)
 
 

@@ -1,6 +1,6 @@
 """Corrupt and hostile model bundles: refused before any scene is read, with one line naming the file.
 
-A bad bundle refuses the whole job (every scene would use it): ``run_batch`` raises ``BundleError``,
+A bad bundle refuses the whole job (every scene would use it): ``run_job`` raises ``BundleError``,
 the CLI exits 5. Pickles are never unpickled by default, and even with ``trust_pickle`` they go
 through ``torch.load(weights_only=True)``, which will not run the code a hostile pickle carries.
 """
@@ -18,11 +18,11 @@ import yaml
 from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
 
-from flows.cli.main import app
+from flows.cli.app import app
 from models.bundle import CONFIG_NAME, WEIGHTS_NAME, load_bundle
 from pipeline.errors import BundleError
 from pipeline.job.config import load_config
-from pipeline.job.skeleton import run_batch
+from pipeline.job.skeleton import run_job
 
 from .catalogue import TENTH
 
@@ -109,7 +109,7 @@ def test_corrupt_bundle_refuses_the_job(name, tmp_path, data, bundle2):
     damage(b)
     cfg = load_config(None, {"input": str(data / TENTH), "output": str(tmp_path / "out"), "model": str(b)})
     with pytest.raises(BundleError) as err:
-        run_batch(cfg)
+        run_job(cfg)
     msg = str(err.value)
     assert str(b / culprit) in msg and word in msg.lower() and "\n" not in msg, msg
     assert not (tmp_path / "out").exists()  # refused before anything was written

@@ -1,4 +1,4 @@
-"""The bad-input catalogue through the real job path (``run_batch``): one 2-D and one 3-D job, each
+"""The bad-input catalogue through the real job path (``run_job``): one 2-D and one 3-D job, each
 with a good scene beside every generated bad kind. A bad scene fails alone with one line naming the
 file and the problem; nothing of it appears at a final path; the good scenes finish."""
 
@@ -13,8 +13,8 @@ import pytest
 import rasterio
 
 from pipeline.job.config import load_config
-from pipeline.job.scene_job import SceneResult
-from pipeline.job.skeleton import run_batch
+from pipeline.job.results import SceneResult
+from pipeline.job.skeleton import run_job
 
 from .catalogue import KINDS, ROTATED, Kind, build_folder
 from .conftest import finals, leftovers
@@ -34,7 +34,7 @@ def _run(root: Path, data: Path, bundle: Path, dims: int) -> Outcome:
     folder, out = root / "in", root / "out"
     build_folder(folder, data, dims)
     cfg = load_config(None, {"input": str(folder), "output": str(out), "model": str(bundle)})
-    results = {str(Path(r.uri).relative_to(folder)): r for r in run_batch(cfg)}
+    results = {str(Path(r.uri).relative_to(folder)): r for r in run_job(cfg)}
     return Outcome(folder, out, results)
 
 
@@ -119,7 +119,7 @@ def test_non_ascii_and_spaces_in_names_work(job2: Outcome) -> None:
 def test_zarr_missing_chunk_reads_as_fill_value(job3: Outcome) -> None:
     """Decision: zarr's own rule; an absent chunk is empty space (fill value), not damage."""
     from pipeline.core.box import Box
-    from pipeline.formats.zarr import open_zarr
+    from pipeline.formats.zarr_reader import open_zarr
 
     scene = open_zarr(job3.folder / "holes.zarr")
     assert not scene.read(Box((0, 0, 20), (6, 18, 40))).any()  # the deleted chunk (0, 0, 1)
@@ -149,7 +149,7 @@ def test_two_scenes_with_one_name_never_share_outputs(tmp_path, data, bundle2):
         (folder / sub).mkdir(parents=True)
         (folder / sub / "x.tif").write_bytes((data / TENTH).read_bytes())
     cfg = load_config(None, {"input": str(folder), "output": str(out), "model": str(bundle2)})
-    first, second = run_batch(cfg)
+    first, second = run_job(cfg)
     assert first.status == "ok" and second.status == "failed"
     assert str(folder / "b/x.tif") in second.reason and str(folder / "a/x.tif") in second.reason
     assert json.loads((out / "x_report.json").read_text())["input"] == str(folder / "a/x.tif")

@@ -10,7 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 import pipeline.job.discover
-from flows.cli.main import app
+from flows.cli.app import app
 from pipeline.errors import (
     BundleError,
     ConfigError,

@@ -15,7 +15,7 @@ import pytest
 
 from pipeline.core.tiling import BlockPlan
 from pipeline.job.config import load_config
-from pipeline.job.skeleton import run_batch
+from pipeline.job.skeleton import run_job
 
 from .catalogue import write_crop
 from .conftest import finals, leftovers
@@ -45,7 +45,7 @@ def crop(tmp_path_factory, data) -> Path:
 @pytest.fixture(scope="module")
 def clean(crop, bundle2, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("clean")
-    (result,) = run_batch(load_config(None, overrides(crop, out, bundle2)))
+    (result,) = run_job(load_config(None, overrides(crop, out, bundle2)))
     assert result.status == "ok", result.reason
     return out
 
@@ -56,7 +56,7 @@ def _same_as_clean(out: Path, clean: Path) -> None:
     assert (out / "crop_report.json").exists() and not leftovers(out)
 
 
-@pytest.mark.parametrize(("point", "n"), [("phase1", 4), ("phase2", 5), ("finalise", 2), ("report", 1)])
+@pytest.mark.parametrize(("point", "n"), [("compute", 4), ("merge", 5), ("outputs", 2), ("report", 1)])
 def test_job_sigkilled_then_rerun_is_byte_identical(point, n, tmp_path, crop, clean, bundle2):
     out = tmp_path / "out"
     cfg = overrides(crop, out, bundle2)
@@ -69,11 +69,11 @@ def test_job_sigkilled_then_rerun_is_byte_identical(point, n, tmp_path, crop, cl
     )
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
     assert not (out / "crop_report.json").exists()
-    if point in ("phase1", "phase2"):
+    if point in ("compute", "merge"):
         assert not finals(out, "crop")  # nothing final before every block is done
-    if point == "finalise":  # killed half-way through the probabilities COG: a partial temporary
+    if point == "outputs":  # killed half-way through the probabilities COG: a partial temporary
         assert leftovers(out) and not (out / "crop_probabilities.tif").exists()
-    (rerun,) = run_batch(load_config(None, cfg))
+    (rerun,) = run_job(load_config(None, cfg))
     assert rerun.status == "ok", rerun.reason
     assert rerun.report["resumed"] is True
     state = json.loads(next(out.glob(".tilewise-work/*/state.json")).read_text())
@@ -88,8 +88,8 @@ import signal
 
 import pipeline.execution.workstore as ws
 
-if not hasattr(ws, "_tw_phase2_armed"):  # a preload may run more than once per process
-    ws._tw_phase2_armed = True
+if not hasattr(ws, "_tw_merge_armed"):  # a preload may run more than once per process
+    ws._tw_merge_armed = True
     real = ws.WorkStore.mark_merged
 
     def mark_merged(self, index):
@@ -106,17 +106,17 @@ if not hasattr(ws, "_tw_phase2_armed"):  # a preload may run more than once per 
 def test_worker_sigkilled_during_seam_merge_still_byte_identical(tmp_path, crop, clean, bundle2, monkeypatch):
     from tests.pipeline.execution.test_distributed import _start_cluster, _stop
 
-    marker = tmp_path / "killed-in-phase2"
+    marker = tmp_path / "killed-in-merge"
     monkeypatch.setenv("TW_PHASE2_KILL", str(marker))
-    preload = tmp_path / "phase2_killer.py"
+    preload = tmp_path / "merge_killer.py"
     preload.write_text(PRELOAD)
     procs, client = _start_cluster(tmp_path / "cluster", preload)
     try:
         out = tmp_path / "out"
         cluster = {"execution.scheduler": client.scheduler.address}
         cfg = load_config(None, overrides(crop, out, bundle2, **cluster))
-        (result,) = run_batch(cfg)
-        assert marker.exists()  # a worker really died inside phase 2
+        (result,) = run_job(cfg)
+        assert marker.exists()  # a worker really died inside a seam merge
         assert result.status == "ok", result.reason
         _same_as_clean(out, clean)
         client.wait_for_workers(2, timeout=60)  # the nanny brought the worker back

@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from flows.cli.main import app
+from flows.cli.app import app
 from pipeline.errors import OutputError
 from pipeline.job.config import JobConfig, load_config
-from pipeline.job.skeleton import run_batch
+from pipeline.job.skeleton import run_job
 
 from .catalogue import TENTH, write_crop
 from .conftest import finals, leftovers
@@ -58,7 +58,7 @@ def _cfg(src: Path, out: Path, bundle: Path, **over: object) -> JobConfig:
 
 def test_read_only_output_is_refused_up_front(read_only_folder, data, bundle2):
     with pytest.raises(OutputError, match="not writable") as err:
-        run_batch(_cfg(data / TENTH, read_only_folder, bundle2))
+        run_job(_cfg(data / TENTH, read_only_folder, bundle2))
     assert str(read_only_folder) in str(err.value) and "\n" not in str(err.value)
     res = CliRunner().invoke(app, ["run", str(data / TENTH), str(read_only_folder), "-m", str(bundle2)])
     assert res.exit_code == 6, res.output
@@ -89,14 +89,14 @@ def test_disk_full_while_finalising_fails_cleanly_then_resumes(tmp_path, data, b
     for name in ("good.tif", "full.tif"):
         shutil.copy(data / TENTH, folder / name)
     _full_on("full_labels", monkeypatch)
-    results = {r.stem: r for r in run_batch(_cfg(folder, out, bundle2))}
+    results = {r.stem: r for r in run_job(_cfg(folder, out, bundle2))}
     assert results["good"].status == "ok", results["good"].reason
     bad = results["full"]
     assert bad.status == "failed" and "No space left on device" in bad.reason and "\n" not in bad.reason
     assert "full_labels.tif" in bad.reason
     assert not finals(out, "full") and not leftovers(out)
     monkeypatch.undo()  # room again: the rerun only finalises, nothing is recomputed or lost
-    (again,) = [r for r in run_batch(_cfg(folder, out, bundle2)) if r.stem == "full"]
+    (again,) = [r for r in run_job(_cfg(folder, out, bundle2)) if r.stem == "full"]
     assert again.status == "ok" and again.report["resumed"] and again.report["windows_computed"] == 0
     assert (out / "full_labels.tif").exists() and not leftovers(out)
 
@@ -111,7 +111,7 @@ def test_disk_full_in_the_work_store_is_an_output_error(tmp_path, data, bundle2,
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
 
     monkeypatch.setattr(ws, "_atomic_bytes", full)
-    (result,) = run_batch(_cfg(data / TENTH, tmp_path / "out", bundle2))
+    (result,) = run_job(_cfg(data / TENTH, tmp_path / "out", bundle2))
     assert result.status == "failed" and "No space left on device" in result.reason
     assert str(data / TENTH) in result.reason and "internal error" not in result.reason
     assert not finals(tmp_path / "out", "rgb-byte-tenth")
@@ -125,7 +125,7 @@ def test_real_full_tmpfs_fails_cleanly_and_resumes_byte_identical(tmp_path, data
     src = write_crop(data, tmp_path / "crop.tif")
     ref = tmp_path / "ref"
     over = {"outputs.probabilities": True, "outputs.keep_work": True}
-    (clean,) = run_batch(_cfg(src, ref, bundle2, **over))
+    (clean,) = run_job(_cfg(src, ref, bundle2, **over))
     assert clean.status == "ok", clean.reason
     work, final = _du(ref / ".tilewise-work"), _du(ref) - _du(ref / ".tilewise-work")
     small = tmp_path / "small"
@@ -134,12 +134,12 @@ def test_real_full_tmpfs_fails_cleanly_and_resumes_byte_identical(tmp_path, data
     if not _mount("-t", "tmpfs", "-o", f"size={size_k}k", "tmpfs", str(small)):
         pytest.skip("cannot mount a tmpfs here (needs root); the simulated ENOSPC tests still ran")
     try:
-        (first,) = run_batch(_cfg(src, small, bundle2, **over))
+        (first,) = run_job(_cfg(src, small, bundle2, **over))
         assert first.status == "failed" and "No space left on device" in first.reason, first.reason
         assert "\n" not in first.reason and "internal error" not in first.reason
         assert not finals(small, "crop") and not leftovers(small)
         assert _mount("-o", f"remount,size={4 * (work + final) // 1024 + 1024}k", str(small))
-        (second,) = run_batch(_cfg(src, small, bundle2, **over))
+        (second,) = run_job(_cfg(src, small, bundle2, **over))
         assert second.status == "ok", second.reason
         for name in ("crop_labels.tif", "crop_probabilities.tif"):
             assert (small / name).read_bytes() == (ref / name).read_bytes()

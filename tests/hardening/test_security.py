@@ -16,13 +16,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
-from flows.cli.main import app
+from flows.cli.app import app
 from pipeline.errors import BundleError, ConfigError, OutputError
 from pipeline.formats.source import SceneSource
 from pipeline.job.config import load_config
 from pipeline.job.discover import scene_stem
 from pipeline.job.scene_job import output_paths
-from pipeline.job.skeleton import run_batch
+from pipeline.job.skeleton import run_job
 
 from .catalogue import TENTH
 
@@ -38,7 +38,7 @@ def test_no_unpickling_anywhere_in_a_job(tmp_path, data, bundle2, monkeypatch):
         raise AssertionError("unpickling was attempted")
 
     monkeypatch.setattr(torch, "load", forbidden)
-    (result,) = run_batch(
+    (result,) = run_job(
         load_config(None, {"input": str(data / TENTH), "output": str(tmp_path / "o"), "model": str(bundle2)})
     )
     assert result.status == "ok", result.reason
@@ -78,7 +78,7 @@ def test_a_scene_named_dot_dot_stays_inside(tmp_path, data, bundle2):
     weird = folder / "...tif"  # stem ".."
     shutil.copy(data / TENTH, weird)
     cfg = load_config(None, {"input": str(weird), "output": str(out), "model": str(bundle2)})
-    (result,) = run_batch(cfg, sources=[SceneSource("geotiff", (str(weird),))])
+    (result,) = run_job(cfg, sources=[SceneSource("geotiff", (str(weird),))])
     assert result.status == "ok", result.reason
     assert all(Path(p).parent == out for p in result.outputs.values())
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in", "out"]  # nothing written beside OUTPUT
@@ -160,7 +160,7 @@ def test_credentials_in_urls_never_reach_names_reasons_or_messages(tmp_path, bun
     source = SceneSource("geotiff", (url,))
     assert scene_stem(source) == "scene"
     cfg = load_config(None, {"input": str(tmp_path), "output": str(tmp_path / "out"), "model": str(bundle2)})
-    (result,) = run_batch(cfg, sources=[source])
+    (result,) = run_job(cfg, sources=[source])
     assert result.status == "failed" and "127.0.0.1:9/scene.tif" in result.reason
     assert SECRET not in result.reason and KEY_ID not in result.reason and "c1" not in result.reason
     assert SECRET not in str(OutputError("cannot write", path=url))

@@ -17,7 +17,7 @@ import yaml
 from distributed import Client
 
 from pipeline.job.config import load_config
-from pipeline.job.skeleton import run_batch
+from pipeline.job.skeleton import run_job
 
 BIN = Path(sys.executable).parent
 COMPOSE = Path(__file__).resolve().parents[3] / "docker" / "compose.yaml"
@@ -28,15 +28,15 @@ POISON = """
 import os
 import pipeline.execution.distributed as d
 
-if not hasattr(d, "_real_phase1"):  # a preload may run more than once per process
-    d._real_phase1 = d.phase1
+if not hasattr(d, "_real_compute_blocks"):  # a preload may run more than once per process
+    d._real_compute_blocks = d.compute_blocks
 
-    def phase1(task, indices, **kw):
+    def compute_blocks(task, indices, **kw):
         if "poison" in task.source.uri:
             os._exit(13)  # a scene whose blocks crash the worker process every time
-        return d._real_phase1(task, indices, **kw)
+        return d._real_compute_blocks(task, indices, **kw)
 
-    d.phase1 = phase1
+    d.compute_blocks = compute_blocks
 """
 
 
@@ -107,7 +107,7 @@ def _run(src: Path, out: Path, bundle: Path, **over) -> object:
             **over,
         },
     )
-    (result,) = run_batch(cfg)
+    (result,) = run_job(cfg)
     assert result.status == "ok", result.reason
     return result
 
@@ -124,9 +124,12 @@ def test_cluster_output_is_byte_identical_to_local(tmp_path, data, bundle_factor
     )
     for key in ("labels", "probabilities"):
         assert Path(local.outputs[key]).read_bytes() == Path(dist.outputs[key]).read_bytes()
-    # both workers took part, and the model was loaded by the worker plugin (by path, not tensors)
-    loaded = client.run(lambda: len(__import__("pipeline.execution.tasks").blockwork._models))
-    assert len(loaded) == 2 and all(v == 1 for v in loaded.values())
+    # both workers hold the model, loaded by the worker plugin (by path, not tensors), and no scene
+    # stays open on a worker once its job is done
+    held = client.run(
+        lambda dask_worker: (lambda p: (p.model is not None, len(p.scenes)))(dask_worker.plugins["tilewise"])
+    )
+    assert len(held) == 2 and all(v == (True, 0) for v in held.values()), held
 
 
 def test_worker_sigkill_mid_run_still_byte_identical(tmp_path, data, bundle_factory, cluster):
@@ -182,7 +185,7 @@ def test_scene_that_keeps_killing_workers_fails_alone(tmp_path, data, bundle_fac
                 "execution.scheduler": client.scheduler.address,
             },
         )
-        results = {r.stem: r for r in run_batch(cfg)}
+        results = {r.stem: r for r in run_job(cfg)}
         assert results["good"].status == "ok", results["good"].reason
         assert results["poison"].status == "failed"
         assert "poison.tif" in results["poison"].reason and "killing workers" in results["poison"].reason
@@ -203,7 +206,7 @@ def test_many_small_scenes_spread_over_local_cluster_workers(tmp_path, data, bun
         None,
         {"input": str(folder), "output": str(tmp_path / "out"), "model": str(bundle), "execution.workers": 2},
     )
-    results = run_batch(cfg)
+    results = run_job(cfg)
     assert [r.status for r in results] == ["ok"] * 6
     ran_on = {w for r in results for w in r.report["execution"]["ran_on"]}
     assert len(ran_on) == 2

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from flows.cli.train import app
+from flows.cli.app import app
 from models.training import labels_from_probability_maps
 from pipeline.core.box import Box
 from pipeline.errors import ConfigError, InputError

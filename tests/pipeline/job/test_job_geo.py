@@ -21,7 +21,7 @@ from pipeline.engine.predictor import Predictor
 from pipeline.execution.preprocess import Preprocessor
 from pipeline.formats.geotiff import open_geotiff
 from pipeline.job.config import load_config
-from pipeline.job.skeleton import run_batch
+from pipeline.job.skeleton import run_job
 
 GEO = [
     ("geo/rasterio/RGB.byte.tif", 3),
@@ -33,7 +33,7 @@ GEO = [
 
 def _job(tmp: Path, src: Path, bundle: Path, **over) -> list:
     cfg = load_config(None, {"input": str(src), "output": str(tmp), "model": str(bundle), **over})
-    return run_batch(cfg)
+    return run_job(cfg)
 
 
 @pytest.mark.parametrize(("rel", "bands"), GEO)

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from nibabel.orientations import apply_orientation, axcodes2ornt, io_orientation, ornt_transform
 
-from pipeline.formats.nifti import read_ctbl, read_itksnap_labels
+from pipeline.formats.nifti_writer import read_ctbl, read_itksnap_labels
 from pipeline.job.config import load_config
-from pipeline.job.skeleton import run_batch
+from pipeline.job.skeleton import run_job
 
 VOLUMES = [
     "medical/totalsegmentator/example_ct_sm.nii.gz",  # RAS, int16 HU
@@ -25,7 +25,7 @@ CLASSES = ["background", "tissue", "other"]
 def _job(out: Path, src: Path | str, bundle: Path, **over):
     cfg = load_config(None, {"input": str(src), "output": str(out), "model": str(bundle),
                              "outputs.quicklook": False, **over})  # fmt: skip
-    return run_batch(cfg)
+    return run_job(cfg)
 
 
 @pytest.mark.parametrize("rel", VOLUMES)
