@@ -36,11 +36,9 @@ def failure_reason(exc: BaseException, uri: str | None = None) -> str:
         text = OUT_OF_MEMORY
     else:
         text = f"internal error {type(exc).__name__}: {exc}"
-    text = " ".join(text.split())
+    text = redact(" ".join(text.split()))
     named = isinstance(exc, TilewiseError) and exc.path is not None
-    if uri and not named:
-        text = f"{uri}: {text}"
-    return redact(text)
+    return f"{redact(uri)}: {text}" if uri and not named else text
 
 
 def failed_result(uri: str, stem: str, exc: BaseException, seconds: float = 0.0) -> SceneResult:
