@@ -11,8 +11,8 @@ import pytest
 
 from flows.artifacts import artifact_key
 from flows.bucket import find_scenes
-from flows.scene_runs import is_transient
 from flows.manifest import Manifest, ManifestEntry, ManifestStore, config_hash, fingerprint
+from flows.scene_runs import is_transient
 from flows.storage import (
     ObjectInfo,
     S3Prefix,
