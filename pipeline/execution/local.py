@@ -42,21 +42,16 @@ class LocalExecutor:
     """One process: sweep the blocks in order and merge each seam as soon as it can be merged.
 
     The model comes from the caller, never from disk: ``model`` (a network, or any callable
-    ``(B, C, *patch) -> (B, K, *patch)``), ``build`` (called once, on the first scene that has blocks
-    to compute), or ``predict`` (a whole predictor, for callers that bring their own). Peak memory is
-    a few blocks plus the in-flight batch, whatever the scene size.
+    ``(B, C, *patch) -> (B, K, *patch)``), or ``build``, called once, on the first scene that has
+    blocks to compute (a job whose scenes are all done builds nothing). Scenes run one at a time, so
+    the build needs no lock. Peak memory is a few blocks plus the in-flight batch, whatever the scene
+    size.
     """
 
-    def __init__(
-        self,
-        model: Any = None,
-        *,
-        build: Callable[[], Any] | None = None,
-        predict: Callable[[Any], Any] | None = None,
-    ) -> None:
-        if model is None and build is None and predict is None:
-            raise TypeError("LocalExecutor needs a model, a build function or a predict callable")
-        self.model, self.build, self.predict = model, build, predict
+    def __init__(self, model: Any = None, *, build: Callable[[], Any] | None = None) -> None:
+        if model is None and build is None:
+            raise TypeError("LocalExecutor needs a model or a function that builds one")
+        self.model, self.build = model, build
 
     def run(self, task: SceneTask, progress: Progress | None = None, *, scene: Any = None) -> TaskStats:
         own = scene is None
@@ -68,8 +63,6 @@ class LocalExecutor:
                 scene.close()
 
     def _predictor(self, task: SceneTask) -> Callable[[Any], Any]:
-        if self.predict is not None:
-            return self.predict
         if self.model is None and self.build is not None:
             self.model = self.build()
         return make_predictor(task, self.model)

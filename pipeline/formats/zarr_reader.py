@@ -135,7 +135,7 @@ class ZarrScene:
         return mask
 
     def close(self) -> None:
-        pass
+        """Nothing to release: a zarr array holds no open file between reads."""
 
 
 def _reopen(uri: str, level: int) -> ZarrScene:

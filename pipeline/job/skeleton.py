@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextvars
 import os
 import tempfile
-import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from contextlib import AbstractContextManager, nullcontext
@@ -72,21 +71,13 @@ def prepare_output(output: str) -> Path:
     return out
 
 
-class _BuildOnce:
-    """The bundle's network, built on first use (a job whose scenes are all done builds nothing)."""
+def _builder(bundle: Any, device: str) -> Callable[[], Any]:
+    def build() -> Any:
+        from pipeline.engine.predictor import resolve_device
 
-    def __init__(self, bundle: Any, device: str) -> None:
-        self.bundle, self.device = bundle, device
-        self._model: Any = None
-        self._lock = threading.Lock()
+        return bundle.build(device=resolve_device(device))
 
-    def __call__(self) -> Any:
-        with self._lock:
-            if self._model is None:
-                from pipeline.engine.predictor import resolve_device
-
-                self._model = self.bundle.build(device=resolve_device(self.device))
-            return self._model
+    return build
 
 
 def make_executor(config: JobConfig, bundle: Any) -> AbstractContextManager[Executor]:
@@ -102,7 +93,7 @@ def make_executor(config: JobConfig, bundle: Any) -> AbstractContextManager[Exec
             threads_per_worker=ex.threads_per_worker,
             device=ex.device,
         )
-    return nullcontext(LocalExecutor(build=_BuildOnce(bundle, ex.device)))
+    return nullcontext(LocalExecutor(build=_builder(bundle, ex.device)))
 
 
 def scenes_in_flight(executor: Executor, scenes: int) -> int:
