@@ -94,8 +94,8 @@ def info_cmd(
     ctx: typer.Context, path: Annotated[Path, typer.Argument(help="Bundle folder (or its model.yaml).")]
 ) -> None:
     """Show what a bundle expects and produces."""
-    from models.bundle import load_bundle
+    from models.bundle.sources import open_model
 
     with reported(ctx):
-        table = render(load_bundle(path))
+        table = render(open_model(path))
     Console().print(table)

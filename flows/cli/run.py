@@ -149,7 +149,7 @@ def plan_cmd(
     block_size: Annotated[str | None, typer.Option()] = None,
 ) -> None:
     """Dry run: the scenes, their window grid and blocks, and a memory estimate. Computes nothing."""
-    from models.bundle import load_bundle
+    from models.bundle.sources import open_model
     from pipeline.core.tiling import BlockPlan
     from pipeline.execution.preprocess import Preprocessor
     from pipeline.job.discover import discover
@@ -168,7 +168,7 @@ def plan_cmd(
         )
         if not cfg.model:
             raise typer.BadParameter("--model is required")
-        bundle = load_bundle(cfg.model)
+        bundle = open_model(cfg.model)
         out, table = Console(), Table(title=f"plan with {bundle.config.name}")
         for col in ("scene", "shape", "patch", "windows", "blocks", "block", "est. MB/worker", "note"):
             table.add_column(col)

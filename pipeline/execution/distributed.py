@@ -70,10 +70,10 @@ class TilewiseWorker(WorkerPlugin):  # type: ignore[misc,valid-type]
         _threads(self.threads)
         use_worker_cache()
         if self.bundle_path:
-            from models.bundle import load_bundle
+            from models.bundle.sources import open_model
             from pipeline.engine.predictor import resolve_device
 
-            self.model = load_bundle(self.bundle_path).build(device=resolve_device(self.device))
+            self.model = open_model(self.bundle_path).build(device=resolve_device(self.device))
 
     def teardown(self, worker: Any) -> None:
         for source in list(self.scenes):

@@ -297,12 +297,12 @@ def evaluate_bundle(
     region recorded in the bundle card. ``overrides`` are dotted job-config keys (e.g.
     ``{"execution.batch_size": 8}``). Returns per-class Dice/IoU pooled over all scenes, and per scene.
     """
-    from models.bundle import load_bundle
+    from models.bundle.sources import open_model
     from pipeline.job.config import load_config
     from pipeline.job.skeleton import run_job
 
     t0 = time.perf_counter()
-    bundle = load_bundle(bundle_path)
+    bundle = open_model(bundle_path)
     names = bundle.class_names
     k = len(names)
     lmap = parse_label_map(label_map)

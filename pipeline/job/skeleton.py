@@ -42,12 +42,12 @@ class Job:
 
 def prepare_job(config: JobConfig, *, sources: list[SceneSource] | None = None) -> Job:
     """Everything that refuses a whole job (config, bundle, output folder) happens here, up front."""
-    from models.bundle import load_bundle
+    from models.bundle.sources import open_model
     from pipeline.job.discover import discover
 
     if not (config.input and config.output and config.model):
         raise ConfigError("input, output and model are all required")
-    bundle = load_bundle(config.model)
+    bundle = open_model(config.model)
     out_dir = prepare_output(config.output)
     scenes = sources if sources is not None else discover(config.input, exclude=str(out_dir))
     clean_stale_temps(out_dir)  # temporaries of a crashed earlier run; never those of scenes in flight

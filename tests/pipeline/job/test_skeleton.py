@@ -25,7 +25,7 @@ def test_a_job_that_cannot_start_is_refused_before_any_scene(tmp_path, data, bun
     bundle = bundle_factory(2, 3, ["land", "water"], 64, [4, 8])
     with pytest.raises(ConfigError, match="input, output and model"):
         prepare_job(load_config(None, {"input": str(data / TENTH)}))
-    with pytest.raises(BundleError, match="bundle folder not found"):
+    with pytest.raises(BundleError, match="not found"):
         prepare_job(_config(data / TENTH, tmp_path / "out", tmp_path / "nope"))
     with pytest.raises(ConfigError, match="bucket flow"):
         prepare_job(_config(data / TENTH, "s3://bucket/out", bundle))
