@@ -1,21 +1,31 @@
-# Every target creates .venv when it is missing; torch goes first so the CPU wheel is used.
+# Every target creates .venv when it is missing, from requirements/lock.txt (tested versions, torch
+# the CPU wheel); `make lock` refreshes the lock from pyproject.toml.
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-TORCH := torch==2.13.0
+PIP_VERSION := pip==26.3
+LOCK := requirements/lock.txt
 export DO_NOT_TRACK := 1
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 
-.PHONY: venv test lint demo bench clean
+.PHONY: venv lock test lint demo bench clean
 
-$(BIN)/.installed: pyproject.toml
+$(BIN)/.installed: pyproject.toml $(LOCK)
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q $(TORCH)
-	$(BIN)/pip install -q -e '.[test]'
+	$(BIN)/pip install -q $(PIP_VERSION)
+	$(BIN)/pip install -q -r $(LOCK)
+	$(BIN)/pip install -q --no-deps -e .
 	touch $@
 
 venv: $(BIN)/.installed
+
+# Re-resolve pyproject.toml (with the test extra) to the newest versions that fit, keeping torch the
+# CPU wheel; run `make test` afterwards, since the lock is only worth the versions it was tested with.
+lock: venv
+	$(BIN)/pip install -q pip-tools
+	$(BIN)/pip-compile -q --upgrade --extra test --strip-extras --allow-unsafe \
+		--no-emit-index-url --no-emit-find-links -f /opt/wheels \
+		-c requirements/constraints.in -o $(LOCK) pyproject.toml
 
 lint: venv
 	$(BIN)/ruff check .
