@@ -137,15 +137,22 @@ class FileLeaseStore:
         return tmp
 
     def create(self, info: LeaseInfo) -> Any | None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self._temp(info)
-        try:
-            os.link(tmp, self.path)
-        except FileExistsError:
-            return None
-        finally:
-            tmp.unlink(missing_ok=True)
-        return info.encode()
+        for _ in range(5):  # another run may remove the emptied folder between our mkdir and link
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                tmp = self._temp(info)
+            except FileNotFoundError:
+                continue
+            try:
+                os.link(tmp, self.path)
+            except FileExistsError:
+                return None
+            except FileNotFoundError:
+                continue
+            finally:
+                tmp.unlink(missing_ok=True)
+            return info.encode()
+        raise OSError(f"cannot create a lease in {self.path.parent}: the folder keeps disappearing")
 
     def read(self) -> tuple[LeaseInfo | None, Any] | None:
         try:
