@@ -24,7 +24,8 @@ from prefect import flow, task
 from prefect.utilities.annotations import quote
 
 from flows.artifacts import RunSummary
-from flows.manifest import ManifestEntry, ManifestStore, config_hash, fingerprint
+from flows.leases import S3LeaseStore
+from flows.manifest import Manifest, ManifestEntry, ManifestStore, config_hash, fingerprint
 from flows.scene_runs import (
     SCENE_TASK_OPTIONS,
     TransientSceneError,
@@ -49,6 +50,7 @@ from flows.storage import (
     upload_outputs,
 )
 from pipeline.errors import ConfigError, InputError, TilewiseError, redact
+from pipeline.execution.lease import Busy, acquire
 from pipeline.execution.local import Executor, Progress
 from pipeline.formats.source import SceneSource, kind_of
 from pipeline.job.config import JobConfig
@@ -231,34 +233,51 @@ def bucket_flow(
         return refuse(InputError(redact(f"cannot read {where}: {type(exc).__name__}: {exc}")), debug)  # type: ignore[return-value]
     cfg_hash = config_hash(config)
 
-    def needed(s: BucketScene) -> bool:
-        entry = manifest.entries.get(s.uri)
+    def needed(s: BucketScene, seen: Manifest) -> bool:
+        entry = seen.entries.get(s.uri)
         if reprocess_failed and entry is not None and entry.status == "failed":
             return True
-        return manifest.needs(s.uri, s.fingerprint, bundle.hash, cfg_hash)
+        return seen.needs(s.uri, s.fingerprint, bundle.hash, cfg_hash)
 
-    todo = [s for s in scenes if needed(s)]
+    todo = [s for s in scenes if needed(s, manifest)]
     summary = RunSummary("bucket", dst.uri, listed=len(scenes), unchanged=len(scenes) - len(todo),
                          model=bundle.config.name, bundle_hash=bundle.hash)  # fmt: skip
     with staging(staging_dir) as root, gdal_s3_env(), make_executor(config, bundle) as executor:
+
+        def record(scene: BucketScene, result: SceneResult) -> SceneResult:
+            store.record(manifest, _entry(scene, result, bundle.hash, cfg_hash))
+            return result
 
         def work(item: tuple[int, BucketScene]) -> SceneResult:
             i, scene = item
             stage = root / f"{i:05d}"
             if scene.problem:
                 reason = redact(f"{scene.uri}: {scene.problem}")
-                return SceneResult(scene.uri, scene.stem, "failed", reason=reason)
+                return record(scene, SceneResult(scene.uri, scene.stem, "failed", reason=reason))
             try:
+                lease = acquire(S3LeaseStore(fs, dst, scene.uri), timeout=config.execution.lease_timeout_s,
+                                wait=config.execution.wait)  # fmt: skip
+            except OSError as exc:  # the store is unreachable: like a transient failure, tried next run
+                if debug:
+                    raise
+                return SceneResult(scene.uri, scene.stem, "failed", reason=failure_reason(exc, scene.uri))
+            if isinstance(lease, Busy):  # another run has it; its manifest entry will say how it went
+                return SceneResult(scene.uri, scene.stem, "skipped", reason=redact(lease.reason))
+            try:
+                if not needed(scene, store.latest()):  # another run finished it since we listed
+                    return SceneResult(scene.uri, scene.stem, "skipped", reason="done by another run")
                 stage_dir = local_under(stage, safe_relative(scene.rel_dir)) if scene.rel_dir else stage
                 args = (scene, quote(bundle), config, str(stage_dir), dst, quote(executor))
-                return run_scene_task(bucket_scene_task, scene.stem, scene.source, *args, debug=debug)
+                result = run_scene_task(bucket_scene_task, scene.stem, scene.source, *args, debug=debug)
+                if lease.note and result.status == "ok":
+                    result.reason = lease.note
+                return record(scene, result)  # before the lease goes: the next run sees it done
             finally:
+                lease.release()
                 shutil.rmtree(stage, ignore_errors=True)  # the staging disk holds the scenes in flight only
 
-        by_uri = {s.uri: s for s in todo}
         for result in run_each(list(enumerate(todo)), work, scenes_in_flight(executor, len(todo))):
-            report_result(summary, result)  # the manifest is written from this thread only
-            store.record(manifest, _entry(by_uri[result.uri], result, bundle.hash, cfg_hash))
+            report_result(summary, result)
     return finish(summary, started)  # type: ignore[return-value]
 
 

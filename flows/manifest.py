@@ -8,8 +8,8 @@ until it is replaced, which changes its ETag). Transient failures are retried on
 Writes are whole-object PUTs (atomic on S3): the current manifest is first copied to
 ``manifest.prev.json``, then the new one is put with ``generation + 1``. A reader that finds the
 manifest unreadable falls back to that copy, so a crash never leaves the flow without its memory.
-Runs for one output prefix should not overlap (the served deployment runs one at a time); if they
-do, the writer merges the other run's entries before writing its own.
+Each PUT is a compare-and-swap (``If-Match`` the ETag read): when two runs on one output prefix
+finish close together, the loser reads the winner's manifest, merges its own entries and tries again.
 """
 
 from __future__ import annotations
@@ -17,15 +17,21 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import random
+import threading
+import time
 from datetime import UTC, datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field, ValidationError
 
+from flows.leases import conditional_put, head_etag
 from flows.storage import ObjectInfo, S3Prefix, safe_key
+from pipeline.errors import OutputError
 from pipeline.job.config import JobConfig
 
 MANIFEST_DIR = ".tilewise"
+_CAS_ATTEMPTS = 50
 log = logging.getLogger(__name__)
 
 
@@ -82,6 +88,7 @@ class ManifestStore:
         self.backup = f"{where.bucket}/{safe_key(where, MANIFEST_DIR, 'manifest.prev.json')}"
         self.touched: dict[str, ManifestEntry] = {}
         self.loaded_generation = 0
+        self._lock = threading.Lock()  # scenes in flight record from their own threads
 
     @property
     def uri(self) -> str:
@@ -103,21 +110,33 @@ class ManifestStore:
         self.loaded_generation = manifest.generation
         return manifest
 
+    def latest(self) -> Manifest:
+        """The manifest as it is now (another run may have recorded scenes since ``load``)."""
+        return self._read(self.current) or self._read(self.backup) or Manifest()
+
     def record(self, manifest: Manifest, entry: ManifestEntry) -> None:
-        manifest.entries[entry.input] = entry
-        self.touched[entry.input] = entry
-        self.save(manifest)
+        with self._lock:
+            manifest.entries[entry.input] = entry
+            self.touched[entry.input] = entry
+            self.save(manifest)
 
     def save(self, manifest: Manifest) -> None:
-        """Merge concurrent writers' entries, back up the current object, then PUT the new one."""
-        latest = self._read(self.current)
-        if latest is not None and latest.generation != self.loaded_generation:
-            merged = {**latest.entries, **self.touched}
-            manifest.entries = merged
-            manifest.generation = max(manifest.generation, latest.generation)
-        if latest is not None:
-            self.fs.copy(self.current, self.backup)
-        manifest.generation += 1
-        manifest.updated = datetime.now(UTC).isoformat(timespec="seconds")
-        self.fs.pipe_file(self.current, manifest.model_dump_json(indent=1).encode())
-        self.loaded_generation = manifest.generation
+        """Compare-and-swap: merge this run's entries into the latest manifest and PUT it only if
+        nobody wrote since we read it (``If-Match`` its ETag); else read again and retry. Two runs
+        finishing together therefore never lose each other's entries."""
+        for attempt in range(_CAS_ATTEMPTS):
+            etag = head_etag(self.fs, self.current)  # first: the content read next is as new or newer
+            latest = self._read(self.current) if etag else None
+            if latest is not None:
+                manifest.entries = {**latest.entries, **self.touched}
+                manifest.generation = latest.generation
+            manifest.generation += 1
+            manifest.updated = datetime.now(UTC).isoformat(timespec="seconds")
+            if latest is not None:
+                self.fs.copy(self.current, self.backup)
+            data = manifest.model_dump_json(indent=1).encode()
+            if conditional_put(self.fs, self.current, data, etag) is not None:
+                self.loaded_generation = manifest.generation
+                return
+            time.sleep(random.uniform(0.05, 0.2) * (attempt + 1))  # another run wrote: merge again
+        raise OutputError(f"the manifest kept changing under this run ({_CAS_ATTEMPTS} tries)", path=self.uri)

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from pipeline.errors import ConfigError, redact
+from pipeline.errors import ConfigError, ExecutionError, redact
 
 
 def _die_with_parent() -> None:  # runs in the child between fork and exec
@@ -51,8 +51,38 @@ def _tied_server() -> Any:
 
     existing = srv.SubprocessASGIServer._instances.get(None)
     server = existing if existing is not None else TiedServer()
-    server.start()  # a no-op when already running; Prefect's clients find it by the same key
+    try:
+        server.start()  # a no-op when already running; Prefect's clients find it by the same key
+    except RuntimeError as exc:
+        if "Timed out" not in str(exc):
+            raise
+        _abandon(server)
+        raise ExecutionError(STARTUP_TIMEOUT.format(seconds=_startup_timeout())) from None
     return server
+
+
+STARTUP_TIMEOUT = (
+    "Prefect's temporary local server did not start within {seconds:g} s (a busy machine?); retry, "
+    "raise PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS, or run `prefect server start --host "
+    "127.0.0.1` once and set PREFECT_API_URL=http://127.0.0.1:4200/api"
+)
+
+
+def _startup_timeout() -> float:
+    from prefect.settings import PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS
+
+    return float(PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS.value())
+
+
+def _abandon(server: Any) -> None:
+    """Kill a temporary server that never came up. Prefect leaves it running and terminates it at
+    exit, mid-start-up, and it then prints its own traceback; SIGKILL ends it without a word."""
+    proc = getattr(server, "server_process", None)
+    if proc is not None and proc.poll() is None:
+        proc.kill()
+        proc.wait()
+    server.server_process = None
+    server.stop()
 
 
 def _check_reachable(url: str) -> None:

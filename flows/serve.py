@@ -25,9 +25,14 @@ def serve_bucket(
 ) -> None:
     """Serve the bucket flow as a deployment (``flow.serve``) until interrupted.
 
-    ``limit`` caps concurrent runs of this process (1 by default: one writer per manifest). The job
-    config travels as the deployment's parameters, so the UI shows exactly what runs.
+    ``limit`` caps concurrent runs of this process; the deployment's own concurrency limit (1, new
+    runs cancelled while one goes) holds across every process serving it, and scene leases hold
+    underneath for anything else writing to the same prefix. The job config travels as the
+    deployment's parameters, so the UI shows exactly what runs.
     """
+    from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
+
+    CANCEL_NEW = ConcurrencyLimitStrategy.CANCEL_NEW
     from prefect.client.schemas.schedules import CronSchedule
     from prefect.deployments.runner import EntrypointType
     from prefect.settings import PREFECT_API_URL
@@ -53,6 +58,9 @@ def serve_bucket(
             interval=interval,
             parameters=params,
             limit=limit,
+            # the server itself never starts a second run of this deployment while one goes (a cron
+            # firing during a long run is cancelled, not queued: the next firing picks up what is new)
+            global_limit=ConcurrencyLimitConfig(limit=1, collision_strategy=CANCEL_NEW),
             description=f"tilewise: segment new objects under {config.input} into {config.output}",
             tags=["tilewise", "bucket"],
             entrypoint_type=EntrypointType.MODULE_PATH,  # the installed package, wherever the cwd is

@@ -14,12 +14,19 @@ _SIGNED = re.compile(
     r"(?i)\b((?:X-Amz-(?:Credential|Signature|Security-Token)|X-Goog-(?:Credential|Signature)|sig|token)=)"
     r"[^&\s\"']+"
 )
-_SECRET_VARS = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ACCESS_KEY_ID", "AWS_SECURITY_TOKEN")
+_SECRET_VARS = (
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECURITY_TOKEN",
+    "PREFECT_API_AUTH_STRING",  # user:password of a Prefect server protected by its auth string
+    "PREFECT_API_KEY",
+)
 
 
 def redact(text: str) -> str:
     """``text`` without credentials: URL user-info, presigned-URL signatures and tokens, and the values
-    of this process's AWS credential variables. Messages and reports go through it (they quote URIs)."""
+    of this process's AWS and Prefect credential variables. Messages and reports go through it."""
     text = _USERINFO.sub(r"\1***@", text)
     text = _SIGNED.sub(r"\1***", text)
     for var in _SECRET_VARS:

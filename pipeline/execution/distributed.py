@@ -21,7 +21,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from pipeline.errors import ExecutionError, TilewiseError
+from pipeline.errors import ConfigError, ExecutionError, TilewiseError
 from pipeline.execution.local import Progress, needs_computing
 from pipeline.execution.tasks import SceneTask, TaskStats, compute_blocks, make_predictor, merge_block
 from pipeline.execution.workstore import Index, WorkStore
@@ -265,12 +265,37 @@ def dask_executor(
     from distributed import Client
 
     if scheduler:
-        with Client(scheduler, timeout="30s") as client:
+        with connect(scheduler) as client:
             yield DaskExecutor(client, threads=threads_per_worker, device=device)
         return
     cluster = local_cluster(workers or 1, threads_per_worker, device)
     with cluster, Client(cluster) as client:
         yield DaskExecutor(client, threads=threads_per_worker, device=device)
+
+
+TLS_NEEDS = (
+    "a tls:// scheduler needs the cluster's CA and a client certificate and key: set "
+    "distributed.comm.tls.ca-file, .client.cert and .client.key in Dask's config, or "
+    "DASK_DISTRIBUTED__COMM__TLS__CA_FILE, DASK_DISTRIBUTED__COMM__TLS__CLIENT__CERT and "
+    "DASK_DISTRIBUTED__COMM__TLS__CLIENT__KEY"
+)
+
+
+def connect(scheduler: str) -> Any:
+    """A client of an existing cluster. ``tls://`` uses Dask's own ``Security``, read from Dask's
+    config (and so from ``DASK_DISTRIBUTED__COMM__TLS__*``): the scheduler checks our certificate and
+    we check its, so neither side talks to a stranger. Failing to connect is one line, not a traceback."""
+    from distributed import Client
+    from distributed.security import Security
+
+    security = Security()
+    if scheduler.startswith("tls://") and not (security.tls_ca_file and security.tls_client_cert):
+        raise ConfigError(TLS_NEEDS, path=scheduler)
+    try:
+        return Client(scheduler, timeout="30s", security=security)
+    except (OSError, TimeoutError) as exc:  # refused, unreachable, or a TLS handshake that failed
+        text = " ".join(str(exc).split()) or type(exc).__name__
+        raise ExecutionError(f"cannot connect to the Dask scheduler: {text}", path=scheduler) from None
 
 
 def worker_environ() -> dict[str, str]:

@@ -30,7 +30,9 @@ class ExecutionConfig(BaseModel):
     tta: bool = False
     workers: int = Field(default=0, ge=0)  # 0: run in this process; N: a local Dask cluster
     threads_per_worker: int = Field(default=1, ge=1)
-    scheduler: str | None = None  # tcp://host:8786 of an existing Dask cluster
+    scheduler: str | None = None  # tcp:// or tls://host:8786 of an existing Dask cluster
+    wait: bool = False  # a scene another live run holds: wait for it (else skip it)
+    lease_timeout_s: float = Field(default=120.0, gt=0.0)  # a lease not renewed for this long is stale
 
 
 class OutputConfig(BaseModel):

@@ -29,6 +29,7 @@ from pipeline.formats.scene import GeoMeta, VolumeMeta
 from pipeline.formats.source import SceneSource
 from pipeline.job.config import JobConfig
 from pipeline.job.discover import WORK_DIR, scene_stem
+from pipeline.job.leasing import scene_lease
 from pipeline.job.report import class_counts, class_table, pixel_area_m2, write_report
 from pipeline.job.results import SceneResult, failed_result
 
@@ -110,6 +111,11 @@ def _same_input(reported: str, uri: str) -> bool:
         return True
 
 
+def work_dir_of(out_dir: Path, source: SceneSource, stem: str) -> Path:
+    key = hashlib.sha1(source.uri.encode()).hexdigest()[:10]
+    return out_dir / WORK_DIR / f"{stem}-{key}"
+
+
 def run_scene(
     source: SceneSource,
     bundle: Any,
@@ -126,7 +132,9 @@ def run_scene(
     result = SceneResult(source.uri, stem, "failed")
     try:
         try:
-            _run(source, bundle, config, out_dir, executor, progress, result)
+            with scene_lease(work_dir_of(out_dir, source, stem), config.execution, result) as held:
+                if held:
+                    _run(source, bundle, config, out_dir, executor, progress, result)
         except OSError as exc:
             if isinstance(exc, TilewiseError) or exc.errno not in _STORAGE_FULL:
                 raise
@@ -149,8 +157,7 @@ def _run(
     progress: Progress | None,
     result: SceneResult,
 ) -> None:
-    key = hashlib.sha1(source.uri.encode()).hexdigest()[:10]
-    work_dir = out_dir / WORK_DIR / f"{result.stem}-{key}"
+    work_dir = work_dir_of(out_dir, source, result.stem)
     source = open_options(source, bundle, work_dir / "cache")
     fmt = config.outputs.format if config.outputs.format != "auto" else source.kind
     if fmt not in ALLOWED_FORMATS[source.kind]:
@@ -222,6 +229,7 @@ def _run(
         write_outputs(scene, store, paths, fmt, bundle, final_cfg)
         timings["outputs_s"] = time.perf_counter() - t
         report = _report(source, scene, bundle, config, task, store, stats, resumed, paths, timings)
+        report.update(result.report)  # a lease taken over from a dead run (pipeline.job.leasing)
         write_report(paths["report"], report)
         result.status, result.report = "ok", report
         result.outputs = {k: str(v) for k, v in paths.items()}

@@ -43,14 +43,16 @@ class Job:
 def prepare_job(config: JobConfig, *, sources: list[SceneSource] | None = None) -> Job:
     """Everything that refuses a whole job (config, bundle, output folder) happens here, up front."""
     from models.bundle.sources import open_model
-    from pipeline.job.discover import discover
+    from pipeline.execution.lease import live_leases
+    from pipeline.job.discover import WORK_DIR, discover
 
     if not (config.input and config.output and config.model):
         raise ConfigError("input, output and model are all required")
     bundle = open_model(config.model)
     out_dir = prepare_output(config.output)
     scenes = sources if sources is not None else discover(config.input, exclude=str(out_dir))
-    clean_stale_temps(out_dir)  # temporaries of a crashed earlier run; never those of scenes in flight
+    if not live_leases(out_dir / WORK_DIR, config.execution.lease_timeout_s):
+        clean_stale_temps(out_dir)  # a crashed run's temporaries; never while another run holds a scene
     return Job(config, bundle, out_dir, list(scenes))
 
 

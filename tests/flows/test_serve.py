@@ -1,5 +1,7 @@
-"""A served deployment against a real ``prefect server`` on 127.0.0.1: a scheduled run completes; a
-one-off ``tilewise run`` with PREFECT_API_URL set reports to the same server."""
+"""A served deployment against a real ``prefect server`` on 127.0.0.1, protected by its API auth
+string: a scheduled run completes, the deployment carries its own concurrency limit, a one-off
+``tilewise run`` with PREFECT_API_URL set reports to the same server, and the auth string is in no
+log or output."""
 
 from __future__ import annotations
 
@@ -7,6 +9,7 @@ import os
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import httpx
@@ -16,6 +19,8 @@ from tests.flows.conftest import free_port, keys, stop
 
 REPO = Path(__file__).resolve().parents[2]
 SERVER = Path(__file__).with_name("prefect_server.py")  # `prefect server start`, see its docstring
+PASSWORD = "tw-AUTH-sentinel-" + uuid.uuid4().hex[:12]
+AUTH = ("admin", PASSWORD)  # the server's PREFECT_SERVER_API_AUTH_STRING is admin:PASSWORD
 
 
 def _wait_healthy(api: str, proc: subprocess.Popen, timeout: float) -> None:
@@ -23,7 +28,7 @@ def _wait_healthy(api: str, proc: subprocess.Popen, timeout: float) -> None:
     while time.time() < deadline:
         assert proc.poll() is None, "prefect server exited"
         try:
-            if httpx.get(f"{api}/health", timeout=2).status_code == 200:
+            if httpx.get(f"{api}/health", timeout=2, auth=AUTH).status_code == 200:
                 return
         except httpx.HTTPError:
             pass
@@ -35,7 +40,7 @@ COMPLETED = {"flow_runs": {"state": {"type": {"any_": ["COMPLETED"]}}}}
 
 
 def _runs(api: str, body: dict) -> list[dict]:
-    return httpx.post(f"{api}/flow_runs/filter", json={**body, "limit": 20}, timeout=10).json()
+    return httpx.post(f"{api}/flow_runs/filter", json={**body, "limit": 20}, timeout=10, auth=AUTH).json()
 
 
 def test_served_bucket_deployment_completes_a_scheduled_run(tmp_path, data, s3, bucket, small_bundle):
@@ -48,6 +53,7 @@ def test_served_bucket_deployment_completes_a_scheduled_run(tmp_path, data, s3, 
         DO_NOT_TRACK="1",
         PREFECT_SERVER_ANALYTICS_ENABLED="false",
         PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS="2",
+        PREFECT_SERVER_API_AUTH_STRING=f"admin:{PASSWORD}",
     )
     tenth = data / "geo/rasterio/rgb-byte-tenth.tif"
     s3.upload_file(str(tenth), bucket, "in/a.tif")
@@ -67,7 +73,8 @@ def test_served_bucket_deployment_completes_a_scheduled_run(tmp_path, data, s3, 
         )
     try:
         _wait_healthy(api, server, 120)
-        client_env = {**env, "PREFECT_API_URL": api, "PREFECT_RUNNER_POLL_FREQUENCY": "2"}
+        client_env = {**env, "PREFECT_API_URL": api, "PREFECT_RUNNER_POLL_FREQUENCY": "2",
+                      "PREFECT_API_AUTH_STRING": f"admin:{PASSWORD}"}  # fmt: skip
         with (tmp_path / "serve.log").open("w") as log:
             serve = subprocess.Popen(
                 [
@@ -99,6 +106,12 @@ def test_served_bucket_deployment_completes_a_scheduled_run(tmp_path, data, s3, 
             stop(serve, group=True)
         assert done, (tmp_path / "serve.log").read_text()[-3000:]
         assert done[0]["auto_scheduled"] is True
+        # the server itself refuses a second concurrent run of the deployment (new ones are cancelled)
+        (deployment,) = httpx.post(f"{api}/deployments/filter", json={"deployments": {"name": {"any_": [
+            "served-test"]}}}, timeout=10, auth=AUTH).json()  # fmt: skip
+        assert deployment["global_concurrency_limit"]["limit"] == 1, deployment
+        assert deployment["concurrency_options"]["collision_strategy"] == "CANCEL_NEW"
+        assert httpx.get(f"{api}/flow_runs/{done[0]['id']}", timeout=10).status_code == 401  # protected
         assert "out/a_labels.tif" in keys(s3, bucket) and "out/a_report.json" in keys(s3, bucket)
 
         cli = subprocess.run(
@@ -119,5 +132,7 @@ def test_served_bucket_deployment_completes_a_scheduled_run(tmp_path, data, s3, 
         )
         assert cli.returncode == 0, cli.stderr
         assert len(_runs(api, {"flows": {"name": {"any_": ["tilewise-folder"]}}, **COMPLETED})) == 1
+        logs = [cli.stdout, cli.stderr, *(p.read_text() for p in tmp_path.glob("*.log"))]
+        assert not [text for text in logs if PASSWORD in text]
     finally:
         stop(server, group=True)
