@@ -126,7 +126,13 @@ def write_outputs(
         from pipeline.formats.vector import write_polygons
 
         write_polygons(
-            labels, paths["polygons"], meta=meta, class_names=names, nodata=nodata, overwrite=overwrite
+            labels,
+            paths["polygons"],
+            meta=meta,
+            class_names=names,
+            class_colors=colors,
+            nodata=nodata,
+            overwrite=overwrite,
         )
     if "quicklook" in paths:
         from pipeline.formats.quicklook import write_quicklook

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 import rasterio
@@ -179,7 +181,7 @@ class _Array3D:
 def _red_per_view(png, widths):
     red = (np.asarray(Image.open(png).convert("RGB")) == (255, 0, 0)).all(axis=2)
     edges = np.cumsum([0, *widths])
-    return [int(red[:, a:b].sum()) for a, b in zip(edges[:-1], edges[1:], strict=True)]
+    return [int(red[:, a:b].sum()) for a, b in itertools.pairwise(edges)]
 
 
 def test_three_views_cross_at_the_labels_centre_of_mass(tmp_path):
@@ -191,7 +193,7 @@ def test_three_views_cross_at_the_labels_centre_of_mass(tmp_path):
 
     ct = np.asarray(nib.load(CT).dataobj)[None]
     gallbladder = (np.asarray(nib.load(CT_SEG).dataobj) == 4).astype(np.uint8)
-    scene, (nx, ny, nz) = _Array3D(ct, (3.0, 3.0, 3.0)), gallbladder.shape
+    scene, (nx, ny, _) = _Array3D(ct, (3.0, 3.0, 3.0)), gallbladder.shape
     opts = {"class_colors": [(0, 0, 0, 0), (255, 0, 0)], "alpha": 1.0, "nodata": None}
     widths = (nx, nx, ny)  # axial (X, Y), coronal (X, Z), sagittal (Y, Z); nothing is rescaled
 
