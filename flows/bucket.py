@@ -42,7 +42,6 @@ from flows.storage import (
     UnsafeKey,
     gdal_s3_env,
     list_objects,
-    local_under,
     s3_filesystem,
     safe_key,
     safe_relative,
@@ -248,9 +247,8 @@ def bucket_flow(
             if scene.problem:
                 reason = redact(f"{scene.uri}: {scene.problem}")
                 return SceneResult(scene.uri, scene.stem, "failed", reason=reason)
-            try:
-                stage_dir = local_under(stage, safe_relative(scene.rel_dir)) if scene.rel_dir else stage
-                args = (scene, quote(bundle), config, str(stage_dir), dst, quote(executor))
+            try:  # the scene job mirrors the scene's folder under the stage, as under a local output
+                args = (scene, quote(bundle), config, str(stage), dst, quote(executor))
                 return run_scene_task(bucket_scene_task, scene.stem, scene.source, *args, debug=debug)
             finally:
                 shutil.rmtree(stage, ignore_errors=True)  # the staging disk holds the scenes in flight only

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import glob
 import os
-from pathlib import Path
+import posixpath
+from pathlib import Path, PurePosixPath
 
 from pipeline.errors import InputError
 from pipeline.formats.kinds import SCENE_SUFFIXES, strip_scene_suffix
@@ -99,3 +100,34 @@ def scene_stem(source: SceneSource) -> str:
     if len(source.uris) > 1 and len(name) > 5 and name[-5] == "_" and name[-4:].isdigit():
         name = name[:-5]
     return name
+
+
+def _plain(uri: str) -> str:
+    """A URI or path in ``/`` form without a ``file://`` scheme, query or trailing slash."""
+    uri = uri.removeprefix("file://")
+    if "://" in uri:
+        return uri.split("?", 1)[0].split("#", 1)[0].rstrip("/")
+    return os.path.abspath(uri).replace(os.sep, "/").rstrip("/")
+
+
+def input_root(target: str) -> str:
+    """The folder the INPUT argument names, that output subfolders mirror: the folder itself, or a
+    glob's folder before its first wildcard (``scenes/*/x.tif`` -> ``scenes``)."""
+    cut = min((i for i, ch in enumerate(target) if ch in "*?["), default=None)
+    if cut is not None and not ("://" not in target and Path(target).exists()):
+        target = target[:cut].rsplit("/", 1)[0] if "/" in target[:cut] else "."
+    return _plain(target)
+
+
+def mirrored_dir(uri: str, target: str) -> PurePosixPath:
+    """The scene's folder relative to the INPUT folder (``IN/a/x.tif`` -> ``a``), where its outputs
+    go under OUTPUT, so same-named scenes in different folders never collide. Empty for a single
+    file and for anything not under the input folder; never has ``..`` or empty parts."""
+    root, path = input_root(target), _plain(uri)
+    if path == root or not path.startswith(root + "/"):
+        return PurePosixPath()
+    rel = posixpath.dirname(path[len(root) + 1 :])
+    parts = [p for p in rel.split("/") if p]
+    if any(p in (".", "..") for p in parts):
+        return PurePosixPath()
+    return PurePosixPath(*parts)

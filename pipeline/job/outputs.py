@@ -11,9 +11,12 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.errors import redact
 from pipeline.execution.workstore import WorkStore
+from pipeline.formats.colours import class_rgba, to_hex
 from pipeline.formats.resample import NativeView, ResampledGeoScene
 from pipeline.formats.scene import GeoMeta, VolumeMeta
+from pipeline.formats.stac_item import ModelCard
 from pipeline.job.config import JobConfig
 
 
@@ -42,8 +45,32 @@ def remove_small_objects(labels: np.ndarray, min_size: int, nodata_label: int) -
     return out
 
 
+def model_card(bundle: Any) -> ModelCard:
+    """What a STAC Item's ``mlm`` fields say about a bundle."""
+    cfg = bundle.config
+    return ModelCard(
+        name=cfg.name,
+        architecture=str(cfg.architecture.get("name", "unknown")),
+        bands=list(cfg.inputs.channels),
+        patch_size=list(cfg.patch_size),
+        normalization=cfg.inputs.normalization.model_dump(),
+        classes=list(bundle.class_names),
+        colors=[to_hex(c) for c in class_rgba(bundle.class_names, bundle.class_colors)],
+        hash=bundle.hash,
+        weights=str(Path(bundle.path).resolve() / "weights.safetensors"),
+    )
+
+
 def write_outputs(
-    scene: Any, store: WorkStore, paths: dict[str, Path], fmt: str, bundle: Any, config: JobConfig
+    scene: Any,
+    store: WorkStore,
+    paths: dict[str, Path],
+    fmt: str,
+    bundle: Any,
+    config: JobConfig,
+    *,
+    source: str = "",
+    source_item: str | None = None,
 ) -> None:
     names, colors = bundle.class_names, bundle.class_colors
     nodata = config.outputs.nodata_label
@@ -134,6 +161,24 @@ def write_outputs(
             nodata=nodata,
             overwrite=overwrite,
         )
+    if "item" in paths and isinstance(meta, GeoMeta):
+        from pipeline import __version__
+        from pipeline.formats.stac_item import build_item, write_stac_item
+
+        assets = {k: p for k, p in paths.items() if k not in ("item", "report")}
+        assets["report"] = paths["report"]  # written last, but the item names it
+        item = build_item(
+            paths["item"].name.removesuffix("_item.json"),
+            meta=meta,
+            shape=tuple(int(n) for n in labels.shape[-2:]),
+            nodata=nodata,
+            outputs=assets,
+            model=model_card(bundle),
+            source=redact(source),
+            source_item=source_item,
+            software_version=__version__,
+        )
+        write_stac_item(paths["item"], item, overwrite=overwrite)
     if "quicklook" in paths:
         from pipeline.formats.quicklook import write_quicklook
 

@@ -25,10 +25,11 @@ from pipeline.execution.preprocess import Preprocessor
 from pipeline.execution.tasks import SceneTask
 from pipeline.execution.workstore import WorkStore
 from pipeline.formats.kinds import OUTPUT_SUFFIX
+from pipeline.formats.qgis_style import qml_path
 from pipeline.formats.scene import GeoMeta, VolumeMeta
 from pipeline.formats.source import SceneSource
 from pipeline.job.config import JobConfig
-from pipeline.job.discover import WORK_DIR, scene_stem
+from pipeline.job.discover import WORK_DIR, mirrored_dir, scene_stem
 from pipeline.job.report import class_counts, class_table, pixel_area_m2, write_report
 from pipeline.job.results import SceneResult, failed_result
 
@@ -40,6 +41,10 @@ ALLOWED_FORMATS = {"geotiff": {"geotiff", "zarr"}, "nifti": {"nifti", "zarr"}, "
 def output_paths(out_dir: Path, stem: str, fmt: str, config: JobConfig, geo: bool) -> dict[str, Path]:
     """The scene's final files, all directly inside ``out_dir`` (anything else is refused)."""
     paths = {"labels": out_dir / f"{stem}{LABEL_SUFFIX[fmt]}", "report": out_dir / f"{stem}_report.json"}
+    if fmt == "geotiff":
+        paths["style"] = qml_path(paths["labels"])  # QGIS's style sidecar, written with the labels
+    if geo:
+        paths["item"] = out_dir / f"{stem}_item.json"  # a STAC Item for the outputs
     if config.outputs.probabilities:
         suffix = OUTPUT_SUFFIX[fmt]
         paths["probabilities"] = out_dir / f"{stem}_probabilities{suffix}"
@@ -151,6 +156,7 @@ def _run(
 ) -> None:
     key = hashlib.sha1(source.uri.encode()).hexdigest()[:10]
     work_dir = out_dir / WORK_DIR / f"{result.stem}-{key}"
+    out_dir = out_dir.joinpath(*mirrored_dir(source.uri, config.input or "").parts)
     source = open_options(source, bundle, work_dir / "cache")
     fmt = config.outputs.format if config.outputs.format != "auto" else source.kind
     if fmt not in ALLOWED_FORMATS[source.kind]:
@@ -219,7 +225,8 @@ def _run(
             final_cfg = config.model_copy(
                 update={"outputs": config.outputs.model_copy(update={"overwrite": True})}
             )
-        write_outputs(scene, store, paths, fmt, bundle, final_cfg)
+        item_href = dict(source.options).get("stac_item")
+        write_outputs(scene, store, paths, fmt, bundle, final_cfg, source=source.uri, source_item=item_href)
         timings["outputs_s"] = time.perf_counter() - t
         report = _report(source, scene, bundle, config, task, store, stats, resumed, paths, timings)
         write_report(paths["report"], report)
