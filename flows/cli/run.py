@@ -50,15 +50,22 @@ def _progress_factory(bar: Any) -> Any:
     return factory
 
 
+def _shown(path: str) -> str:
+    """An output as the user can find it: relative to here (mirrored subfolders included), or its URL."""
+    if not path or "://" in path:
+        return path
+    return os.path.relpath(path)
+
+
 def _report(summary: Any, console: Console, out: Console) -> int:
     """Print the per-scene table and failures; the exit code: 0 all ok, 1 any failed, 3 nothing found."""
     results = summary.results
     table = Table(title="tilewise run")
     for col in ("scene", "status", "seconds", "windows", "outputs / reason"):
-        table.add_column(col)
+        table.add_column(col, overflow="fold")
     for r in results:
         colour = {"ok": "green", "skipped": "yellow"}.get(r.status, "red")
-        detail = Text(r.reason or str(Path(r.outputs.get("labels", "")).name))
+        detail = Text(r.reason or _shown(r.outputs.get("labels", "")))
         table.add_row(r.stem, f"[{colour}]{r.status}[/{colour}]", f"{r.seconds:.1f}", str(r.windows), detail)
     out.print(table)
     failed = [r for r in results if r.status == "failed"]
@@ -171,7 +178,7 @@ def plan_cmd(
         bundle = load_bundle(cfg.model)
         out, table = Console(), Table(title=f"plan with {bundle.config.name}")
         for col in ("scene", "shape", "patch", "windows", "blocks", "block", "est. MB/worker", "note"):
-            table.add_column(col)
+            table.add_column(col, overflow="fold")  # wrap, never cut: a name must stay recognisable
         # a reader may cache a decompressed volume; a plan leaves nothing behind
         with tempfile.TemporaryDirectory(prefix="tilewise-plan-") as work:
             for source in discover(cfg.input):
@@ -212,6 +219,8 @@ def info_cmd(ctx: typer.Context, path: Annotated[str, typer.Argument(help="A sce
         for source in discover(path):
             scene = source.open()
             table = Table(title=source.uri, show_header=False)
+            table.add_column()
+            table.add_column(overflow="fold")
             table.add_row("reader", source.kind)
             table.add_row("shape (C, *spatial)", str(tuple(scene.shape)))
             table.add_row("dtype", str(scene.dtype))

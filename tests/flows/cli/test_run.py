@@ -171,3 +171,18 @@ def test_debug_reaches_the_job(tmp_path, data, bundle_factory, monkeypatch):
     assert runner.invoke(app, ["--debug", *args]).exit_code == 0
     assert runner.invoke(app, args).exit_code == 0
     assert seen == [True, False]
+
+
+def test_narrow_output_wraps_names_instead_of_cutting_them(tmp_path, data, bundle_factory):
+    """Piped into a file or a CI log, rich draws 80 columns: the scene and its shape must survive whole."""
+    bundle = bundle_factory(2, 3, ["a", "b"], 128, [4, 8])
+    scene = tmp_path / "big4" / "s4_landsat7_etm_rgb_subset_2026_11_29_utm18n_tile_0042.tif"
+    scene.parent.mkdir()
+    shutil.copy(data / "geo/rasterio/RGB.byte.tif", scene)
+    res = CliRunner(env={"COLUMNS": "80"}).invoke(app, ["plan", str(scene), "-m", str(bundle)])
+    assert res.exit_code == 0, res.output
+    assert max(len(line) for line in res.output.splitlines()) <= 80
+    body = [line for line in res.output.splitlines() if line.count("│") >= 2]  # the header has ┃
+    cells = [[c.strip() for c in line.strip().strip("│").split("│")] for line in body]
+    assert "".join(row[0] for row in cells) == str(scene)
+    assert "".join(row[1] for row in cells) == "3x718x791"
