@@ -130,8 +130,8 @@ def find_scenes(objects: list[ObjectInfo], src: S3Prefix, dst: S3Prefix) -> list
             zarr_roots.setdefault("/".join(parts[: zarr_at + 1]), []).append(obj)
         elif kind_of(key) == "nifti":
             niftis.append(key)
-        elif kind_of(key) == "geotiff":
-            scenes.append(_scene(src, "geotiff", key, [key], [obj]))
+        elif kind_of(key) in ("geotiff", "stac"):  # a raster, or a STAC Item of single-band assets
+            scenes.append(_scene(src, str(kind_of(key)), key, [key], [obj]))
     for group in group_channel_files(niftis):
         scenes.append(_scene(src, "nifti", group[0], group, [by_key[k] for k in group]))
     for root, members in zarr_roots.items():

@@ -19,13 +19,17 @@ from rich.table import Table
 from rich.text import Text
 
 from flows.cli.errors import debug_enabled, reported
-from flows.cli.options import int_list
+from flows.cli.options import band_map, int_list
 from pipeline.errors import TilewiseError
 
 Input = Annotated[str, typer.Argument(help="Scene file, folder, glob or URL.")]
 Output = Annotated[str, typer.Argument(help="Output folder.")]
 ModelOpt = Annotated[str | None, typer.Option("--model", "-m", help="Model bundle folder.")]
 ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="YAML job config (configs/).")]
+BandsOpt = Annotated[
+    str | None,
+    typer.Option(help="STAC input: bundle channel to asset key or band name, e.g. B08=nir,B04=red"),
+]
 
 
 def _config(config: Path | None, **flags: Any) -> Any:
@@ -54,7 +58,8 @@ def _shown(path: str) -> str:
     """An output as the user can find it: relative to here (mirrored subfolders included), or its URL."""
     if not path or "://" in path:
         return path
-    return os.path.relpath(path)
+    rel = os.path.relpath(path)
+    return path if rel.startswith("..") else rel
 
 
 def _report(summary: Any, console: Console, out: Console) -> int:
@@ -88,6 +93,7 @@ def run_cmd(
     output: Output,
     model: ModelOpt = None,
     config: ConfigOpt = None,
+    bands: BandsOpt = None,
     format: Annotated[str | None, typer.Option(help="auto|geotiff|nifti|zarr")] = None,
     probabilities: Annotated[bool | None, typer.Option("--probabilities/--no-probabilities")] = None,
     polygons: Annotated[bool | None, typer.Option("--polygons/--no-polygons")] = None,
@@ -118,6 +124,7 @@ def run_cmd(
             output=output,
             model=model,
             **{
+                "inputs.bands": band_map(bands),
                 "outputs.format": format,
                 "outputs.probabilities": probabilities,
                 "outputs.polygons": polygons,
@@ -151,6 +158,7 @@ def plan_cmd(
     input: Input,
     model: ModelOpt = None,
     config: ConfigOpt = None,
+    bands: BandsOpt = None,
     patch_size: Annotated[str | None, typer.Option()] = None,
     overlap: Annotated[float | None, typer.Option()] = None,
     block_size: Annotated[str | None, typer.Option()] = None,
@@ -168,6 +176,7 @@ def plan_cmd(
             input=input,
             model=model,
             **{
+                "inputs.bands": band_map(bands),
                 "tiling.patch_size": int_list(patch_size, "--patch-size"),
                 "tiling.overlap": overlap,
                 "tiling.block_size": int_list(block_size, "--block-size"),
@@ -183,7 +192,7 @@ def plan_cmd(
         with tempfile.TemporaryDirectory(prefix="tilewise-plan-") as work:
             for source in discover(cfg.input):
                 try:
-                    scene = open_options(source, bundle, Path(work)).open()
+                    scene = open_options(source, bundle, Path(work), cfg.inputs.bands).open()
                     try:
                         Preprocessor.from_bundle(bundle, scene)
                         roi, ovl, block = plan_scene(scene, bundle, cfg)

@@ -176,6 +176,7 @@ def write_outputs(
             model=model_card(bundle),
             source=redact(source),
             source_item=source_item,
+            acquired=getattr(scene, "item_datetime", None),  # a STAC input's own acquisition time
             software_version=__version__,
         )
         write_stac_item(paths["item"], item, overwrite=overwrite)

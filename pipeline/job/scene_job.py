@@ -35,7 +35,13 @@ from pipeline.job.results import SceneResult, failed_result
 
 _STORAGE_FULL = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG}  # not a scene's fault: OutputError
 LABEL_SUFFIX = {fmt: f"_labels{suffix}" for fmt, suffix in OUTPUT_SUFFIX.items()}
-ALLOWED_FORMATS = {"geotiff": {"geotiff", "zarr"}, "nifti": {"nifti", "zarr"}, "zarr": {"zarr", "geotiff"}}
+ALLOWED_FORMATS = {
+    "geotiff": {"geotiff", "zarr"},
+    "stac": {"geotiff", "zarr"},
+    "nifti": {"nifti", "zarr"},
+    "zarr": {"zarr", "geotiff"},
+}
+AUTO_FORMAT = {"stac": "geotiff"}  # otherwise the input's own kind
 
 
 def output_paths(out_dir: Path, stem: str, fmt: str, config: JobConfig, geo: bool) -> dict[str, Path]:
@@ -58,10 +64,18 @@ def output_paths(out_dir: Path, stem: str, fmt: str, config: JobConfig, geo: boo
     return paths
 
 
-def open_options(source: SceneSource, bundle: Any, work_dir: Path) -> SceneSource:
-    """Reader options the bundle implies (orientation, spacing/GSD, a cache for big .nii.gz)."""
+def open_options(
+    source: SceneSource, bundle: Any, work_dir: Path, bands: dict[str, str] | None = None
+) -> SceneSource:
+    """Reader options the bundle implies (orientation, spacing/GSD, a cache for big .nii.gz; for a
+    STAC Item its channels, with ``bands`` mapping channel -> asset)."""
     cfg = bundle.config
     spacing = tuple(cfg.target_spacing) if cfg.target_spacing else None
+    if source.kind == "stac":
+        gsd = spacing if spacing and len(spacing) == 2 else None
+        mapping = tuple(sorted((bands or {}).items()))
+        options = (("channels", tuple(cfg.inputs.channels)), ("bands", mapping), ("target_gsd", gsd))
+        return SceneSource(source.kind, source.uris, options)
     if source.kind == "geotiff" and spacing and len(spacing) == 2:
         return SceneSource(source.kind, source.uris, (("target_gsd", spacing),))
     if source.kind != "nifti":
@@ -157,8 +171,9 @@ def _run(
     key = hashlib.sha1(source.uri.encode()).hexdigest()[:10]
     work_dir = out_dir / WORK_DIR / f"{result.stem}-{key}"
     out_dir = out_dir.joinpath(*mirrored_dir(source.uri, config.input or "").parts)
-    source = open_options(source, bundle, work_dir / "cache")
-    fmt = config.outputs.format if config.outputs.format != "auto" else source.kind
+    source = open_options(source, bundle, work_dir / "cache", config.inputs.bands)
+    auto = AUTO_FORMAT.get(source.kind, source.kind)
+    fmt = config.outputs.format if config.outputs.format != "auto" else auto
     if fmt not in ALLOWED_FORMATS[source.kind]:
         raise ConfigError(f"cannot write {source.kind} input as {fmt}", path=source.uri)
     timings: dict[str, float] = {}
@@ -225,7 +240,7 @@ def _run(
             final_cfg = config.model_copy(
                 update={"outputs": config.outputs.model_copy(update={"overwrite": True})}
             )
-        item_href = dict(source.options).get("stac_item")
+        item_href = source.uri if source.kind == "stac" else None
         write_outputs(scene, store, paths, fmt, bundle, final_cfg, source=source.uri, source_item=item_href)
         timings["outputs_s"] = time.perf_counter() - t
         report = _report(source, scene, bundle, config, task, store, stats, resumed, paths, timings)
