@@ -4,9 +4,10 @@ Each run lists the input prefix, groups objects into scenes (a raster, a NIfTI c
 store), and skips every scene the manifest says was already done with this bundle and config.
 Rasters stream through GDAL's ``/vsis3/``; NIfTI is copied into the scene's work folder by its reader.
 Outputs are written to a local staging folder, exactly as the folder job writes them, then uploaded
-under the output prefix at the key mirroring the input's (report last), and the manifest is updated
-after every scene. The run ends Failed when any scene failed; the reasons are in the manifest and in
-the run's artifacts.
+under the output prefix at the key mirroring the input's (report last), and the manifest and the
+STAC Collection (``collection.json``, linking each scene's item) are updated after every scene.
+The run ends Failed when any scene failed; the reasons are in the manifest and in the run's
+artifacts.
 """
 
 import json
@@ -24,6 +25,7 @@ from prefect import flow, task
 from prefect.utilities.annotations import quote
 
 from flows.artifacts import RunSummary
+from flows.catalogue import CollectionStore
 from flows.manifest import ManifestEntry, ManifestStore, config_hash, fingerprint
 from flows.scene_runs import (
     SCENE_TASK_OPTIONS,
@@ -254,9 +256,12 @@ def bucket_flow(
                 shutil.rmtree(stage, ignore_errors=True)  # the staging disk holds the scenes in flight only
 
         by_uri = {s.uri: s for s in todo}
+        catalogue = CollectionStore(fs, dst)
         for result in run_each(list(enumerate(todo)), work, scenes_in_flight(executor, len(todo))):
-            report_result(summary, result)  # the manifest is written from this thread only
+            report_result(summary, result)  # the manifest and collection are written from this thread only
             store.record(manifest, _entry(by_uri[result.uri], result, bundle.hash, cfg_hash))
+            if result.status == "ok" and "item" in result.outputs:
+                catalogue.record(result.outputs["item"])
     return finish(summary, started)  # type: ignore[return-value]
 
 
