@@ -159,6 +159,7 @@ def plan_cmd(
     model: ModelOpt = None,
     config: ConfigOpt = None,
     bands: BandsOpt = None,
+    polygons: Annotated[bool | None, typer.Option("--polygons/--no-polygons")] = None,
     patch_size: Annotated[str | None, typer.Option()] = None,
     overlap: Annotated[float | None, typer.Option()] = None,
     block_size: Annotated[str | None, typer.Option()] = None,
@@ -168,7 +169,7 @@ def plan_cmd(
     from pipeline.core.tiling import BlockPlan
     from pipeline.execution.preprocess import Preprocessor
     from pipeline.job.discover import discover
-    from pipeline.job.scene_job import open_options, plan_scene
+    from pipeline.job.scene_job import open_options, plan_peak_mb, plan_scene
 
     with reported(ctx):
         cfg = _config(
@@ -177,6 +178,7 @@ def plan_cmd(
             model=model,
             **{
                 "inputs.bands": band_map(bands),
+                "outputs.polygons": polygons,
                 "tiling.patch_size": int_list(patch_size, "--patch-size"),
                 "tiling.overlap": overlap,
                 "tiling.block_size": int_list(block_size, "--block-size"),
@@ -185,8 +187,9 @@ def plan_cmd(
         if not cfg.model:
             raise typer.BadParameter("--model is required")
         bundle = load_bundle(cfg.model)
+        baseline = _run_baseline_mb(bundle)
         out, table = Console(), Table(title=f"plan with {bundle.config.name}")
-        for col in ("scene", "shape", "patch", "windows", "blocks", "block", "est. MB/worker", "note"):
+        for col in ("scene", "shape", "patch", "windows", "blocks", "block", "peak MB/worker", "note"):
             table.add_column(col, overflow="fold")  # wrap, never cut: a name must stay recognisable
         # a reader may cache a decompressed volume; a plan leaves nothing behind
         with tempfile.TemporaryDirectory(prefix="tilewise-plan-") as work:
@@ -200,9 +203,7 @@ def plan_cmd(
                     finally:
                         scene.close()
                     grid = BlockPlan.build(shape[1:], roi, ovl, block)
-                    # the block's read region (block plus one window) in float32: scores, weights, input
-                    footprint = math.prod(b + r for b, r in zip(block, roi, strict=True))
-                    mb = footprint * 4 * (bundle.num_classes + 1 + shape[0]) / 2**20
+                    mb = plan_peak_mb(scene, bundle, cfg, roi, block, baseline_mb=baseline)
                     row = (
                         source.uri,
                         "x".join(map(str, shape)),
@@ -217,6 +218,19 @@ def plan_cmd(
                 except TilewiseError as exc:
                     table.add_row(source.uri, "", "", "", "", "", "", Text(str(exc), style="red"))
         out.print(table)
+
+
+def _run_baseline_mb(bundle: Any) -> float:
+    """What a worker process holds before its first block, measured here: the modules ``tilewise run``
+    loads (Prefect, the job, GDAL's writers) and the model built on the CPU."""
+    import flows.folder  # noqa: F401  (Prefect and the job layer, as a run imports them)
+    import pipeline.job.outputs  # noqa: F401
+    from pipeline.job.memory import rss_mb
+
+    model = bundle.build(device="cpu")
+    baseline = rss_mb()
+    del model
+    return baseline
 
 
 def info_cmd(ctx: typer.Context, path: Annotated[str, typer.Argument(help="A scene file or URL.")]) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import json
+import math
 import os
 import platform
 import time
@@ -30,6 +31,7 @@ from pipeline.formats.scene import GeoMeta, VolumeMeta
 from pipeline.formats.source import SceneSource
 from pipeline.job.config import JobConfig
 from pipeline.job.discover import WORK_DIR, mirrored_dir, scene_stem
+from pipeline.job.memory import estimate_peak_mb, gdal_cache_mb, peak_rss_mb, rss_mb
 from pipeline.job.report import class_counts, class_table, pixel_area_m2, write_report
 from pipeline.job.results import SceneResult, failed_result
 
@@ -106,6 +108,45 @@ def plan_scene(scene: Any, bundle: Any, config: JobConfig) -> tuple[tuple[int, .
         budget = config.tiling.memory_budget_mb * 2**20
         block = default_block_size(spatial, roi, bundle.num_classes, budget)
     return roi, float(overlap), block
+
+
+def plan_peak_mb(
+    scene: Any,
+    bundle: Any,
+    config: JobConfig,
+    roi: tuple[int, ...],
+    block: tuple[int, ...],
+    *,
+    baseline_mb: float,
+) -> float:
+    """The peak RSS ``tilewise plan`` promises for this scene in one worker process (see memory.py)."""
+    from pipeline.engine.lanes import cpu_lanes, lanes_for
+
+    batch = config.execution.batch_size
+    cpu = config.execution.device == "cpu" or (config.execution.device == "auto" and not _has_cuda())
+    lanes = lanes_for(cpu_lanes(), batch * math.prod(roi)) if cpu else 1
+    return estimate_peak_mb(
+        baseline_mb=baseline_mb,
+        spatial=tuple(int(n) for n in scene.shape[1:]),
+        roi=roi,
+        block=block,
+        channels=len(bundle.config.inputs.channels),
+        classes=bundle.num_classes,
+        itemsize=np.dtype(scene.dtype).itemsize,
+        batch_size=batch,
+        lanes=lanes,
+        architecture=dict(bundle.config.architecture),
+        polygons=config.outputs.polygons,
+        whole_labels=config.outputs.min_object_size > 0,
+        probabilities=config.outputs.probabilities,
+        gdal_cache_mb=gdal_cache_mb(),
+    )
+
+
+def _has_cuda() -> bool:
+    import torch
+
+    return bool(torch.cuda.is_available())
 
 
 def _reported_input(report: Path) -> str | None:
@@ -229,6 +270,7 @@ def _run(
         }
         store = WorkStore(work_dir)
         resumed = store.prepare(state, task.spatial_shape, block, task.classes, task.probabilities)
+        estimate = plan_peak_mb(scene, bundle, config, roi, block, baseline_mb=rss_mb())
         t = time.perf_counter()
         stats = executor.run(task, progress, scene=scene)
         timings["blocks_s"] = time.perf_counter() - t
@@ -244,6 +286,8 @@ def _run(
         write_outputs(scene, store, paths, fmt, bundle, final_cfg, source=source.uri, source_item=item_href)
         timings["outputs_s"] = time.perf_counter() - t
         report = _report(source, scene, bundle, config, task, store, stats, resumed, paths, timings)
+        # this process's figures; on Dask the blocks ran in the workers (see report["execution"])
+        report["memory"] = {"plan_peak_rss_mb": round(estimate), "peak_rss_mb": round(peak_rss_mb())}
         write_report(paths["report"], report)
         result.status, result.report = "ok", report
         result.outputs = {k: str(v) for k, v in paths.items()}
