@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.atomic import atomic_path
+from pipeline.formats.colours import class_rgba, to_hex
 from pipeline.formats.scene import GeoMeta
 
 ASSET_MEDIA = {  # output kind -> (media type, roles, title)
@@ -49,6 +50,22 @@ class ModelCard:
     weights: str  # href of the weights file
     framework: str = "pytorch"
     extra: Mapping[str, Any] = field(default_factory=dict)
+
+
+def model_card(bundle: Any) -> ModelCard:
+    """What a STAC Item's ``mlm`` fields say about a ``models.bundle.Bundle``."""
+    cfg = bundle.config
+    return ModelCard(
+        name=cfg.name,
+        architecture=str(cfg.architecture.get("name", "unknown")),
+        bands=list(cfg.inputs.channels),
+        patch_size=list(cfg.patch_size),
+        normalization=cfg.inputs.normalization.model_dump(),
+        classes=list(bundle.class_names),
+        colors=[to_hex(c) for c in class_rgba(bundle.class_names, bundle.class_colors)],
+        hash=bundle.hash,
+        weights=str(Path(bundle.path).resolve() / "weights.safetensors"),
+    )
 
 
 def _footprint(meta: GeoMeta, shape: tuple[int, int]) -> tuple[dict[str, Any] | None, list[float] | None]:

@@ -13,10 +13,8 @@ import numpy as np
 
 from pipeline.errors import redact
 from pipeline.execution.workstore import WorkStore
-from pipeline.formats.colours import class_rgba, to_hex
 from pipeline.formats.resample import NativeView, ResampledGeoScene
 from pipeline.formats.scene import GeoMeta, VolumeMeta
-from pipeline.formats.stac_item import ModelCard
 from pipeline.job.config import JobConfig
 
 
@@ -43,22 +41,6 @@ def remove_small_objects(labels: np.ndarray, min_size: int, nodata_label: int) -
             if neighbours.size:
                 out[region] = np.bincount(neighbours).argmax()
     return out
-
-
-def model_card(bundle: Any) -> ModelCard:
-    """What a STAC Item's ``mlm`` fields say about a bundle."""
-    cfg = bundle.config
-    return ModelCard(
-        name=cfg.name,
-        architecture=str(cfg.architecture.get("name", "unknown")),
-        bands=list(cfg.inputs.channels),
-        patch_size=list(cfg.patch_size),
-        normalization=cfg.inputs.normalization.model_dump(),
-        classes=list(bundle.class_names),
-        colors=[to_hex(c) for c in class_rgba(bundle.class_names, bundle.class_colors)],
-        hash=bundle.hash,
-        weights=str(Path(bundle.path).resolve() / "weights.safetensors"),
-    )
 
 
 def write_outputs(
@@ -163,7 +145,7 @@ def write_outputs(
         )
     if "item" in paths and isinstance(meta, GeoMeta):
         from pipeline import __version__
-        from pipeline.formats.stac_item import build_item, write_stac_item
+        from pipeline.formats.stac_item import build_item, model_card, write_stac_item
 
         assets = {k: p for k, p in paths.items() if k not in ("item", "report")}
         assets["report"] = paths["report"]  # written last, but the item names it
