@@ -4,9 +4,10 @@ Each run lists the input prefix, groups objects into scenes (a raster, a NIfTI c
 store), and skips every scene the manifest says was already done with this bundle and config.
 Rasters stream through GDAL's ``/vsis3/``; NIfTI is copied into the scene's work folder by its reader.
 Outputs are written to a local staging folder, exactly as the folder job writes them, then uploaded
-under the output prefix at the key mirroring the input's (report last), and the manifest is updated
-after every scene. The run ends Failed when any scene failed; the reasons are in the manifest and in
-the run's artifacts.
+under the output prefix at the key mirroring the input's (report last), and the manifest and the
+STAC Collection (``collection.json``, linking each scene's item) are updated after every scene.
+The run ends Failed when any scene failed; the reasons are in the manifest and in the run's
+artifacts.
 """
 
 import json
@@ -24,6 +25,7 @@ from prefect import flow, task
 from prefect.utilities.annotations import quote
 
 from flows.artifacts import RunSummary
+from flows.catalogue import CollectionStore
 from flows.leases import S3LeaseStore
 from flows.manifest import Manifest, ManifestEntry, ManifestStore, config_hash, fingerprint
 from flows.scene_runs import (
@@ -43,7 +45,6 @@ from flows.storage import (
     UnsafeKey,
     gdal_s3_env,
     list_objects,
-    local_under,
     s3_filesystem,
     safe_key,
     safe_relative,
@@ -133,8 +134,8 @@ def find_scenes(objects: list[ObjectInfo], src: S3Prefix, dst: S3Prefix) -> list
             zarr_roots.setdefault("/".join(parts[: zarr_at + 1]), []).append(obj)
         elif kind_of(key) == "nifti":
             niftis.append(key)
-        elif kind_of(key) == "geotiff":
-            scenes.append(_scene(src, "geotiff", key, [key], [obj]))
+        elif kind_of(key) in ("geotiff", "stac"):  # a raster, or a STAC Item of single-band assets
+            scenes.append(_scene(src, str(kind_of(key)), key, [key], [obj]))
     for group in group_channel_files(niftis):
         scenes.append(_scene(src, "nifti", group[0], group, [by_key[k] for k in group]))
     for root, members in zarr_roots.items():
@@ -214,12 +215,12 @@ def bucket_flow(
     config: JobConfig, staging_dir: str | None = None, reprocess_failed: bool = False, debug: bool = False
 ) -> RunSummary:
     """Scan the input prefix and process only new or changed scenes (see flows.manifest)."""
-    from models.bundle import load_bundle
+    from models.bundle.sources import open_model
 
     started = time.perf_counter()
     try:
         src, dst = check_bucket_config(config)
-        bundle = load_bundle(config.model)
+        bundle = open_model(config.model)
         fs = s3_filesystem()
         store = ManifestStore(fs, dst)
         manifest = store.load()
@@ -266,8 +267,8 @@ def bucket_flow(
             try:
                 if not needed(scene, store.latest()):  # another run finished it since we listed
                     return SceneResult(scene.uri, scene.stem, "skipped", reason="done by another run")
-                stage_dir = local_under(stage, safe_relative(scene.rel_dir)) if scene.rel_dir else stage
-                args = (scene, quote(bundle), config, str(stage_dir), dst, quote(executor))
+                # the scene job mirrors the scene's folder under the stage, as under a local output
+                args = (scene, quote(bundle), config, str(stage), dst, quote(executor))
                 result = run_scene_task(bucket_scene_task, scene.stem, scene.source, *args, debug=debug)
                 if lease.note and result.status == "ok":
                     result.reason = lease.note
@@ -276,8 +277,11 @@ def bucket_flow(
                 lease.release()
                 shutil.rmtree(stage, ignore_errors=True)  # the staging disk holds the scenes in flight only
 
+        catalogue = CollectionStore(fs, dst)
         for result in run_each(list(enumerate(todo)), work, scenes_in_flight(executor, len(todo))):
-            report_result(summary, result)
+            report_result(summary, result)  # the collection is written from this thread only
+            if result.status == "ok" and "item" in result.outputs:
+                catalogue.record(result.outputs["item"])
     return finish(summary, started)  # type: ignore[return-value]
 
 

@@ -28,3 +28,16 @@ def int_list(text: str | None, option: str, *, positive: bool = False) -> list[i
     if positive and any(v < 1 for v in values):
         raise typer.BadParameter(f"expected positive integers, got {text!r}", param_hint=option)
     return values
+
+
+def band_map(text: str | None, option: str = "--bands") -> dict[str, str] | None:
+    """``"B04=red,B08=nir"`` as {channel: asset or band name} (None when the option was not given)."""
+    if text is None:
+        return None
+    pairs = [p.strip() for p in text.split(",") if p.strip()]
+    parsed = [p.split("=", 1) for p in pairs]
+    if not parsed or any(len(kv) != 2 or not kv[0].strip() or not kv[1].strip() for kv in parsed):
+        raise typer.BadParameter(
+            f"expected CHANNEL=ASSET[,CHANNEL=ASSET...], got {text!r}", param_hint=option
+        )
+    return {k.strip(): v.strip() for k, v in parsed}

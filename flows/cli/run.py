@@ -19,13 +19,17 @@ from rich.table import Table
 from rich.text import Text
 
 from flows.cli.errors import debug_enabled, reported
-from flows.cli.options import int_list
+from flows.cli.options import band_map, int_list
 from pipeline.errors import TilewiseError
 
 Input = Annotated[str, typer.Argument(help="Scene file, folder, glob or URL.")]
 Output = Annotated[str, typer.Argument(help="Output folder.")]
 ModelOpt = Annotated[str | None, typer.Option("--model", "-m", help="Model bundle folder.")]
 ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="YAML job config (configs/).")]
+BandsOpt = Annotated[
+    str | None,
+    typer.Option(help="STAC input: bundle channel to asset key or band name, e.g. B08=nir,B04=red"),
+]
 
 
 def _config(config: Path | None, **flags: Any) -> Any:
@@ -50,15 +54,23 @@ def _progress_factory(bar: Any) -> Any:
     return factory
 
 
+def _shown(path: str) -> str:
+    """An output as the user can find it: relative to here (mirrored subfolders included), or its URL."""
+    if not path or "://" in path:
+        return path
+    rel = os.path.relpath(path)
+    return path if rel.startswith("..") else rel
+
+
 def _report(summary: Any, console: Console, out: Console) -> int:
     """Print the per-scene table and failures; the exit code: 0 all ok, 1 any failed, 3 nothing found."""
     results = summary.results
     table = Table(title="tilewise run")
     for col in ("scene", "status", "seconds", "windows", "outputs / reason"):
-        table.add_column(col)
+        table.add_column(col, overflow="fold")
     for r in results:
         colour = {"ok": "green", "skipped": "yellow"}.get(r.status, "red")
-        detail = Text(r.reason or str(Path(r.outputs.get("labels", "")).name))
+        detail = Text(r.reason or _shown(r.outputs.get("labels", "")))
         table.add_row(r.stem, f"[{colour}]{r.status}[/{colour}]", f"{r.seconds:.1f}", str(r.windows), detail)
     out.print(table)
     failed = [r for r in results if r.status == "failed"]
@@ -81,6 +93,7 @@ def run_cmd(
     output: Output,
     model: ModelOpt = None,
     config: ConfigOpt = None,
+    bands: BandsOpt = None,
     format: Annotated[str | None, typer.Option(help="auto|geotiff|nifti|zarr")] = None,
     probabilities: Annotated[bool | None, typer.Option("--probabilities/--no-probabilities")] = None,
     polygons: Annotated[bool | None, typer.Option("--polygons/--no-polygons")] = None,
@@ -113,6 +126,7 @@ def run_cmd(
             output=output,
             model=model,
             **{
+                "inputs.bands": band_map(bands),
                 "outputs.format": format,
                 "outputs.probabilities": probabilities,
                 "outputs.polygons": polygons,
@@ -148,6 +162,8 @@ def plan_cmd(
     input: Input,
     model: ModelOpt = None,
     config: ConfigOpt = None,
+    bands: BandsOpt = None,
+    polygons: Annotated[bool | None, typer.Option("--polygons/--no-polygons")] = None,
     patch_size: Annotated[str | None, typer.Option()] = None,
     overlap: Annotated[float | None, typer.Option()] = None,
     block_size: Annotated[str | None, typer.Option()] = None,
@@ -157,7 +173,7 @@ def plan_cmd(
     from pipeline.core.tiling import BlockPlan
     from pipeline.execution.preprocess import Preprocessor
     from pipeline.job.discover import discover
-    from pipeline.job.scene_job import open_options, plan_scene
+    from pipeline.job.scene_job import open_options, plan_peak_mb, plan_scene
 
     with reported(ctx):
         cfg = _config(
@@ -165,6 +181,8 @@ def plan_cmd(
             input=input,
             model=model,
             **{
+                "inputs.bands": band_map(bands),
+                "outputs.polygons": polygons,
                 "tiling.patch_size": int_list(patch_size, "--patch-size"),
                 "tiling.overlap": overlap,
                 "tiling.block_size": int_list(block_size, "--block-size"),
@@ -173,14 +191,15 @@ def plan_cmd(
         if not cfg.model:
             raise typer.BadParameter("--model is required")
         bundle = open_model(cfg.model)
+        baseline = _run_baseline_mb(bundle)
         out, table = Console(), Table(title=f"plan with {bundle.config.name}")
-        for col in ("scene", "shape", "patch", "windows", "blocks", "block", "est. MB/worker", "note"):
-            table.add_column(col)
+        for col in ("scene", "shape", "patch", "windows", "blocks", "block", "peak MB/worker", "note"):
+            table.add_column(col, overflow="fold")  # wrap, never cut: a name must stay recognisable
         # a reader may cache a decompressed volume; a plan leaves nothing behind
         with tempfile.TemporaryDirectory(prefix="tilewise-plan-") as work:
             for source in discover(cfg.input):
                 try:
-                    scene = open_options(source, bundle, Path(work)).open()
+                    scene = open_options(source, bundle, Path(work), cfg.inputs.bands).open()
                     try:
                         Preprocessor.from_bundle(bundle, scene)
                         roi, ovl, block = plan_scene(scene, bundle, cfg)
@@ -188,9 +207,7 @@ def plan_cmd(
                     finally:
                         scene.close()
                     grid = BlockPlan.build(shape[1:], roi, ovl, block)
-                    # the block's read region (block plus one window) in float32: scores, weights, input
-                    footprint = math.prod(b + r for b, r in zip(block, roi, strict=True))
-                    mb = footprint * 4 * (bundle.num_classes + 1 + shape[0]) / 2**20
+                    mb = plan_peak_mb(scene, bundle, cfg, roi, block, baseline_mb=baseline)
                     row = (
                         source.uri,
                         "x".join(map(str, shape)),
@@ -207,6 +224,19 @@ def plan_cmd(
         out.print(table)
 
 
+def _run_baseline_mb(bundle: Any) -> float:
+    """What a worker process holds before its first block, measured here: the modules ``tilewise run``
+    loads (Prefect, the job, GDAL's writers) and the model built on the CPU."""
+    import flows.folder  # noqa: F401  (Prefect and the job layer, as a run imports them)
+    import pipeline.job.outputs  # noqa: F401
+    from pipeline.job.memory import rss_mb
+
+    model = bundle.build(device="cpu")
+    baseline = rss_mb()
+    del model
+    return baseline
+
+
 def info_cmd(ctx: typer.Context, path: Annotated[str, typer.Argument(help="A scene file or URL.")]) -> None:
     """Print what the reader sees: shape, dtype, georeferencing or voxel grid, nodata."""
     from pipeline.job.discover import discover
@@ -216,6 +246,8 @@ def info_cmd(ctx: typer.Context, path: Annotated[str, typer.Argument(help="A sce
         for source in discover(path):
             scene = source.open()
             table = Table(title=source.uri, show_header=False)
+            table.add_column()
+            table.add_column(overflow="fold")
             table.add_row("reader", source.kind)
             table.add_row("shape (C, *spatial)", str(tuple(scene.shape)))
             table.add_row("dtype", str(scene.dtype))

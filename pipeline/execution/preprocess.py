@@ -78,7 +78,10 @@ class Preprocessor:
         pre = cls(
             normalization=cfg.inputs.normalization,
             channels=list(cfg.inputs.channels),
-            band_indexes=list(cfg.inputs.band_indexes) if cfg.inputs.band_indexes else None,
+            # a scene that picked the model's channels itself (a STAC Item) leaves nothing to select
+            band_indexes=None
+            if getattr(scene, "model_channels", False) or not cfg.inputs.band_indexes
+            else list(cfg.inputs.band_indexes),
             model_name=cfg.name,
             uri=scene.uri,
         )

@@ -24,6 +24,7 @@ from pipeline.atomic import atomic_path, temp_sibling
 from pipeline.errors import ConfigError, InputError, OutputError
 from pipeline.formats.colours import RGBA, class_rgba, palette, to_hex
 from pipeline.formats.gdal_cache import bound_gdal_cache
+from pipeline.formats.qgis_style import write_raster_style
 from pipeline.formats.scene import GeoMeta
 
 _PREDICTOR_CODECS = {"DEFLATE", "ZSTD", "LZW", "LZMA"}
@@ -181,7 +182,8 @@ def write_cog_labels(
 
     Overviews use MODE so they hold only class ids or nodata. Class names land three ways so every
     reader finds them: a ``CLASS_NAMES`` JSON tag in the TIFF, and category names + a RAT in the PAM
-    ``dest.aux.xml`` GDAL writes beside it (GTiff cannot hold those itself).
+    ``dest.aux.xml`` GDAL writes beside it (GTiff cannot hold those itself). A QGIS style
+    (``dest`` with ``.qml``) lists only the classes, so the legend is not 256 palette entries.
     """
     dest = Path(dest)
     if len(labels.shape) != 2:
@@ -205,7 +207,7 @@ def write_cog_labels(
         return _to_uint8(labels[r0:r1], "labels", dest)[None]
 
     height, width = (int(n) for n in labels.shape)
-    return _write_cog(
+    _write_cog(
         dest,
         shape=(1, height, width),
         read_rows=read_rows,
@@ -218,6 +220,8 @@ def write_cog_labels(
         setup=setup,
         pam=_pam_xml(class_names, colors),
     )
+    write_raster_style(dest, class_names, colors, overwrite=True)  # the COG is this run's: so is its style
+    return dest
 
 
 def write_cog_probabilities(

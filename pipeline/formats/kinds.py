@@ -10,18 +10,21 @@ import os
 
 from pipeline.errors import ConfigError
 
-GEOTIFF, NIFTI, ZARR = "geotiff", "nifti", "zarr"
-KINDS = (GEOTIFF, NIFTI, ZARR)
+GEOTIFF, NIFTI, ZARR, STAC = "geotiff", "nifti", "zarr", "stac"
+KINDS = (GEOTIFF, NIFTI, ZARR, STAC)
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 ZARR_SUFFIXES = (".ome.zarr", ".zarr")
+STAC_SUFFIXES = (".json",)  # a STAC Item; its assets are read as one raster scene
 # Everything GDAL reads that this project treats as a raster scene; read by ``pipeline.formats.geotiff``.
 GDAL_SUFFIXES = (
     *(".tif", ".tiff", ".gtif", ".gtiff", ".vrt", ".img", ".jp2", ".j2k", ".ecw", ".sid", ".ntf", ".nitf"),
     *(".hgt", ".dem", ".asc", ".bil", ".rst", ".dt2", ".kea"),
 )
 # Longest first, so ``.ome.zarr`` wins over ``.zarr`` and ``.gtiff`` over ``.tiff``.
-SCENE_SUFFIXES = tuple(sorted(NIFTI_SUFFIXES + ZARR_SUFFIXES + GDAL_SUFFIXES, key=len, reverse=True))
+SCENE_SUFFIXES = tuple(
+    sorted(NIFTI_SUFFIXES + ZARR_SUFFIXES + GDAL_SUFFIXES + STAC_SUFFIXES, key=len, reverse=True)
+)
 OUTPUT_SUFFIX = {GEOTIFF: ".tif", NIFTI: ".nii.gz", ZARR: ".zarr"}
 
 
@@ -39,6 +42,8 @@ def kind_of(uri: str | os.PathLike[str]) -> str | None:
         return ZARR
     if name.endswith(GDAL_SUFFIXES):
         return GEOTIFF
+    if name.endswith(STAC_SUFFIXES):
+        return STAC
     return None
 
 

@@ -1,9 +1,10 @@
 """A small PNG per scene: the image, contrast-stretched, with the predicted classes overlaid.
 
 Format-agnostic: any Scene works, 2-D ``(C, H, W)`` or 3-D ``(C, X, Y, Z)``, with labels of the scene's
-spatial shape (numpy, zarr, anything sliceable). Memory stays bounded: 2-D scenes are read from their
-overviews when they have ``read_overview`` (GeoTIFF) or sampled strip by strip; 3-D volumes are read
-one slice per view.
+spatial shape or a decimated copy (numpy, zarr, anything sliceable). Memory stays bounded: 2-D scenes
+are read from their overviews when they have ``read_overview`` (GeoTIFF) or sampled strip by strip;
+3-D volumes are read one slice per view, the three views crossing at the labels' centre of mass (the
+middle slice often misses a small organ altogether).
 """
 
 from __future__ import annotations
@@ -116,26 +117,58 @@ def _view_2d(scene: Scene, labels: Any, max_size: int) -> tuple[np.ndarray, np.n
         image = np.asarray(reader(max_size))
     else:
         image = _sample_rows(lambda r0, r1: scene.read(Box((r0, 0), (r1, width))), height, width, out_hw)
-    lab = _sample_rows(lambda r0, r1: labels[r0:r1], height, width, image.shape[1:])
+    lh, lw = (int(n) for n in labels.shape)  # the full label array or a decimated one
+    lab = _sample_rows(lambda r0, r1: labels[r0:r1], lh, lw, image.shape[1:])
     return image, lab, out_hw
 
 
+def label_centre(labels: Any, nodata: int | None = 255, *, max_voxels: int = 2**21) -> tuple[float, ...]:
+    """Centre of mass of the labelled voxels (neither background 0 nor nodata), as fractions of each
+    axis in [0, 1). Read on a stride keeping at most ``max_voxels``, so a huge or decimated label
+    volume costs the same; the centre of the volume when nothing is labelled."""
+    shape = tuple(int(n) for n in labels.shape)
+    step = max(1, math.ceil((math.prod(shape) / max_voxels) ** (1 / len(shape))))
+    sample = np.asarray(labels[tuple(slice(None, None, step) for _ in shape)])
+    hit = sample != 0
+    if nodata is not None:
+        hit &= sample != nodata
+    if not hit.any():
+        return tuple(0.5 for _ in shape)
+    coords = np.nonzero(hit)
+    return tuple(
+        min((float(c.mean()) * step + 0.5) / n, 1 - 0.5 / n) for c, n in zip(coords, shape, strict=True)
+    )
+
+
+def _nearest(lab: np.ndarray, out: tuple[int, int]) -> np.ndarray:
+    """A 2-D label slice at ``out`` by nearest neighbour (a decimated volume's slice onto the image's)."""
+    if lab.shape == out:
+        return lab
+    rows = ((np.arange(out[0]) + 0.5) * lab.shape[0] / out[0]).astype(np.int64)
+    cols = ((np.arange(out[1]) + 0.5) * lab.shape[1] / out[1]).astype(np.int64)
+    return lab[rows][:, cols]
+
+
 def _view_3d(
-    scene: Scene, labels: Any, view: str, max_size: int
+    scene: Scene, labels: Any, view: str, max_size: int, centre: Sequence[float]
 ) -> tuple[np.ndarray, np.ndarray, tuple[int, int]]:
-    """Middle slice of one view, displayed radiology-style upright: (C, rows, cols) and labels."""
-    nx, ny, nz = scene.spatial_shape
+    """The slice of one view through ``centre`` (fractions per axis), displayed radiology-style
+    upright: (C, rows, cols) and labels."""
+    shape = tuple(int(n) for n in scene.spatial_shape)
     spacing = scene.meta.spacing if isinstance(scene.meta, VolumeMeta) else (1.0, 1.0, 1.0)
-    if view == "axial":  # (X, Y) at mid Z -> rows = Y (anterior up), cols = X
-        box, lab_sel, axes = Box((0, 0, nz // 2), (nx, ny, nz // 2 + 1)), np.s_[:, :, nz // 2], (0, 1)
-    elif view == "coronal":  # (X, Z) at mid Y -> rows = Z (superior up)
-        box, lab_sel, axes = Box((0, ny // 2, 0), (nx, ny // 2 + 1, nz)), np.s_[:, ny // 2, :], (0, 2)
-    elif view == "sagittal":  # (Y, Z) at mid X -> rows = Z, cols = Y
-        box, lab_sel, axes = Box((nx // 2, 0, 0), (nx // 2 + 1, ny, nz)), np.s_[nx // 2, :, :], (1, 2)
-    else:
+    # axial: (X, Y) at Z, rows = Y (anterior up); coronal: (X, Z) at Y; sagittal: (Y, Z) at X; rows up
+    fixed = {"axial": 2, "coronal": 1, "sagittal": 0}.get(view)
+    if fixed is None:
         raise InputError(f"unknown view {view!r}; use one of {VIEWS}")
-    image = np.squeeze(scene.read(box), axis=1 + ({0, 1, 2} - set(axes)).pop())
-    lab = np.asarray(labels[lab_sel])
+    axes = tuple(a for a in range(3) if a != fixed)
+    at = min(shape[fixed] - 1, int(centre[fixed] * shape[fixed]))
+    start, stop = [0, 0, 0], list(shape)
+    start[fixed], stop[fixed] = at, at + 1
+    image = np.squeeze(scene.read(Box(tuple(start), tuple(stop))), axis=1 + fixed)
+    lshape = tuple(int(n) for n in labels.shape)
+    sel: list[Any] = [slice(None)] * 3
+    sel[fixed] = min(lshape[fixed] - 1, int(centre[fixed] * lshape[fixed]))
+    lab = _nearest(np.asarray(labels[tuple(sel)]), image.shape[1:])
     image, lab = image.swapaxes(1, 2)[:, ::-1], lab.T[::-1]
     out_hw = _fit(lab.shape, max_size, spacing=(spacing[axes[1]], spacing[axes[0]]))
     return image, lab, out_hw
@@ -151,7 +184,8 @@ def write_quicklook(
     alpha: float = 0.5,
     nodata: int | None = 255,
     rgb_bands: tuple[int, int, int] | None = None,
-    views: Sequence[str] = ("axial",),
+    views: Sequence[str] = VIEWS,
+    centre: Sequence[float] | None = None,
     overwrite: bool = False,
 ) -> Path:
     """Write a PNG of ``scene`` with ``labels`` overlaid in ``class_colors`` (class id = index; any form
@@ -159,17 +193,22 @@ def write_quicklook(
 
     ``rgb_bands`` are 0-based channels shown as R, G, B (e.g. ``(2, 1, 0)`` for a B,G,R,NIR stack);
     by default the first 3 channels, or channel 0 as grey. Nodata labels and ids without a colour stay
-    unpainted. 3-D scenes show the middle slice of each of ``views`` side by side, each fitting
-    ``max_size`` with the voxel spacing's aspect.
+    unpainted. ``labels`` covers the scene at full resolution or decimated (any shape of the same
+    dimensions, read by nearest neighbour), so they may come from the block pass as well as from the
+    written file. 3-D scenes show one slice per view side by side, through ``centre`` (fractions of
+    each axis; by default the labels' centre of mass, see ``label_centre``), each fitting ``max_size``
+    with the voxel spacing's aspect.
     """
     dest = Path(dest_png)
     spatial = tuple(int(n) for n in scene.spatial_shape)
-    if tuple(int(n) for n in labels.shape) != spatial:
-        raise InputError(f"labels shape {tuple(labels.shape)} != scene shape {spatial}", path=str(dest))
+    lshape = tuple(int(n) for n in labels.shape)
+    if len(lshape) != len(spatial) or not all(0 < n <= m for n, m in zip(lshape, spatial, strict=True)):
+        raise InputError(f"labels shape {lshape} does not cover scene shape {spatial}", path=str(dest))
     if len(spatial) == 2:
         parts = [_view_2d(scene, labels, max_size)]
     elif len(spatial) == 3:
-        parts = [_view_3d(scene, labels, view, max_size) for view in views]
+        where = tuple(centre) if centre is not None else label_centre(labels, nodata)
+        parts = [_view_3d(scene, labels, view, max_size, where) for view in views]
     else:
         raise InputError(f"quicklook needs a 2-D or 3-D scene, got {spatial}", path=str(dest))
     tiles = []

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pipeline.errors import FormatError
-from pipeline.formats.kinds import GEOTIFF, NIFTI, ZARR, kind_of
+from pipeline.formats.kinds import GEOTIFF, NIFTI, STAC, ZARR, kind_of
 
 __all__ = ["SceneSource", "kind_of", "open_source"]
 
@@ -48,6 +48,15 @@ def open_source(source: SceneSource) -> Any:
 
         uris = list(source.uris) if len(source.uris) > 1 else source.uri
         return open_nifti(uris, **options)
+    if source.kind == STAC:
+        from pipeline.formats.stac_reader import open_stac
+
+        return open_stac(
+            source.uri,
+            channels=options.get("channels", ()),
+            bands=dict(options.get("bands", ())),
+            target_gsd=options.get("target_gsd"),
+        )
     if source.kind == ZARR:
         from pipeline.formats.zarr_reader import open_zarr
 

@@ -25,6 +25,8 @@ from scipy import ndimage
 
 from pipeline.atomic import atomic_path
 from pipeline.errors import ConfigError, InputError, OutputError
+from pipeline.formats.colours import class_rgba
+from pipeline.formats.qgis_style import STYLE_TABLE, style_records, vector_qml
 from pipeline.formats.scene import GeoMeta
 
 WHOLE_ARRAY_MAX_PX = 64 * 1024 * 1024
@@ -175,6 +177,7 @@ def write_polygons(
     *,
     meta: GeoMeta,
     class_names: Sequence[str],
+    class_colors: Sequence[Any] | None = None,
     nodata: int | None = 255,
     skip_classes: Sequence[int] = (),
     min_area_px: float = 0,
@@ -186,7 +189,8 @@ def write_polygons(
 
     Fields: ``class_id``, ``class_name``, ``area`` (CRS units², so degrees² for EPSG:4326). Nodata and
     ``skip_classes`` (pass ``[0]`` to drop background) make no polygons. ``block_rows`` forces strips
-    of that height; by default strips are used only above ``WHOLE_ARRAY_MAX_PX`` pixels.
+    of that height; by default strips are used only above ``WHOLE_ARRAY_MAX_PX`` pixels. The file keeps
+    a default QGIS style (categorised by class, in ``class_colors``) in its ``layer_styles`` table.
     """
     dest = Path(dest_gpkg)
     if len(labels.shape) != 2:
@@ -197,7 +201,9 @@ def write_polygons(
     rows = block_rows or (height if height * width <= WHOLE_ARRAY_MAX_PX else max(1, STRIP_PX // width))
     skip = np.asarray(sorted({*map(int, skip_classes), *([] if nodata is None else [int(nodata)])}))
     crs_wkt = meta.crs.to_wkt() if meta.crs is not None else ""
-    with atomic_path(dest, overwrite=overwrite) as tmp:
+    colors = class_rgba(class_names, class_colors)
+    with atomic_path(dest, overwrite=overwrite) as final_tmp:
+        tmp = final_tmp.with_name(final_tmp.name + ".gpkg")  # GDAL warns about a GPKG named otherwise
         try:
             with fiona.open(
                 tmp, "w", driver="GPKG", layer=layer, schema=_SCHEMA, crs_wkt=crs_wkt
@@ -210,10 +216,16 @@ def write_polygons(
                 else:
                     _polygonize_strips(labels, skip, rows, sink)
                 sink.flush()
+            style_schema, rows = style_records(layer, vector_qml(class_names, colors))
+            with fiona.open(
+                tmp, "w", driver="GPKG", layer=STYLE_TABLE, schema=style_schema, FID="id"
+            ) as styles:
+                styles.writerecords(fiona.Feature(properties=row) for row in rows)
+            os.replace(tmp, final_tmp)
         except FionaError as exc:
             raise OutputError(f"cannot write GeoPackage: {exc}", path=str(dest)) from exc
         finally:
-            for suffix in ("-journal", "-wal", "-shm"):
+            for leftover in (tmp, *(tmp.with_name(tmp.name + s) for s in ("-journal", "-wal", "-shm"))):
                 with suppress(OSError):
-                    tmp.with_name(tmp.name + suffix).unlink(missing_ok=True)
+                    leftover.unlink(missing_ok=True)
     return sink.count

@@ -48,6 +48,12 @@ class OutputConfig(BaseModel):
     keep_work: bool = False
 
 
+class InputConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    bands: dict[str, str] = Field(default_factory=dict)  # STAC input: bundle channel -> asset or band
+
+
 class JobConfig(BaseModel):
     """A whole job. ``input``/``output``/``model`` may come from the command line instead."""
 
@@ -56,6 +62,7 @@ class JobConfig(BaseModel):
     input: str | None = None
     output: str | None = None
     model: str | None = None
+    inputs: InputConfig = Field(default_factory=InputConfig)
     tiling: TilingConfig = Field(default_factory=TilingConfig)
     execution: ExecutionConfig = Field(default_factory=ExecutionConfig)
     outputs: OutputConfig = Field(default_factory=OutputConfig)
@@ -71,6 +78,7 @@ class JobConfig(BaseModel):
         """The settings that change results (for resumption and the bucket manifest)."""
         return {
             "tiling": self.tiling.model_dump(),
+            **({"bands": dict(sorted(self.inputs.bands.items()))} if self.inputs.bands else {}),
             "tta": self.execution.tta,
             "probabilities": self.outputs.probabilities,
             "nodata_label": self.outputs.nodata_label,

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import glob
+import json
 import os
-from pathlib import Path
+import posixpath
+from pathlib import Path, PurePosixPath
+from typing import Any
 
 from pipeline.errors import InputError
 from pipeline.formats.kinds import SCENE_SUFFIXES, strip_scene_suffix
@@ -77,18 +80,51 @@ def discover(target: str, *, exclude: str | None = None) -> list[SceneSource]:
         root = os.path.abspath(exclude)
         paths = [p for p in paths if "://" in p or not os.path.abspath(p).startswith(root + os.sep)]
     single = len(paths) == 1 and paths[0] == target
+    items = {p: _local_item(p) for p in paths if kind_of(p) == "stac" and not single}
+    items = {p: data for p, data in items.items() if data is not None or "://" in p}
+    assets = {a for p, data in items.items() for a in _asset_paths(data, p)}  # read through the items
+    paths = [p for p in paths if kind_of(p) != "stac" or single or p in items]
+    paths = [p for p in paths if "://" in p or os.path.abspath(p) not in assets]
     scenes: list[SceneSource] = []
     niftis = [p for p in paths if kind_of(p) == "nifti"]
     for group in group_channel_files(niftis):
         scenes.append(SceneSource("nifti", tuple(str(g) for g in group)))
     for p in paths:
         kind = kind_of(p)
-        if kind in ("geotiff", "zarr"):
+        if kind in ("geotiff", "zarr", "stac"):
             scenes.append(SceneSource(kind, (p,)))
         elif kind is None and single:
             known = " ".join(sorted(SCENE_SUFFIXES, key=lambda s: (kind_of("x" + s) or "", s)))
             raise InputError(f"not a known scene type ({known})", path=p)
     return sorted(scenes, key=lambda s: s.uri)
+
+
+def _local_item(path: str) -> dict[str, Any] | None:
+    """A JSON file in a folder, if it is a STAC Item (other JSON there is a sidecar, not a scene).
+    Remote keys are not read here: a request per key would cost more than a clear failure later."""
+    if "://" in path:
+        return None
+    try:
+        if os.path.getsize(path) > 16 * 2**20:
+            return None
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except (OSError, ValueError):
+        return None
+    is_item = isinstance(data, dict) and data.get("type") == "Feature" and "stac_version" in data
+    return data if is_item else None
+
+
+def _asset_paths(item: dict[str, Any] | None, where: str = "") -> set[str]:
+    """The local files an item's assets name (absolute): they are read through the item, not as
+    scenes of their own."""
+    found = set()
+    base = os.path.dirname(where)
+    for asset in (item or {}).get("assets", {}).values():
+        href = str(asset.get("href", "")) if isinstance(asset, dict) else ""
+        if href and "://" not in href:
+            found.add(os.path.abspath(os.path.join(base, href)))
+    return found
 
 
 def scene_stem(source: SceneSource) -> str:
@@ -99,3 +135,34 @@ def scene_stem(source: SceneSource) -> str:
     if len(source.uris) > 1 and len(name) > 5 and name[-5] == "_" and name[-4:].isdigit():
         name = name[:-5]
     return name
+
+
+def _plain(uri: str) -> str:
+    """A URI or path in ``/`` form without a ``file://`` scheme, query or trailing slash."""
+    uri = uri.removeprefix("file://")
+    if "://" in uri:
+        return uri.split("?", 1)[0].split("#", 1)[0].rstrip("/")
+    return os.path.abspath(uri).replace(os.sep, "/").rstrip("/")
+
+
+def input_root(target: str) -> str:
+    """The folder the INPUT argument names, that output subfolders mirror: the folder itself, or a
+    glob's folder before its first wildcard (``scenes/*/x.tif`` -> ``scenes``)."""
+    cut = min((i for i, ch in enumerate(target) if ch in "*?["), default=None)
+    if cut is not None and not ("://" not in target and Path(target).exists()):
+        target = target[:cut].rsplit("/", 1)[0] if "/" in target[:cut] else "."
+    return _plain(target)
+
+
+def mirrored_dir(uri: str, target: str) -> PurePosixPath:
+    """The scene's folder relative to the INPUT folder (``IN/a/x.tif`` -> ``a``), where its outputs
+    go under OUTPUT, so same-named scenes in different folders never collide. Empty for a single
+    file and for anything not under the input folder; never has ``..`` or empty parts."""
+    root, path = input_root(target), _plain(uri)
+    if path == root or not path.startswith(root + "/"):
+        return PurePosixPath()
+    rel = posixpath.dirname(path[len(root) + 1 :])
+    parts = [p for p in rel.split("/") if p]
+    if any(p in (".", "..") for p in parts):
+        return PurePosixPath()
+    return PurePosixPath(*parts)

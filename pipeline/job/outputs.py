@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.errors import redact
 from pipeline.execution.workstore import WorkStore
 from pipeline.formats.resample import NativeView, ResampledGeoScene
 from pipeline.formats.scene import GeoMeta, VolumeMeta
@@ -43,7 +44,15 @@ def remove_small_objects(labels: np.ndarray, min_size: int, nodata_label: int) -
 
 
 def write_outputs(
-    scene: Any, store: WorkStore, paths: dict[str, Path], fmt: str, bundle: Any, config: JobConfig
+    scene: Any,
+    store: WorkStore,
+    paths: dict[str, Path],
+    fmt: str,
+    bundle: Any,
+    config: JobConfig,
+    *,
+    source: str = "",
+    source_item: str | None = None,
 ) -> None:
     names, colors = bundle.class_names, bundle.class_colors
     nodata = config.outputs.nodata_label
@@ -126,8 +135,33 @@ def write_outputs(
         from pipeline.formats.vector import write_polygons
 
         write_polygons(
-            labels, paths["polygons"], meta=meta, class_names=names, nodata=nodata, overwrite=overwrite
+            labels,
+            paths["polygons"],
+            meta=meta,
+            class_names=names,
+            class_colors=colors,
+            nodata=nodata,
+            overwrite=overwrite,
         )
+    if "item" in paths and isinstance(meta, GeoMeta):
+        from pipeline import __version__
+        from pipeline.formats.stac_item import build_item, model_card, write_stac_item
+
+        assets = {k: p for k, p in paths.items() if k not in ("item", "report")}
+        assets["report"] = paths["report"]  # written last, but the item names it
+        item = build_item(
+            paths["item"].name.removesuffix("_item.json"),
+            meta=meta,
+            shape=tuple(int(n) for n in labels.shape[-2:]),
+            nodata=nodata,
+            outputs=assets,
+            model=model_card(bundle),
+            source=redact(source),
+            source_item=source_item,
+            acquired=getattr(scene, "item_datetime", None),  # a STAC input's own acquisition time
+            software_version=__version__,
+        )
+        write_stac_item(paths["item"], item, overwrite=overwrite)
     if "quicklook" in paths:
         from pipeline.formats.quicklook import write_quicklook
 

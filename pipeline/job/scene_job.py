@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import json
+import math
 import os
 import platform
 import time
@@ -25,22 +26,34 @@ from pipeline.execution.preprocess import Preprocessor
 from pipeline.execution.tasks import SceneTask
 from pipeline.execution.workstore import WorkStore
 from pipeline.formats.kinds import OUTPUT_SUFFIX
+from pipeline.formats.qgis_style import qml_path
 from pipeline.formats.scene import GeoMeta, VolumeMeta
 from pipeline.formats.source import SceneSource
 from pipeline.job.config import JobConfig
-from pipeline.job.discover import WORK_DIR, scene_stem
+from pipeline.job.discover import WORK_DIR, mirrored_dir, scene_stem
 from pipeline.job.leasing import scene_lease
+from pipeline.job.memory import estimate_peak_mb, gdal_cache_mb, peak_rss_mb, rss_mb
 from pipeline.job.report import class_counts, class_table, pixel_area_m2, write_report
 from pipeline.job.results import SceneResult, failed_result
 
 _STORAGE_FULL = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG}  # not a scene's fault: OutputError
 LABEL_SUFFIX = {fmt: f"_labels{suffix}" for fmt, suffix in OUTPUT_SUFFIX.items()}
-ALLOWED_FORMATS = {"geotiff": {"geotiff", "zarr"}, "nifti": {"nifti", "zarr"}, "zarr": {"zarr", "geotiff"}}
+ALLOWED_FORMATS = {
+    "geotiff": {"geotiff", "zarr"},
+    "stac": {"geotiff", "zarr"},
+    "nifti": {"nifti", "zarr"},
+    "zarr": {"zarr", "geotiff"},
+}
+AUTO_FORMAT = {"stac": "geotiff"}  # otherwise the input's own kind
 
 
 def output_paths(out_dir: Path, stem: str, fmt: str, config: JobConfig, geo: bool) -> dict[str, Path]:
     """The scene's final files, all directly inside ``out_dir`` (anything else is refused)."""
     paths = {"labels": out_dir / f"{stem}{LABEL_SUFFIX[fmt]}", "report": out_dir / f"{stem}_report.json"}
+    if fmt == "geotiff":
+        paths["style"] = qml_path(paths["labels"])  # QGIS's style sidecar, written with the labels
+    if geo:
+        paths["item"] = out_dir / f"{stem}_item.json"  # a STAC Item for the outputs
     if config.outputs.probabilities:
         suffix = OUTPUT_SUFFIX[fmt]
         paths["probabilities"] = out_dir / f"{stem}_probabilities{suffix}"
@@ -54,10 +67,18 @@ def output_paths(out_dir: Path, stem: str, fmt: str, config: JobConfig, geo: boo
     return paths
 
 
-def open_options(source: SceneSource, bundle: Any, work_dir: Path) -> SceneSource:
-    """Reader options the bundle implies (orientation, spacing/GSD, a cache for big .nii.gz)."""
+def open_options(
+    source: SceneSource, bundle: Any, work_dir: Path, bands: dict[str, str] | None = None
+) -> SceneSource:
+    """Reader options the bundle implies (orientation, spacing/GSD, a cache for big .nii.gz; for a
+    STAC Item its channels, with ``bands`` mapping channel -> asset)."""
     cfg = bundle.config
     spacing = tuple(cfg.target_spacing) if cfg.target_spacing else None
+    if source.kind == "stac":
+        gsd = spacing if spacing and len(spacing) == 2 else None
+        mapping = tuple(sorted((bands or {}).items()))
+        options = (("channels", tuple(cfg.inputs.channels)), ("bands", mapping), ("target_gsd", gsd))
+        return SceneSource(source.kind, source.uris, options)
     if source.kind == "geotiff" and spacing and len(spacing) == 2:
         return SceneSource(source.kind, source.uris, (("target_gsd", spacing),))
     if source.kind != "nifti":
@@ -88,6 +109,45 @@ def plan_scene(scene: Any, bundle: Any, config: JobConfig) -> tuple[tuple[int, .
         budget = config.tiling.memory_budget_mb * 2**20
         block = default_block_size(spatial, roi, bundle.num_classes, budget)
     return roi, float(overlap), block
+
+
+def plan_peak_mb(
+    scene: Any,
+    bundle: Any,
+    config: JobConfig,
+    roi: tuple[int, ...],
+    block: tuple[int, ...],
+    *,
+    baseline_mb: float,
+) -> float:
+    """The peak RSS ``tilewise plan`` promises for this scene in one worker process (see memory.py)."""
+    from pipeline.engine.lanes import cpu_lanes, lanes_for
+
+    batch = config.execution.batch_size
+    cpu = config.execution.device == "cpu" or (config.execution.device == "auto" and not _has_cuda())
+    lanes = lanes_for(cpu_lanes(), batch * math.prod(roi)) if cpu else 1
+    return estimate_peak_mb(
+        baseline_mb=baseline_mb,
+        spatial=tuple(int(n) for n in scene.shape[1:]),
+        roi=roi,
+        block=block,
+        channels=len(bundle.config.inputs.channels),
+        classes=bundle.num_classes,
+        itemsize=np.dtype(scene.dtype).itemsize,
+        batch_size=batch,
+        lanes=lanes,
+        architecture=dict(bundle.config.architecture),
+        polygons=config.outputs.polygons,
+        whole_labels=config.outputs.min_object_size > 0,
+        probabilities=config.outputs.probabilities,
+        gdal_cache_mb=gdal_cache_mb(),
+    )
+
+
+def _has_cuda() -> bool:
+    import torch
+
+    return bool(torch.cuda.is_available())
 
 
 def _reported_input(report: Path) -> str | None:
@@ -157,9 +217,11 @@ def _run(
     progress: Progress | None,
     result: SceneResult,
 ) -> None:
-    work_dir = work_dir_of(out_dir, source, result.stem)
-    source = open_options(source, bundle, work_dir / "cache")
-    fmt = config.outputs.format if config.outputs.format != "auto" else source.kind
+    work_dir = work_dir_of(out_dir, source, result.stem)  # the lease's folder: keyed at the output root
+    out_dir = out_dir.joinpath(*mirrored_dir(source.uri, config.input or "").parts)
+    source = open_options(source, bundle, work_dir / "cache", config.inputs.bands)
+    auto = AUTO_FORMAT.get(source.kind, source.kind)
+    fmt = config.outputs.format if config.outputs.format != "auto" else auto
     if fmt not in ALLOWED_FORMATS[source.kind]:
         raise ConfigError(f"cannot write {source.kind} input as {fmt}", path=source.uri)
     timings: dict[str, float] = {}
@@ -215,6 +277,7 @@ def _run(
         }
         store = WorkStore(work_dir)
         resumed = store.prepare(state, task.spatial_shape, block, task.classes, task.probabilities)
+        estimate = plan_peak_mb(scene, bundle, config, roi, block, baseline_mb=rss_mb())
         t = time.perf_counter()
         stats = executor.run(task, progress, scene=scene)
         timings["blocks_s"] = time.perf_counter() - t
@@ -226,10 +289,13 @@ def _run(
             final_cfg = config.model_copy(
                 update={"outputs": config.outputs.model_copy(update={"overwrite": True})}
             )
-        write_outputs(scene, store, paths, fmt, bundle, final_cfg)
+        item_href = source.uri if source.kind == "stac" else None
+        write_outputs(scene, store, paths, fmt, bundle, final_cfg, source=source.uri, source_item=item_href)
         timings["outputs_s"] = time.perf_counter() - t
         report = _report(source, scene, bundle, config, task, store, stats, resumed, paths, timings)
         report.update(result.report)  # a lease taken over from a dead run (pipeline.job.leasing)
+        # this process's figures; on Dask the blocks ran in the workers (see report["execution"])
+        report["memory"] = {"plan_peak_rss_mb": round(estimate), "peak_rss_mb": round(peak_rss_mb())}
         write_report(paths["report"], report)
         result.status, result.report = "ok", report
         result.outputs = {k: str(v) for k, v in paths.items()}

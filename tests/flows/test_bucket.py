@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.flows.conftest import KEY_ID, SECRET, keys
+from tests.pipeline.formats.stac_schemas import validate
 
 
 def _config(bucket: str, bundle: Path, **extra):
@@ -18,6 +19,14 @@ def _config(bucket: str, bundle: Path, **extra):
     over = {"input": f"s3://{bucket}/in", "output": f"s3://{bucket}/out", "model": str(bundle),
             "tiling.block_size": [128], **extra}  # fmt: skip
     return load_config(None, over)
+
+
+def _collection(s3, bucket: str) -> dict:
+    return json.loads(s3.get_object(Bucket=bucket, Key="out/collection.json")["Body"].read())
+
+
+def _item_links(collection: dict) -> set[str]:
+    return {link["href"] for link in collection["links"] if link["rel"] == "item"}
 
 
 def _run(config, tmp_path: Path):
@@ -75,8 +84,12 @@ def test_bucket_flow_processes_new_objects_once(tmp_path, data, s3, bucket, crop
     broken = entries[f"s3://{bucket}/in/broken.tif"]
     assert broken["retryable"] is False and "truncated" in broken["reason"] and broken["objects"][0]["etag"]
 
+    collection = _collection(s3, bucket)
+    assert _item_links(collection) == {f"s3://{bucket}/out/{p}_item.json" for p in ("tenth", "sub/crop")}
+
     state2, again = _run(config, tmp_path)
     assert state2.is_completed() and again.processed == 0 and again.unchanged == 3
+    assert _collection(s3, bucket) == collection
 
     s3.upload_file(str(tenth), bucket, "in/new/fourth.tif")
     from flows.bucket import run_bucket_job
@@ -84,6 +97,13 @@ def test_bucket_flow_processes_new_objects_once(tmp_path, data, s3, bucket, crop
     third = run_bucket_job(config, staging_dir=str(tmp_path / "stage"))
     assert [r.uri for r in third.results] == [f"s3://{bucket}/in/new/fourth.tif"]
     assert third.results[0].status == "ok" and "out/new/fourth_report.json" in keys(s3, bucket)
+    grown = _collection(s3, bucket)
+    assert _item_links(grown) == _item_links(collection) | {f"s3://{bucket}/out/new/fourth_item.json"}
+    validate(grown)
+    item = json.loads(s3.get_object(Bucket=bucket, Key="out/new/fourth_item.json")["Body"].read())
+    validate(item)
+    assert item["assets"]["labels"]["href"] == "./fourth_labels.tif"
+    assert {"out/new/fourth_labels.qml", "out/sub/crop_labels.qml"} <= set(keys(s3, bucket))
 
     # credentials appear nowhere: artifacts, manifest, reports, logs
     arts = _artifacts("tilewise-bucket-")

@@ -112,7 +112,7 @@ def test_rotated_transform_is_kept(job2: Outcome) -> None:
 
 
 def test_non_ascii_and_spaces_in_names_work(job2: Outcome) -> None:
-    assert (job2.out / "scène №1_labels.tif").exists()
+    assert (job2.out / "dossier été" / "scène №1_labels.tif").exists()  # the input's folder, mirrored
     assert (job2.out / "my scene  copy_labels.tif").exists()
 
 
@@ -140,16 +140,21 @@ def test_symlinked_folder_loop_is_not_followed(job2: Outcome) -> None:
 
 
 def test_two_scenes_with_one_name_never_share_outputs(tmp_path, data, bundle2):
-    """``a/x.tif`` and ``b/x.tif`` would both write ``OUTPUT/x_*``: the second fails, naming both,
-    instead of being skipped as done (or, with --overwrite, replacing the first one's results)."""
+    """``a/x.tif`` and ``b/x.tif`` land in ``OUTPUT/a`` and ``OUTPUT/b``; ``x.tif`` and ``x.tiff`` in one
+    folder would both write ``OUTPUT/x_*``: the second fails, naming both, instead of being skipped as
+    done (or, with --overwrite, replacing the first one's results)."""
     from .catalogue import TENTH
 
     folder, out = tmp_path / "in", tmp_path / "out"
-    for sub in ("a", "b"):
-        (folder / sub).mkdir(parents=True)
-        (folder / sub / "x.tif").write_bytes((data / TENTH).read_bytes())
+    for rel in ("a/x.tif", "b/x.tif", "c/x.tif", "c/x.tiff"):
+        (folder / rel).parent.mkdir(parents=True, exist_ok=True)
+        (folder / rel).write_bytes((data / TENTH).read_bytes())
     cfg = load_config(None, {"input": str(folder), "output": str(out), "model": str(bundle2)})
-    first, second = run_job(cfg)
-    assert first.status == "ok" and second.status == "failed"
-    assert str(folder / "b/x.tif") in second.reason and str(folder / "a/x.tif") in second.reason
-    assert json.loads((out / "x_report.json").read_text())["input"] == str(folder / "a/x.tif")
+    results = {r.uri: r for r in run_job(cfg)}
+    assert [results[str(folder / r)].status for r in ("a/x.tif", "b/x.tif", "c/x.tif")] == ["ok"] * 3
+    second = results[str(folder / "c/x.tiff")]
+    assert second.status == "failed"
+    assert str(folder / "c/x.tiff") in second.reason and str(folder / "c/x.tif") in second.reason
+    for sub in ("a", "b", "c"):
+        report = json.loads((out / sub / "x_report.json").read_text())
+        assert report["input"] == str(folder / sub / "x.tif")

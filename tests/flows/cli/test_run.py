@@ -14,6 +14,8 @@ from monai.data.utils import dense_patch_slices
 from typer.testing import CliRunner
 
 from flows.cli.app import app
+from pipeline.engine.lanes import cpu_lanes
+from pipeline.job.memory import estimate_peak_mb, rss_mb
 
 runner = CliRunner(env={"COLUMNS": "200"})  # one table row per line, so columns can be read back
 
@@ -71,8 +73,12 @@ def test_plan_counts_windows_and_blocks_without_computing(tmp_path, data, bundle
     assert row["shape"] == "3x718x791" and row["patch"] == "128x128" and row["block"] == "256x256"
     assert row["windows"] == str(windows)
     assert row["blocks"] == str(math.ceil(718 / 256) * math.ceil(791 / 256)) == "12"
-    # a block's read region (block + window) in float32 for scores (2), weights (1) and input (3)
-    assert row["est. MB/worker"] == f"{(256 + 128) ** 2 * 4 * (2 + 1 + 3) / 2**20:.0f}"
+    # the worker's baseline (measured in the plan's own process) plus GDAL's cache and the block terms
+    shapes = {"spatial": (718, 791), "roi": (128, 128), "block": (256, 256), "channels": 3, "classes": 2}
+    terms = estimate_peak_mb(baseline_mb=0, **shapes, itemsize=1, batch_size=4, lanes=cpu_lanes(),
+                             architecture={"features": [4, 8]})  # fmt: skip
+    baseline = int(row["peak MB/worker"]) - terms
+    assert 100 < baseline < rss_mb() + 1
     assert row["note"] == ""
     assert _tree(tmp_path) == before and _tree(bundle) == bundle_before
     assert not any((tmp_path / "tmp").iterdir())
@@ -171,3 +177,18 @@ def test_debug_reaches_the_job(tmp_path, data, bundle_factory, monkeypatch):
     assert runner.invoke(app, ["--debug", *args]).exit_code == 0
     assert runner.invoke(app, args).exit_code == 0
     assert seen == [True, False]
+
+
+def test_narrow_output_wraps_names_instead_of_cutting_them(tmp_path, data, bundle_factory):
+    """Piped into a file or a CI log, rich draws 80 columns: the scene and its shape must survive whole."""
+    bundle = bundle_factory(2, 3, ["a", "b"], 128, [4, 8])
+    scene = tmp_path / "big4" / "s4_landsat7_etm_rgb_subset_2026_11_29_utm18n_tile_0042.tif"
+    scene.parent.mkdir()
+    shutil.copy(data / "geo/rasterio/RGB.byte.tif", scene)
+    res = CliRunner(env={"COLUMNS": "80"}).invoke(app, ["plan", str(scene), "-m", str(bundle)])
+    assert res.exit_code == 0, res.output
+    assert max(len(line) for line in res.output.splitlines()) <= 80
+    body = [line for line in res.output.splitlines() if line.count("│") >= 2]  # the header has ┃
+    cells = [[c.strip() for c in line.strip().strip("│").split("│")] for line in body]
+    assert "".join(row[0] for row in cells) == str(scene)
+    assert "".join(row[1] for row in cells) == "3x718x791"

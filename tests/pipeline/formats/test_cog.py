@@ -98,7 +98,9 @@ def test_label_cog_is_valid_exact_and_labelled(tmp_path, source):
     names, rows = _pam_classes(dest, tmp_path)
     assert names == NAMES
     assert rows == [[str(i), n, *map(str, c)] for i, (n, c) in enumerate(zip(NAMES, COLORS, strict=True))]
-    assert sorted(p.name for p in dest.parent.iterdir()) == ["labels.tif", "labels.tif.aux.xml"]
+    assert sorted(p.name for p in dest.parent.iterdir()) == ["labels.qml", "labels.tif", "labels.tif.aux.xml"]
+    entries = ET.parse(dest.with_suffix(".qml")).getroot().iter("paletteEntry")
+    assert [(e.get("value"), e.get("label")) for e in entries] == [(str(i), n) for i, n in enumerate(NAMES)]
 
 
 def test_overviews_use_mode(tmp_path):

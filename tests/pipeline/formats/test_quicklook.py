@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 import rasterio
@@ -10,9 +12,11 @@ from PIL import Image
 from pipeline.core.box import Box
 from pipeline.errors import InputError, OutputError
 from pipeline.formats.geotiff import open_geotiff
-from pipeline.formats.quicklook import write_quicklook
+from pipeline.formats.quicklook import label_centre, write_quicklook
 from pipeline.formats.scene import VolumeMeta
 from tests.pipeline.formats.sample_data import (
+    CT,
+    CT_SEG,
     MNI_GM,
     MNI_T1,
     RGB_BYTE,
@@ -143,7 +147,7 @@ def test_three_views_of_a_brain_volume(tmp_path):
         nodata=None,
         alpha=1.0,
         max_size=512,
-        views=("axial", "coronal", "sagittal"),
+        centre=(0.5, 0.5, 0.5),
     )
     image = Image.open(dest)
     assert image.size == (nx + nx + ny, max(ny, nz))  # side by side, none upscaled
@@ -153,13 +157,70 @@ def test_three_views_of_a_brain_volume(tmp_path):
 
     small = tmp_path / "small.png"
     write_quicklook(Volume(), grey, small, class_colors=[(0, 0, 0), (255, 0, 0)], max_size=100)
-    assert max(Image.open(small).size) == 100
+    assert Image.open(small).size[1] == 100  # three views by default, each fitting 100 px
+
+
+class _Array3D:
+    """A 3-D Scene over an in-memory (1, X, Y, Z) volume."""
+
+    def __init__(self, volume, spacing):
+        self.volume, self.uri, self.shape, self.dtype = volume, "mem", volume.shape, volume.dtype
+        self.meta = VolumeMeta(affine=np.diag([*spacing, 1.0]), spacing=spacing)
+        self.spatial_shape = volume.shape[1:]
+
+    def read(self, box, fill=0.0):
+        return self.volume[(slice(None), *box.slices())]
+
+    def read_nodata(self, box):
+        return None
+
+    def close(self):
+        pass
+
+
+def _red_per_view(png, widths):
+    red = (np.asarray(Image.open(png).convert("RGB")) == (255, 0, 0)).all(axis=2)
+    edges = np.cumsum([0, *widths])
+    return [int(red[:, a:b].sum()) for a, b in itertools.pairwise(edges)]
+
+
+def test_three_views_cross_at_the_labels_centre_of_mass(tmp_path):
+    """The gallbladder of the TotalSegmentator CT lies in none of the three middle slices; the views
+    through its centre of mass show it in all three, from the full labels or a decimated copy."""
+    need(CT, CT_SEG)
+    nib = pytest.importorskip("nibabel")
+    from scipy import ndimage
+
+    ct = np.asarray(nib.load(CT).dataobj)[None]
+    gallbladder = (np.asarray(nib.load(CT_SEG).dataobj) == 4).astype(np.uint8)
+    scene, (nx, ny, _) = _Array3D(ct, (3.0, 3.0, 3.0)), gallbladder.shape
+    opts = {"class_colors": [(0, 0, 0, 0), (255, 0, 0)], "alpha": 1.0, "nodata": None}
+    widths = (nx, nx, ny)  # axial (X, Y), coronal (X, Z), sagittal (Y, Z); nothing is rescaled
+
+    middle = tmp_path / "middle.png"
+    write_quicklook(scene, gallbladder, middle, centre=(0.5, 0.5, 0.5), **opts)
+    assert _red_per_view(middle, widths) == [0, 0, 0]
+
+    full = tmp_path / "full.png"
+    write_quicklook(scene, gallbladder, full, **opts)
+    com = ndimage.center_of_mass(gallbladder)
+    at = [min(n - 1, int(f * n)) for f, n in zip(label_centre(gallbladder, None), gallbladder.shape)]
+    assert at == [round(c) for c in com]
+    expected = [gallbladder[:, :, at[2]].sum(), gallbladder[:, at[1], :].sum(), gallbladder[at[0]].sum()]
+    assert _red_per_view(full, widths) == [int(e) for e in expected] and min(expected) > 20
+
+    decimated = tmp_path / "decimated.png"
+    write_quicklook(scene, gallbladder[::2, ::2, ::2], decimated, **opts)
+    painted = _red_per_view(decimated, widths)
+    assert all(p > 20 for p in painted)
+    assert Image.open(decimated).size == Image.open(full).size
 
 
 def test_shape_mismatch_and_existing_output(tmp_path):
     scene = open_geotiff(str(S2_STACK))
-    with pytest.raises(InputError, match="shape"):
-        write_quicklook(scene, np.zeros((10, 10), np.uint8), tmp_path / "x.png", class_colors=[(0, 0, 0)])
+    for wrong in (np.zeros((10, 10, 2), np.uint8), np.zeros((769, 1536), np.uint8)):
+        with pytest.raises(InputError, match="shape"):
+            write_quicklook(scene, wrong, tmp_path / "x.png", class_colors=[(0, 0, 0)])
     dest = tmp_path / "x.png"
     dest.write_bytes(b"old")
     with pytest.raises(OutputError):

@@ -1,0 +1,87 @@
+"""Peak RSS of a worker process: what ``tilewise plan`` promises and what a run then reports.
+
+A worker's peak is its baseline (Python, torch, GDAL, the model: measured, never guessed) plus the
+larger of two phases. While blocks run it holds one accumulator (``K + 1`` float32 planes over a
+block's footprint), up to three input blocks in the source dtype (retiring, computing, read ahead;
+see docs/architecture.md), and the batches in flight with the network's activations. While outputs
+are written it may hold the whole label raster (polygons of a scene up to 64 Mpx, small-object
+removal) or, for volumes, the label and score volumes mapped back to the file's grid.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import resource
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+MB = 2**20
+WHOLE_POLYGON_PX = 64 * 2**20  # pipeline.formats.vector.WHOLE_ARRAY_MAX_PX, without importing fiona
+
+
+def rss_mb() -> float:
+    """This process's resident set now."""
+    import psutil
+
+    return float(psutil.Process().memory_info().rss) / MB
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident set so far (Linux reports KiB, macOS bytes)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return float(peak) / (MB if sys.platform == "darwin" else 1024)
+
+
+def gdal_cache_mb() -> float:
+    """GDAL's block cache in a job: ``GDAL_CACHEMAX`` (MB, or a percentage of RAM) or 64 MB."""
+    value = os.environ.get("GDAL_CACHEMAX", "").strip()
+    if value.endswith("%"):
+        import psutil
+
+        return float(value[:-1]) / 100 * psutil.virtual_memory().total / MB
+    try:
+        return float(value) if value else 64.0
+    except ValueError:
+        return 64.0
+
+
+def _activation_planes(architecture: dict[str, Any], dims: int) -> float:
+    """Float32 planes a U-Net-like forward holds per input pixel, all levels together: each level
+    keeps about four tensors of its width (conv, norm, activation, skip) at ``1 / 2^(dims*level)``."""
+    features = architecture.get("features") or architecture.get("channels") or [32, 64, 128, 256]
+    return sum(4 * f / 2 ** (dims * level) for level, f in enumerate(features))
+
+
+def estimate_peak_mb(
+    *,
+    baseline_mb: float,
+    spatial: Sequence[int],
+    roi: Sequence[int],
+    block: Sequence[int],
+    channels: int,
+    classes: int,
+    itemsize: int,
+    batch_size: int,
+    lanes: int,
+    architecture: dict[str, Any],
+    polygons: bool = False,
+    whole_labels: bool = False,
+    probabilities: bool = False,
+    gdal_cache_mb: float = 64.0,
+) -> float:
+    """Peak RSS (MB) of one worker process running one scene at a time. ``gdal_cache_mb`` is GDAL's
+    block cache, which a run fills (reading the scene, writing the COG) and the baseline has not."""
+    dims = len(spatial)
+    footprint = math.prod(min(b + r, max(n, r)) for n, r, b in zip(spatial, roi, block, strict=True))
+    blocks = footprint * (4 * (classes + 1) + 3 * channels * itemsize)
+    window = math.prod(roi)
+    batches = lanes * batch_size * window * 4 * (channels + classes + _activation_planes(architecture, dims))
+    pixels = math.prod(spatial)
+    outputs = 0.0
+    if dims == 2 and (whole_labels or (polygons and pixels <= WHOLE_POLYGON_PX)):
+        outputs = pixels * 6  # labels, and GDAL's int32 copy for polygonising
+    elif dims == 3:
+        outputs = pixels * 2 + (pixels * classes * 8 if probabilities else 0)  # reoriented copies
+    return baseline_mb + gdal_cache_mb + max(blocks + batches, outputs) / MB
