@@ -225,14 +225,14 @@ def plan_cmd(
 
 
 def _run_baseline_mb(bundle: Any) -> float:
-    """What a worker process holds before its first block, measured here: the modules ``tilewise run``
-    loads (Prefect, the job, GDAL's writers) and the model built on the CPU."""
+    """What a worker process holds before its first block: the modules ``tilewise run`` loads (Prefect,
+    the job, GDAL's writers) and the model built on the CPU, measured here, plus Prefect's run engine."""
     import flows.folder  # noqa: F401  (Prefect and the job layer, as a run imports them)
     import pipeline.job.outputs  # noqa: F401
-    from pipeline.job.memory import rss_mb
+    from pipeline.job.memory import FLOW_ENGINE_MB, rss_mb
 
     model = bundle.build(device="cpu")
-    baseline = rss_mb()
+    baseline = rss_mb() + FLOW_ENGINE_MB  # a run's Prefect engine, which a plan does not start
     del model
     return baseline
 

@@ -11,7 +11,8 @@ import os
 from pipeline.errors import ConfigError
 
 GEOTIFF, NIFTI, ZARR, STAC = "geotiff", "nifti", "zarr", "stac"
-KINDS = (GEOTIFF, NIFTI, ZARR, STAC)
+KINDS = (GEOTIFF, NIFTI, ZARR)  # formats read and written
+INPUT_KINDS = (*KINDS, STAC)  # a STAC Item is read (its assets as one scene), never written as labels
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 ZARR_SUFFIXES = (".ome.zarr", ".zarr")

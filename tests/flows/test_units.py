@@ -65,13 +65,17 @@ def test_find_scenes_groups_and_excludes():
         _obj("in/vol.zarr/zarr.json"),
         _obj("in/vol.zarr/c/0/0"),
         _obj("in/notes.txt"),
+        _obj("in/s2/item.json"),  # a STAC Item: its assets are read through it
         _obj("in/.hidden/b.tif"),
         _obj("in/results/a_labels.tif"),
         _obj("in/results/.tilewise/manifest.json"),
         _obj("in/../../etc/evil.tif"),
     ]
     scenes = {s.uri.removeprefix("s3://bkt/"): s for s in find_scenes(objects, src, dst)}
-    assert sorted(scenes) == ["in/../../etc/evil.tif", "in/a.tif", "in/ct/CASE_0000.nii.gz", "in/vol.zarr"]
+    assert sorted(scenes) == [
+        "in/../../etc/evil.tif", "in/a.tif", "in/ct/CASE_0000.nii.gz", "in/s2/item.json", "in/vol.zarr"
+    ]  # fmt: skip
+    assert (scenes["in/s2/item.json"].kind, scenes["in/s2/item.json"].rel_dir) == ("stac", "s2")
     assert (
         scenes["in/ct/CASE_0000.nii.gz"].kind == "nifti" and len(scenes["in/ct/CASE_0000.nii.gz"].uris) == 2
     )

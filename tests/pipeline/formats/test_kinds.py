@@ -92,6 +92,12 @@ def test_strip_scene_suffix_keeps_case_and_takes_the_longest(name: str, stem: st
     assert strip_scene_suffix(name) == stem
 
 
+def test_a_json_file_is_a_stac_item_input_not_an_output_format() -> None:
+    assert kind_of("s3://bkt/S2A_T33UUU/item.JSON") == "stac" and strip_scene_suffix("item.json") == "item"
+    with pytest.raises(ConfigError):
+        output_suffix("stac")
+
+
 def test_output_suffixes_are_what_the_readers_read_back() -> None:
     assert set(OUTPUT_SUFFIX) == set(KINDS)
     assert output_suffix("geotiff") == ".tif" and output_suffix("nifti") == ".nii.gz"
