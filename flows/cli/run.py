@@ -96,8 +96,18 @@ def run_cmd(
     scheduler: Annotated[str | None, typer.Option(help="tcp://host:8786 of a Dask cluster")] = None,
     overwrite: Annotated[bool | None, typer.Option("--overwrite", help="replace existing outputs")] = None,
     keep_work: Annotated[bool | None, typer.Option("--keep-work", help="keep the work folder")] = None,
+    prefect: Annotated[
+        bool | None,
+        typer.Option(
+            "--prefect/--no-prefect",
+            help="run as a tracked Prefect flow run (default: only when PREFECT_API_URL is set)",
+        ),
+    ] = None,
 ) -> None:
-    """Segment every scene under INPUT into OUTPUT (an s3:// OUTPUT runs the bucket flow once)."""
+    """Segment every scene under INPUT into OUTPUT (an s3:// OUTPUT runs the bucket flow once).
+
+    A local run is a tracked Prefect flow run only with PREFECT_API_URL set or --prefect.
+    """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     console, out = Console(stderr=True), Console()
@@ -126,12 +136,12 @@ def run_cmd(
                 "execution.scheduler": scheduler,
                 "outputs.overwrite": overwrite,
                 "outputs.keep_work": keep_work,
+                "execution.orchestrator": None if prefect is None else ("prefect" if prefect else "none"),
             },
         )
-        from flows.bucket import run_bucket_job
-        from flows.folder import run_folder_job
+        from flows.oneoff import choose_runner
 
-        job = run_bucket_job if output.startswith("s3://") else run_folder_job
+        job = choose_runner(cfg)
         columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn())
         rate = (TextColumn("{task.fields[rate]}"), TimeRemainingColumn())
         with Progress(*columns, *rate, console=console, transient=False) as bar:
@@ -149,7 +159,7 @@ def plan_cmd(
     block_size: Annotated[str | None, typer.Option()] = None,
 ) -> None:
     """Dry run: the scenes, their window grid and blocks, and a memory estimate. Computes nothing."""
-    from models.bundle import load_bundle
+    from models.bundle import read_header
     from pipeline.core.tiling import BlockPlan
     from pipeline.execution.preprocess import Preprocessor
     from pipeline.job.discover import discover
@@ -168,7 +178,7 @@ def plan_cmd(
         )
         if not cfg.model:
             raise typer.BadParameter("--model is required")
-        bundle = load_bundle(cfg.model)
+        bundle = read_header(cfg.model)  # the config only: a plan needs no weights, hence no torch
         out, table = Console(), Table(title=f"plan with {bundle.config.name}")
         for col in ("scene", "shape", "patch", "windows", "blocks", "block", "est. MB/worker", "note"):
             table.add_column(col)

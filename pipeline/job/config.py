@@ -31,6 +31,9 @@ class ExecutionConfig(BaseModel):
     workers: int = Field(default=0, ge=0)  # 0: run in this process; N: a local Dask cluster
     threads_per_worker: int = Field(default=1, ge=1)
     scheduler: str | None = None  # tcp://host:8786 of an existing Dask cluster
+    # who runs a one-off job: a tracked Prefect flow run, or the job skeleton alone (flows/oneoff.py);
+    # auto: Prefect when PREFECT_API_URL is set or the output is a bucket
+    orchestrator: Literal["auto", "prefect", "none"] = "auto"
 
 
 class OutputConfig(BaseModel):

@@ -14,16 +14,13 @@ import os
 import platform
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from pipeline.core.tiling import BlockPlan, default_block_size
 from pipeline.errors import ConfigError, InputError, OutputError, TilewiseError, redact
-from pipeline.execution.local import Executor, Progress
 from pipeline.execution.preprocess import Preprocessor
-from pipeline.execution.tasks import SceneTask
-from pipeline.execution.workstore import WorkStore
 from pipeline.formats.kinds import OUTPUT_SUFFIX
 from pipeline.formats.scene import GeoMeta, VolumeMeta
 from pipeline.formats.source import SceneSource
@@ -31,6 +28,11 @@ from pipeline.job.config import JobConfig
 from pipeline.job.discover import WORK_DIR, scene_stem
 from pipeline.job.report import class_counts, class_table, pixel_area_m2, write_report
 from pipeline.job.results import SceneResult, failed_result
+
+if TYPE_CHECKING:  # the block machinery imports torch and zarr: loaded when a scene runs, not on plan
+    from pipeline.execution.local import Executor, Progress
+    from pipeline.execution.tasks import SceneTask
+    from pipeline.execution.workstore import WorkStore
 
 _STORAGE_FULL = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG}  # not a scene's fault: OutputError
 LABEL_SUFFIX = {fmt: f"_labels{suffix}" for fmt, suffix in OUTPUT_SUFFIX.items()}
@@ -149,6 +151,9 @@ def _run(
     progress: Progress | None,
     result: SceneResult,
 ) -> None:
+    from pipeline.execution.tasks import SceneTask
+    from pipeline.execution.workstore import WorkStore
+
     key = hashlib.sha1(source.uri.encode()).hexdigest()[:10]
     work_dir = out_dir / WORK_DIR / f"{result.stem}-{key}"
     source = open_options(source, bundle, work_dir / "cache")
@@ -273,6 +278,7 @@ def _report(
         "windows_skipped_nodata": stats.skipped,
         "resumed": resumed,
         "execution": stats.extra,
+        "orchestration": "prefect" if config.execution.orchestrator == "prefect" else "none",
         "timings_s": {k: round(v, 3) for k, v in timings.items()},
         "classes": table,
         "nodata_pixels": nodata,
