@@ -44,6 +44,7 @@ class OutputConfig(BaseModel):
     polygons: bool = False
     quicklook: bool = True
     min_object_size: int = Field(default=0, ge=0)
+    keep_largest: bool = False  # per class, only the largest connected component stays
     nodata_label: int = Field(default=255, ge=0, le=255)
     overwrite: bool = False
     keep_work: bool = False
@@ -76,6 +77,8 @@ class JobConfig(BaseModel):
             "probabilities": self.outputs.probabilities,
             "nodata_label": self.outputs.nodata_label,
             "min_object_size": self.outputs.min_object_size,
+            # only when set, so the hash of every config without it (bucket manifests) is unchanged
+            **({"keep_largest": True} if self.outputs.keep_largest else {}),
         }
 
 

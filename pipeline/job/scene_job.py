@@ -216,6 +216,7 @@ def _run(
         t = time.perf_counter()
         stats = executor.run(task, progress, scene=scene)
         timings["blocks_s"] = time.perf_counter() - t
+        timings.update({f"{name}_s": seconds for name, seconds in stats.stages.items()})
         t = time.perf_counter()
         from pipeline.job.outputs import write_outputs
 
@@ -224,9 +225,12 @@ def _run(
             final_cfg = config.model_copy(
                 update={"outputs": config.outputs.model_copy(update={"overwrite": True})}
             )
-        write_outputs(scene, store, paths, fmt, bundle, final_cfg)
+        from pipeline.execution.thumbnail import load_canvas
+
+        canvas = load_canvas(store.root, task.spatial_shape, scene.shape[0], scene.dtype)
+        write_outputs(scene, store, paths, fmt, bundle, final_cfg, canvas, timings)
         timings["outputs_s"] = time.perf_counter() - t
-        report = _report(source, scene, bundle, config, task, store, stats, resumed, paths, timings)
+        report = _report(source, scene, bundle, config, task, store, stats, resumed, paths, timings, canvas)
         write_report(paths["report"], report)
         result.status, result.report = "ok", report
         result.outputs = {k: str(v) for k, v in paths.items()}
@@ -248,9 +252,13 @@ def _report(
     resumed: bool,
     paths: dict[str, Path],
     timings: dict[str, float],
+    canvas: Any = None,
 ) -> dict[str, Any]:
-    labels = store.labels("r")
-    counts, nodata = class_counts(labels, task.classes, task.nodata_label)
+    if canvas is not None:  # tallied by the merges: no pass over the label array
+        counts = [int(c) for c in canvas.counts[: task.classes]]
+        nodata = int(canvas.counts[task.nodata_label])
+    else:
+        counts, nodata = class_counts(store.labels("r"), task.classes, task.nodata_label)
     meta = scene.meta
     if isinstance(meta, GeoMeta):
         area = pixel_area_m2(meta, *task.spatial_shape[:2])
