@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import resource
 import subprocess
 import sys
@@ -14,6 +15,8 @@ from rasterio.windows import Window
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
+if not DATA.exists():  # a worktree sits one level deeper than the clone; tests/conftest.py does the same
+    DATA = Path(os.environ.get("TILEWISE_DATA", "/work/shared/data"))
 RGB = DATA / "geo" / "rasterio" / "RGB.byte.tif"
 
 
