@@ -53,6 +53,9 @@ class SceneTask:
     activation: str = "softmax"
     probabilities: bool = False
     nodata_label: int = 255
+    amp: str = "auto"  # CUDA options (Predictor); the CPU path ignores them
+    channels_last: bool = False
+    compile: bool = False
 
     @cached_property
     def plan(self) -> BlockPlan:
@@ -95,7 +98,15 @@ def _canvas(task: SceneTask, block: Block) -> tuple[np.ndarray, np.ndarray | Non
 
 def make_predictor(task: SceneTask, model: Any) -> Predictor:
     """The model as the task runs it (device, flips, output activation)."""
-    return Predictor(model, device=task.device, tta=task.tta, activation=task.activation)
+    return Predictor(
+        model,
+        device=task.device,
+        tta=task.tta,
+        activation=task.activation,
+        amp={"auto": None, "off": False}.get(task.amp, task.amp),
+        channels_last=task.channels_last,
+        compile=task.compile,
+    )
 
 
 def compute_blocks(

@@ -26,7 +26,12 @@ class ExecutionConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     batch_size: int = Field(default=4, ge=1)
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    device: str = Field(default="auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")  # cuda:N: that GPU
+    # CUDA only (the CPU path ignores them): autocast dtype (fp32 accumulation either way), NHWC
+    # layout for convolutions, torch.compile of the model
+    amp: Literal["auto", "bf16", "fp16", "off"] = "auto"
+    channels_last: bool = False
+    compile: bool = False
     tta: bool = False
     workers: int = Field(default=0, ge=0)  # 0: run in this process; N: a local Dask cluster
     threads_per_worker: int = Field(default=1, ge=1)
