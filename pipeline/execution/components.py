@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import itertools
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -239,7 +240,12 @@ def _neighbour_faces(index: Index, blocks: dict[Index, _Block]) -> list[tuple[In
     return out
 
 
-def _padded(index, idents, removed, blocks, ident):  # type: ignore[no-untyped-def]
+Ident = Callable[[Index, np.ndarray], tuple[np.ndarray, np.ndarray]]
+
+
+def _padded(
+    index: Index, idents: np.ndarray, removed: np.ndarray, blocks: dict[Index, _Block], ident: Ident
+) -> tuple[np.ndarray, np.ndarray]:
     """``idents``/``removed`` with a one-pixel halo from the neighbouring blocks' faces (0 / False
     outside the scene)."""
     pad_id, pad_rm = np.pad(idents, 1), np.pad(removed, 1)
@@ -254,7 +260,9 @@ def _padded(index, idents, removed, blocks, ident):  # type: ignore[no-untyped-d
     return pad_id, pad_rm
 
 
-def _ring_counts(block, idents, pad_id, pad_rm, nodata):  # type: ignore[no-untyped-def]
+def _ring_counts(
+    block: np.ndarray, idents: np.ndarray, pad_id: np.ndarray, pad_rm: np.ndarray, nodata: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(removed component, class of a pixel touching it), each touching pixel once per component."""
     ndim = block.ndim
     cands = []
