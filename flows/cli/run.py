@@ -74,7 +74,8 @@ def _report(summary: Any, console: Console, out: Console) -> int:
         table.add_row(r.stem, f"[{colour}]{r.status}[/{colour}]", f"{r.seconds:.1f}", str(r.windows), detail)
     out.print(table)
     for r in results:  # where each scene spent its time (report: timings_s)
-        stages = _stage_line(r.report.get("timings_s", {}) if isinstance(r.report, dict) else {})
+        report = getattr(r, "report", None)
+        stages = _stage_line(report.get("timings_s", {}) if isinstance(report, dict) else {})
         if stages:
             out.print(Text(f"{r.stem}: {stages}", style="dim"), soft_wrap=True)
     failed = [r for r in results if r.status == "failed"]
