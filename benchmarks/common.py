@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import resource
 import subprocess
 import sys
@@ -14,6 +15,8 @@ from rasterio.windows import Window
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
+if not DATA.exists():  # a worktree sits one level deeper than the clone; tests/conftest.py does the same
+    DATA = Path(os.environ.get("TILEWISE_DATA", "/work/shared/data"))
 RGB = DATA / "geo" / "rasterio" / "RGB.byte.tif"
 
 
@@ -73,3 +76,36 @@ def child_peak_rss_mb(cmd: list[str], **kwargs: object) -> tuple[float, subproce
         sys.stderr.write(done.stdout + done.stderr)
         raise SystemExit(f"command failed: {' '.join(cmd)}")
     return max(after, before) / 1024, done
+
+
+def make_conv1x1_bundle(path: Path) -> Path:
+    """The issue-18 benchmark model: a TorchScript 1x1 convolution, 3 -> 4 classes, patch 256, overlap
+    0.25, so the model costs almost nothing and everything around it shows."""
+    import torch
+    import yaml
+
+    if (path / "model.yaml").exists():
+        return path
+    path.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(0)
+    net = torch.nn.Conv2d(3, 4, 1).eval()
+    torch.jit.trace(net, torch.zeros(1, 3, 8, 8)).save(str(path / "model.ts"))
+    config = {
+        "format_version": 1,
+        "name": "conv1x1",
+        "architecture": {"name": "torchscript", "path": "model.ts", "in_channels": 3, "out_channels": 4},
+        "spatial_dims": 2,
+        "inputs": {
+            "channels": ["r", "g", "b"],
+            "normalization": {"kind": "scale", "factor": 1 / 255.0, "offset": 0.0},
+        },
+        "patch_size": [256, 256],
+        "overlap": 0.25,
+        "output_activation": "softmax",
+        "classes": [
+            {"name": n, "color": c}
+            for n, c in zip("abcd", ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728"), strict=True)
+        ],
+    }
+    (path / "model.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    return path

@@ -87,6 +87,8 @@ def run_scene_once(
     """``run_scene``, except that a transient error raises ``TransientSceneError`` (for Prefect's
     retries) instead of becoming a failed result. Other failures are results with a one-line reason."""
     t0 = time.perf_counter()
+    execution = config.execution.model_copy(update={"orchestrator": "prefect"})  # the report says so
+    config = config.model_copy(update={"execution": execution})
     try:
         return run_scene(source, bundle, config, out_dir, executor, progress=progress, debug=True)
     except Exception as exc:

@@ -62,6 +62,18 @@ def _shown(path: str) -> str:
     return path if rel.startswith("..") else rel
 
 
+STAGES = ("open", "read", "preprocess", "model", "blend", "write_blocks", "merge_seams", "clean_components",
+          "labels", "probabilities", "polygons", "quicklook")  # fmt: skip
+
+
+def _stage_line(timings: dict[str, float]) -> str:
+    """``open 0.41 s · read 0.12 s · ...`` in pipeline order, stages that ran only."""
+    parts = [
+        f"{name.replace('_', ' ')} {timings[name + '_s']:.2f} s" for name in STAGES if name + "_s" in timings
+    ]
+    return " · ".join(parts)
+
+
 def _report(summary: Any, console: Console, out: Console) -> int:
     """Print the per-scene table and failures; the exit code: 0 all ok, 1 any failed, 3 nothing found."""
     results = summary.results
@@ -73,6 +85,11 @@ def _report(summary: Any, console: Console, out: Console) -> int:
         detail = Text(r.reason or _shown(r.outputs.get("labels", "")))
         table.add_row(r.stem, f"[{colour}]{r.status}[/{colour}]", f"{r.seconds:.1f}", str(r.windows), detail)
     out.print(table)
+    for r in results:  # where each scene spent its time (report: timings_s)
+        report = getattr(r, "report", None)
+        stages = _stage_line(report.get("timings_s", {}) if isinstance(report, dict) else {})
+        if stages:
+            out.print(Text(f"{r.stem}: {stages}", style="dim"), soft_wrap=True)
     failed = [r for r in results if r.status == "failed"]
     for r in failed:
         console.print(Text.assemble(("failed:", "red"), " ", r.reason), highlight=False, soft_wrap=True)
@@ -102,17 +119,38 @@ def run_cmd(
     blend: Annotated[str | None, typer.Option(help="gaussian|constant|cosine|crop")] = None,
     block_size: Annotated[str | None, typer.Option(help="block edge(s) in pixels")] = None,
     batch_size: Annotated[int | None, typer.Option()] = None,
-    device: Annotated[str | None, typer.Option(help="auto|cpu|cuda")] = None,
+    device: Annotated[str | None, typer.Option(help="auto|cpu|cuda|cuda:N")] = None,
+    amp: Annotated[str | None, typer.Option(help="CUDA autocast: auto|bf16|fp16|off")] = None,
+    channels_last: Annotated[bool | None, typer.Option("--channels-last", help="CUDA: NHWC layout")] = None,
+    compile: Annotated[bool | None, typer.Option("--compile", help="CUDA: torch.compile the model")] = None,
     tta: Annotated[bool | None, typer.Option("--tta/--no-tta", help="flip averaging")] = None,
     min_object_size: Annotated[int | None, typer.Option(help="merge smaller objects (pixels)")] = None,
+    keep_largest: Annotated[
+        bool | None,
+        typer.Option("--keep-largest/--no-keep-largest", help="keep only each class's largest object"),
+    ] = None,
     workers: Annotated[int | None, typer.Option(help="local Dask worker processes (0: this process)")] = None,
     scheduler: Annotated[str | None, typer.Option(help="tcp:// or tls://host:8786 of a Dask cluster")] = None,
     wait: Annotated[bool | None, typer.Option("--wait", help="wait for scenes another run holds")] = None,
     lease_timeout: Annotated[float | None, typer.Option(help="seconds until a silent lease is stale")] = None,
     overwrite: Annotated[bool | None, typer.Option("--overwrite", help="replace existing outputs")] = None,
     keep_work: Annotated[bool | None, typer.Option("--keep-work", help="keep the work folder")] = None,
+    profile: Annotated[
+        Path | None,
+        typer.Option(help="write a cProfile trace of this process here (snakeviz, python -m pstats)"),
+    ] = None,
+    prefect: Annotated[
+        bool | None,
+        typer.Option(
+            "--prefect/--no-prefect",
+            help="run as a tracked Prefect flow run (default: only when PREFECT_API_URL is set)",
+        ),
+    ] = None,
 ) -> None:
-    """Segment every scene under INPUT into OUTPUT (an s3:// OUTPUT runs the bucket flow once)."""
+    """Segment every scene under INPUT into OUTPUT (an s3:// OUTPUT runs the bucket flow once).
+
+    A local run is a tracked Prefect flow run only with PREFECT_API_URL set or --prefect.
+    """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     console, out = Console(stderr=True), Console()
@@ -136,24 +174,40 @@ def run_cmd(
                 "tiling.block_size": int_list(block_size, "--block-size"),
                 "execution.batch_size": batch_size,
                 "execution.device": device,
+                "execution.amp": amp,
+                "execution.channels_last": channels_last,
+                "execution.compile": compile,
                 "execution.tta": tta,
                 "outputs.min_object_size": min_object_size,
+                "outputs.keep_largest": keep_largest,
                 "execution.workers": workers,
                 "execution.scheduler": scheduler,
                 "execution.wait": wait,
                 "execution.lease_timeout_s": lease_timeout,
                 "outputs.overwrite": overwrite,
                 "outputs.keep_work": keep_work,
+                "execution.orchestrator": None if prefect is None else ("prefect" if prefect else "none"),
             },
         )
-        from flows.bucket import run_bucket_job
-        from flows.folder import run_folder_job
+        from flows.oneoff import choose_runner
 
-        job = run_bucket_job if output.startswith("s3://") else run_folder_job
+        job = choose_runner(cfg)
         columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn())
         rate = (TextColumn("{task.fields[rate]}"), TimeRemainingColumn())
-        with Progress(*columns, *rate, console=console, transient=False) as bar:
-            summary = job(cfg, progress=_progress_factory(bar), debug=debug)
+        profiler = None
+        if profile is not None:
+            import cProfile
+
+            profiler = cProfile.Profile()
+            profiler.enable()
+        try:
+            with Progress(*columns, *rate, console=console, transient=False) as bar:
+                summary = job(cfg, progress=_progress_factory(bar), debug=debug)
+        finally:
+            if profiler is not None:
+                profiler.disable()
+                profiler.dump_stats(str(profile))
+                console.print(f"profile written to {profile} (python -m pstats {profile}, or snakeviz)")
     raise typer.Exit(_report(summary, console, out))
 
 
@@ -190,8 +244,10 @@ def plan_cmd(
         )
         if not cfg.model:
             raise typer.BadParameter("--model is required")
+        # an honest plan measures what a run holds before its first block, the model included, so it
+        # loads torch (never Prefect when the run would not)
         bundle = open_model(cfg.model)
-        baseline = _run_baseline_mb(bundle)
+        baseline = _run_baseline_mb(bundle, cfg)
         out, table = Console(), Table(title=f"plan with {bundle.config.name}")
         for col in ("scene", "shape", "patch", "windows", "blocks", "block", "peak MB/worker", "note"):
             table.add_column(col, overflow="fold")  # wrap, never cut: a name must stay recognisable
@@ -224,15 +280,22 @@ def plan_cmd(
         out.print(table)
 
 
-def _run_baseline_mb(bundle: Any) -> float:
-    """What a worker process holds before its first block: the modules ``tilewise run`` loads (Prefect,
-    the job, GDAL's writers) and the model built on the CPU, measured here, plus Prefect's run engine."""
-    import flows.folder  # noqa: F401  (Prefect and the job layer, as a run imports them)
-    import pipeline.job.outputs  # noqa: F401
+def _run_baseline_mb(bundle: Any, cfg: Any) -> float:
+    """What a worker process holds before its first block: the modules ``tilewise run`` loads (the
+    job, GDAL's writers; Prefect and its run engine only for a tracked run, see flows.oneoff) and the
+    model built on the CPU, measured here."""
+    import pipeline.job.outputs
+    import pipeline.job.skeleton  # noqa: F401
+    from flows.oneoff import tracked
     from pipeline.job.memory import FLOW_ENGINE_MB, rss_mb
 
+    engine = 0.0
+    if tracked(cfg):
+        import flows.folder  # noqa: F401  (Prefect, as a tracked run imports it)
+
+        engine = FLOW_ENGINE_MB  # a run's Prefect engine, which a plan does not start
     model = bundle.build(device="cpu")
-    baseline = rss_mb() + FLOW_ENGINE_MB  # a run's Prefect engine, which a plan does not start
+    baseline = rss_mb() + engine
     del model
     return baseline
 

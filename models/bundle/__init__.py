@@ -6,36 +6,37 @@ folder once and builds nets from what it read, :mod:`~models.bundle.save` writes
 for the file format.
 """
 
-from models.bundle.load import PICKLE_SUFFIXES, Bundle, load_archive, load_bundle
-from models.bundle.save import init_bundle, save_bundle
-from models.bundle.schema import (
-    CONFIG_NAME,
-    PALETTE,
-    WEIGHTS_NAME,
-    BundleConfig,
-    ClassSpec,
-    Inputs,
-    Normalization,
-    default_color,
-    validate_config,
-)
-from models.bundle.shapes import check_shapes
+from __future__ import annotations
 
-__all__ = [
-    "CONFIG_NAME",
-    "PALETTE",
-    "PICKLE_SUFFIXES",
-    "WEIGHTS_NAME",
-    "Bundle",
-    "BundleConfig",
-    "ClassSpec",
-    "Inputs",
-    "Normalization",
-    "check_shapes",
-    "default_color",
-    "init_bundle",
-    "load_archive",
-    "load_bundle",
-    "save_bundle",
-    "validate_config",
-]
+import importlib
+from typing import Any
+
+# Lazy re-exports (PEP 562): ``load`` and ``save`` import torch, which takes seconds; ``tilewise plan``
+# reads only the config (``models.bundle.header``) and never pays for it.
+_HOME = {
+    "PICKLE_SUFFIXES": "load",
+    "Bundle": "load",
+    "load_archive": "load",
+    "load_bundle": "load",
+    "init_bundle": "save",
+    "save_bundle": "save",
+    "CONFIG_NAME": "schema",
+    "PALETTE": "schema",
+    "WEIGHTS_NAME": "schema",
+    "BundleConfig": "schema",
+    "ClassSpec": "schema",
+    "Inputs": "schema",
+    "Normalization": "schema",
+    "default_color": "schema",
+    "validate_config": "schema",
+    "check_shapes": "shapes",
+    "BundleHeader": "header",
+    "read_header": "header",
+}
+__all__ = sorted(_HOME)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _HOME:
+        return getattr(importlib.import_module(f"models.bundle.{_HOME[name]}"), name)
+    raise AttributeError(f"module 'models.bundle' has no attribute {name!r}")

@@ -21,12 +21,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import yaml
 from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors
 from torch import nn
 
-from models.bundle.schema import CONFIG_NAME, WEIGHTS_NAME, BundleConfig, validate_config
+from models.bundle.header import read_config
+from models.bundle.schema import CONFIG_NAME, WEIGHTS_NAME, BundleConfig
 from models.bundle.shapes import check_shapes, meta_model, meta_shapes, tensor_shapes
 from models.nets.registry import ARCHIVE_NAMES, build_model, set_eval
 from pipeline.errors import BundleError
@@ -236,28 +236,10 @@ def _find_weights(folder: Path, config: BundleConfig, trust_pickle: bool) -> Pat
     raise BundleError(f"no {WEIGHTS_NAME} in the bundle", path=str(folder))
 
 
-def _one_line(exc: Exception) -> str:
-    """A YAML error as one line: the problem and where (PyYAML's own text spans several lines)."""
-    problem = getattr(exc, "problem", None) or (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-    mark = getattr(exc, "problem_mark", None)
-    return f"{problem} (line {mark.line + 1}, column {mark.column + 1})" if mark else str(problem)
-
-
 def load_bundle(path: str | Path, *, trust_pickle: bool = False) -> Bundle:
     """Load and validate a bundle folder (or its model.yaml). Every problem is a BundleError."""
-    p = Path(path)
-    folder = p.parent if p.name == CONFIG_NAME or p.is_file() else p
+    folder, raw, config = read_config(path)
     cfg_path = folder / CONFIG_NAME
-    if not folder.is_dir():
-        raise BundleError("bundle folder not found", path=str(folder))
-    if not cfg_path.is_file():
-        raise BundleError(f"no {CONFIG_NAME} in the bundle folder", path=str(folder))
-    raw = cfg_path.read_bytes()
-    try:
-        data = yaml.safe_load(raw.decode("utf-8"))
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise BundleError(f"not valid YAML: {_one_line(exc)}", path=str(cfg_path)) from exc
-    config = validate_config(data, path=str(cfg_path))
     weights = _find_weights(folder, config, trust_pickle)
     archive = _check_archive(folder, config, str(cfg_path))
     expected = None

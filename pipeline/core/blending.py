@@ -1,8 +1,9 @@
 """Importance maps and the accumulator that blends overlapping window predictions.
 
-Gaussian and constant maps come from MONAI's ``compute_importance_map`` so the blend is numerically
-MONAI's. ``cosine`` (a Hann taper) and ``crop`` (keep window centres) are ours. All maps are clamped
-away from zero, as MONAI does, so every covered pixel has a positive weight.
+Gaussian and constant maps are MONAI's ``compute_importance_map``, op for op in torch, so the blend
+is numerically MONAI's (a test holds them bit-equal) without importing MONAI, which costs seconds.
+``cosine`` (a Hann taper) and ``crop`` (keep window centres) are ours. All maps are clamped away from
+zero, as MONAI does, so every covered pixel has a positive weight.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ from functools import lru_cache
 
 import numpy as np
 import torch
-from monai.data.utils import compute_importance_map
 
 from pipeline.core.box import Box
 
@@ -26,10 +26,7 @@ def importance_map(
 ) -> np.ndarray:
     """Float32 weights of shape ``patch_size`` (read-only, cached)."""
     if mode in ("gaussian", "constant"):
-        weights = compute_importance_map(
-            patch_size, mode=mode, sigma_scale=sigma_scale, device="cpu", dtype=torch.float32
-        )
-        out = weights.numpy().astype(np.float32)
+        out = _monai_map(patch_size, mode, sigma_scale).numpy().astype(np.float32)
     elif mode == "cosine":
         out = _separable([np.hanning(n + 2)[1:-1] for n in patch_size])
     elif mode == "crop":
@@ -39,6 +36,20 @@ def importance_map(
     out = np.maximum(out, max(float(out.min()), MIN_WEIGHT)).astype(np.float32)
     out.setflags(write=False)
     return out
+
+
+def _monai_map(patch_size: tuple[int, ...], mode: str, sigma_scale: float) -> torch.Tensor:
+    """``monai.data.utils.compute_importance_map`` (MONAI 1.x) with the same torch ops in the same order."""
+    if mode == "constant":
+        weights = torch.ones(patch_size, dtype=torch.float)
+    else:
+        for i, n in enumerate(patch_size):
+            sigma = n * sigma_scale
+            x = torch.arange(start=-(n - 1) / 2.0, end=(n - 1) / 2.0 + 1, dtype=torch.float)
+            x = torch.exp(x**2 / (-2 * sigma**2))
+            weights = weights.unsqueeze(-1) * x[(None,) * i] if i > 0 else x
+    floor = max(torch.min(weights).item(), 1e-3)
+    return torch.clamp_(weights.to(torch.float), min=floor)
 
 
 def _separable(profiles: Sequence[np.ndarray]) -> np.ndarray:

@@ -46,30 +46,43 @@ class Predictor:
         model: Callable[[torch.Tensor], Any],
         *,
         device: str | torch.device = "cpu",
-        amp: bool | None = None,
+        amp: bool | str | None = None,
         tta: bool = False,
         activation: str = "none",
         subpixel: bool = True,
         lanes: int | None = None,
+        channels_last: bool = False,
+        compile: bool = False,
     ) -> None:
         if activation not in ACTIVATIONS:
             raise ValueError(f"activation {activation!r} is not one of {ACTIVATIONS}")
         self.device = resolve_device(device)
+        cuda = self.device.type == "cuda"
+        self.channels_last = channels_last and cuda  # CUDA options: the CPU path stays as it is
         if isinstance(model, torch.nn.Module):
             model = model.to(self.device).eval()
+            if self.channels_last:
+                model = model.to(memory_format=torch.channels_last)
+        if compile and cuda:
+            model = torch.compile(model)
         self.model = model
         module_on_cpu = self.device.type == "cpu" and isinstance(model, torch.nn.Module)
         self._subpixel = SubPixelUpsampling(model) if subpixel and module_on_cpu else None
         requested = cpu_lanes(lanes)  # checked on any device
         self.lanes = requested if module_on_cpu else 1
-        self.amp = (self.device.type == "cuda") if amp is None else amp
-        self.amp_dtype = (
-            torch.bfloat16
-            if self.device.type == "cuda" and torch.cuda.is_bf16_supported()
-            else torch.float16
-            if self.device.type == "cuda"
-            else torch.bfloat16
-        )
+        # amp: None = bf16 on CUDA where supported (else fp16), off on CPU; "bf16"/"fp16" pick the
+        # dtype; activations and sums are float32 either way (the output is cast before blending)
+        self.amp = cuda if amp is None else bool(amp) and (cuda or not isinstance(amp, str))
+        if amp in ("bf16", "fp16"):
+            self.amp_dtype = torch.bfloat16 if amp == "bf16" else torch.float16
+        else:
+            self.amp_dtype = (
+                torch.bfloat16
+                if cuda and torch.cuda.is_bf16_supported()
+                else torch.float16
+                if cuda
+                else torch.bfloat16
+            )
         self.tta = tta
         self.activation = activation
         self.calls = 0
@@ -79,7 +92,9 @@ class Predictor:
     def _to_device(self, batch: np.ndarray) -> torch.Tensor:
         tensor = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32))
         if self.device.type == "cuda":
-            return tensor.pin_memory().to(self.device, non_blocking=True)
+            tensor = tensor.pin_memory().to(self.device, non_blocking=True)
+            if self.channels_last and tensor.ndim == 4:
+                tensor = tensor.contiguous(memory_format=torch.channels_last)
         return tensor
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:

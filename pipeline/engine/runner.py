@@ -9,6 +9,7 @@ block size or on which worker ran what.
 
 from __future__ import annotations
 
+import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future
@@ -84,6 +85,7 @@ class BlockRunner:
     channels: int | None = None  # K, learnt from the first prediction when not given
     windows_run: int = 0
     windows_skipped: int = 0
+    blend_s: float = 0.0
     _weights: torch.Tensor = field(init=False)
     _open: deque[_Open] = field(default_factory=deque)
     _batch: _Batch = field(default_factory=list)
@@ -159,7 +161,9 @@ class BlockRunner:
                 # accumulator exists, so two are never held at once
                 self._retire()
                 entry.acc = Accumulator(entry.block_input.block.read, self.channels, self._weights)
+            start = time.perf_counter()
             entry.acc.add(window, prediction)
+            self.blend_s += time.perf_counter() - start  # the weighted sums, for the stage timings
             entry.pending -= 1
 
     def _retire(self) -> None:

@@ -16,6 +16,7 @@ import math
 import os
 import platform
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -223,11 +224,14 @@ class DaskExecutor:
                 stats.skipped += s.skipped
                 stats.read_s += s.read_s
                 stats.compute_s += s.compute_s
+                for name, seconds in s.stages.items():  # summed over workers
+                    stats.stages[name] = stats.stages.get(name, 0.0) + seconds
                 ran_on.add(s.worker)
             pending = [i for i in order if not store.is_merged(i)]
             merged = total - len(pending)
             if progress:
                 progress(merged, total)
+            merging = time.perf_counter()
             merges = [
                 self.client.submit(_merge_task, task, group, pure=False, retries=1)
                 for group in chunks(pending, self.workers, per_worker=2)
@@ -237,6 +241,7 @@ class DaskExecutor:
                 merged += _result(fut, task.source.uri)
                 if progress:
                     progress(merged, total)
+            stats.stages["merge_seams"] = time.perf_counter() - merging  # wall time of the merge tasks
         except KilledWorker as exc:
             raise ExecutionError(
                 f"a block task of this scene kept killing workers ({exc}); the scene is abandoned",

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from pipeline.core.tiling import BlockPlan
+from pipeline.execution.stages import Stages
 from pipeline.execution.tasks import (
     SceneTask,
     TaskStats,
@@ -73,10 +74,12 @@ class LocalExecutor:
         order = [b.index for b in plan.blocks()]
         total = len(order)
         merged = sum(store.is_merged(i) for i in order)
+        merging = Stages()
 
         def merge(index: Index) -> None:
             nonlocal merged
-            merge_block(task, index, store)
+            with merging.timed("merge_seams"):
+                merge_block(task, index, store)
             merged += 1
             for c in plan.contributors(index):
                 release(plan, store, c)
@@ -100,6 +103,7 @@ class LocalExecutor:
                 task, todo, scene=scene, predict=self._predictor(task), on_block=after_compute
             )
         stats.merged = merged
+        stats.stages = {**stats.stages, **merging.as_dict()}
         missing = [i for i in order if not store.is_merged(i)]
         if missing:
             raise RuntimeError(f"blocks left unmerged: {missing[:5]}")

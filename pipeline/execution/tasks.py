@@ -25,6 +25,8 @@ from pipeline.engine.prefetch import Prefetch
 from pipeline.engine.runner import BlockInput, BlockRunner
 from pipeline.engine.seams import finish_block, merge_seams
 from pipeline.execution.preprocess import Preprocessor
+from pipeline.execution.stages import Stages
+from pipeline.execution.thumbnail import put_image_samples, put_label_tally
 from pipeline.execution.workstore import Index, WorkStore
 from pipeline.formats.source import SceneSource
 
@@ -51,6 +53,9 @@ class SceneTask:
     activation: str = "softmax"
     probabilities: bool = False
     nodata_label: int = 255
+    amp: str = "auto"  # CUDA options (Predictor); the CPU path ignores them
+    channels_last: bool = False
+    compile: bool = False
 
     @cached_property
     def plan(self) -> BlockPlan:
@@ -67,6 +72,7 @@ class TaskStats:
     merged: int = 0
     worker: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+    stages: dict[str, float] = field(default_factory=dict)  # seconds per stage (stages.py)
 
 
 def read_block(task: SceneTask, scene: Any, block: Block) -> BlockInput:
@@ -75,6 +81,8 @@ def read_block(task: SceneTask, scene: Any, block: Block) -> BlockInput:
         raw, nodata = scene.read_with_nodata(block.read)
     else:
         raw, nodata = scene.read(block.read), scene.read_nodata(block.read)
+    # the quicklook's share of this block, taken while the pixels are here (no second pass later)
+    put_image_samples(task.work_dir, block.index, block.read, raw, task.spatial_shape)
     pre = task.preprocessor
     raw = pre.select(raw)
     invalid = pre.invalid(raw, nodata, selected=True)
@@ -90,7 +98,15 @@ def _canvas(task: SceneTask, block: Block) -> tuple[np.ndarray, np.ndarray | Non
 
 def make_predictor(task: SceneTask, model: Any) -> Predictor:
     """The model as the task runs it (device, flips, output activation)."""
-    return Predictor(model, device=task.device, tta=task.tta, activation=task.activation)
+    return Predictor(
+        model,
+        device=task.device,
+        tta=task.tta,
+        activation=task.activation,
+        amp={"auto": None, "off": False}.get(task.amp, task.amp),
+        channels_last=task.channels_last,
+        compile=task.compile,
+    )
 
 
 def compute_blocks(
@@ -108,20 +124,24 @@ def compute_blocks(
     store = WorkStore(task.work_dir)
     plan = task.plan
     stats = TaskStats()
+    stages = Stages()
     todo = [plan.block(i) for i in indices if not store.has_block(tuple(i))]
+    predict = stages.wrap("model", predict)
 
     def done(block_input: BlockInput, acc: Accumulator | None, channels: int) -> None:
         block = block_input.block
         labels, probs, sink = _canvas(task, block)
-        pieces = finish_block(plan, block_input, acc, channels, sink)
+        with stages.timed("blend"):  # the interior's division and argmax
+            pieces = finish_block(plan, block_input, acc, channels, sink)
         inner = block.interior.slices(block.write.start)
-        store.put_block(
-            block.index,
-            block.interior,
-            labels[inner],
-            None if probs is None else probs[(slice(None), *inner)],
-            pieces,
-        )
+        with stages.timed("write_blocks"):
+            store.put_block(
+                block.index,
+                block.interior,
+                labels[inner],
+                None if probs is None else probs[(slice(None), *inner)],
+                pieces,
+            )
         stats.blocks += 1
         if on_block is not None:
             on_block(block.index)
@@ -130,6 +150,8 @@ def compute_blocks(
         t = time.perf_counter()
         out = read_block(task, scene, block)
         stats.read_s += time.perf_counter() - t
+        if out.prepare is not None:
+            out.prepare = stages.wrap("preprocess", out.prepare)
         return out
 
     runner = BlockRunner(
@@ -144,6 +166,9 @@ def compute_blocks(
     runner.run(Prefetch(todo, timed_read))
     stats.compute_s = time.perf_counter() - t0 - stats.read_s
     stats.windows, stats.skipped = runner.windows_run, runner.windows_skipped
+    stages.add("read", stats.read_s)
+    stages.add("blend", runner.blend_s)
+    stats.stages = stages.as_dict()
     return stats
 
 
@@ -167,6 +192,7 @@ def merge_block(task: SceneTask, index: Index, store: WorkStore | None = None) -
         out = store.probabilities()
         assert out is not None
         out[(slice(None), *block.write.slices())] = probs
+    put_label_tally(task.work_dir, index, block.write, labels, task.spatial_shape)
     store.mark_merged(index)
 
 

@@ -26,13 +26,21 @@ class ExecutionConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     batch_size: int = Field(default=4, ge=1)
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    device: str = Field(default="auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")  # cuda:N: that GPU
+    # CUDA only (the CPU path ignores them): autocast dtype (fp32 accumulation either way), NHWC
+    # layout for convolutions, torch.compile of the model
+    amp: Literal["auto", "bf16", "fp16", "off"] = "auto"
+    channels_last: bool = False
+    compile: bool = False
     tta: bool = False
     workers: int = Field(default=0, ge=0)  # 0: run in this process; N: a local Dask cluster
     threads_per_worker: int = Field(default=1, ge=1)
     scheduler: str | None = None  # tcp:// or tls://host:8786 of an existing Dask cluster
     wait: bool = False  # a scene another live run holds: wait for it (else skip it)
     lease_timeout_s: float = Field(default=120.0, gt=0.0)  # a lease not renewed for this long is stale
+    # who runs a one-off job: a tracked Prefect flow run, or the job skeleton alone (flows/oneoff.py);
+    # auto: Prefect when PREFECT_API_URL is set or the output is a bucket
+    orchestrator: Literal["auto", "prefect", "none"] = "auto"
 
 
 class OutputConfig(BaseModel):
@@ -43,6 +51,7 @@ class OutputConfig(BaseModel):
     polygons: bool = False
     quicklook: bool = True
     min_object_size: int = Field(default=0, ge=0)
+    keep_largest: bool = False  # per class, only the largest connected component stays
     nodata_label: int = Field(default=255, ge=0, le=255)
     overwrite: bool = False
     keep_work: bool = False
@@ -83,6 +92,8 @@ class JobConfig(BaseModel):
             "probabilities": self.outputs.probabilities,
             "nodata_label": self.outputs.nodata_label,
             "min_object_size": self.outputs.min_object_size,
+            # only when set, so the hash of every config without it (bucket manifests) is unchanged
+            **({"keep_largest": True} if self.outputs.keep_largest else {}),
         }
 
 

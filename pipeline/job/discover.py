@@ -73,8 +73,6 @@ def candidates(target: str) -> list[str]:
 def discover(target: str, *, exclude: str | None = None) -> list[SceneSource]:
     """Scenes under ``target``, in a stable order. Files with no known extension are ignored in
     folders and globs (a folder may hold sidecars); a single named file must be a scene."""
-    from pipeline.formats.nifti_reader import group_channel_files
-
     paths = candidates(target)
     if exclude:
         root = os.path.abspath(exclude)
@@ -87,8 +85,11 @@ def discover(target: str, *, exclude: str | None = None) -> list[SceneSource]:
     paths = [p for p in paths if "://" in p or os.path.abspath(p) not in assets]
     scenes: list[SceneSource] = []
     niftis = [p for p in paths if kind_of(p) == "nifti"]
-    for group in group_channel_files(niftis):
-        scenes.append(SceneSource("nifti", tuple(str(g) for g in group)))
+    if niftis:  # the NIfTI reader imports nibabel and zarr: only when there are NIfTI files
+        from pipeline.formats.nifti_reader import group_channel_files
+
+        for group in group_channel_files(niftis):
+            scenes.append(SceneSource("nifti", tuple(str(g) for g in group)))
     for p in paths:
         kind = kind_of(p)
         if kind in ("geotiff", "zarr", "stac"):

@@ -12,15 +12,21 @@ from typing import Any
 import numpy as np
 
 from pipeline.errors import redact
+from pipeline.execution.stages import Stages
+from pipeline.execution.thumbnail import Canvas, CanvasScene, sample_labels
 from pipeline.execution.workstore import WorkStore
 from pipeline.formats.resample import NativeView, ResampledGeoScene
 from pipeline.formats.scene import GeoMeta, VolumeMeta
 from pipeline.job.config import JobConfig
 
 
-def remove_small_objects(labels: np.ndarray, min_size: int, nodata_label: int) -> np.ndarray:
-    """Relabel connected components smaller than ``min_size`` pixels with their most common neighbour
-    class (so no holes of nodata appear). Works on the whole label array; meant for moderate scenes."""
+def remove_small_objects(
+    labels: np.ndarray, min_size: int, nodata_label: int, keep_largest: bool = False
+) -> np.ndarray:
+    """Relabel connected components smaller than ``min_size`` pixels (and, with ``keep_largest``, all but
+    the largest of each class; ties: the first in raster order) with their most common neighbour class
+    (so no holes of nodata appear). The whole-array reference of the block-wise
+    ``pipeline.execution.components.clean_components``, which the job runs."""
     from scipy import ndimage
 
     out = labels.copy()
@@ -31,9 +37,11 @@ def remove_small_objects(labels: np.ndarray, min_size: int, nodata_label: int) -
         if n == 0:
             continue
         sizes = np.bincount(comp.ravel())
-        small = np.flatnonzero(sizes < min_size)
-        small = small[small > 0]
-        for idx in small:
+        drop = sizes < min_size
+        if keep_largest:  # ndimage numbers components by their first pixel in raster order
+            drop |= np.arange(len(sizes)) != np.argmax(sizes[1:]) + 1
+        drop[0] = False
+        for idx in np.flatnonzero(drop):
             region = comp == idx
             ring = ndimage.binary_dilation(region) & ~region
             neighbours = labels[ring]
@@ -41,6 +49,43 @@ def remove_small_objects(labels: np.ndarray, min_size: int, nodata_label: int) -
             if neighbours.size:
                 out[region] = np.bincount(neighbours).argmax()
     return out
+
+
+def _cleaned(labels: Any, store: WorkStore, config: JobConfig) -> Any:
+    """The labels with small (or all but the largest) components relabelled, block by block into the
+    work store (flat memory; identical to ``remove_small_objects`` on the whole array, any chunking)."""
+    import zarr
+
+    from pipeline.execution.components import clean_components
+
+    chunks = store.labels("r").chunks[-len(labels.shape) :]
+    out = zarr.create_array(
+        store=str(store.root / "cleaned.zarr"),
+        shape=labels.shape,
+        dtype="uint8",
+        chunks=tuple(min(c, n) for c, n in zip(chunks, labels.shape, strict=True)),
+        compressors=[zarr.codecs.ZstdCodec(level=3)],
+        overwrite=True,
+    )
+    src = labels if hasattr(labels, "chunks") else _Chunked(labels, out.chunks)
+    clean_components(
+        src,
+        out,
+        min_size=config.outputs.min_object_size,
+        keep_largest=config.outputs.keep_largest,
+        nodata=config.outputs.nodata_label,
+    )
+    return out
+
+
+class _Chunked:
+    """A sliceable array (a native-grid view) with the chunk grid the clean-up walks."""
+
+    def __init__(self, array: Any, chunks: tuple[int, ...]) -> None:
+        self.array, self.chunks, self.shape = array, chunks, tuple(array.shape)
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        return np.asarray(self.array[key])
 
 
 def write_outputs(
@@ -53,22 +98,33 @@ def write_outputs(
     *,
     source: str = "",
     source_item: str | None = None,
+    canvas: Canvas | None = None,
+    timings: dict[str, float] | None = None,
 ) -> None:
+    """Write every output; the quicklook comes from ``canvas`` (the block pass's decimated scene) when
+    there is one, so nothing here reads the input again. ``timings`` receives seconds per output."""
+    clock = Stages()
     names, colors = bundle.class_names, bundle.class_colors
     nodata = config.outputs.nodata_label
     overwrite = config.outputs.overwrite
     labels: Any = store.labels("r")
     probs: Any = store.probabilities("r")
+    engine_scene, processed = scene, False
     if isinstance(scene, ResampledGeoScene):  # engine grid at the bundle's GSD: write on the input's grid
         labels = NativeView(labels, scene.native.spatial_shape)
         probs = None if probs is None else NativeView(probs, scene.native.spatial_shape)
         scene = scene.native
-    if config.outputs.min_object_size > 0:
-        labels = remove_small_objects(np.asarray(labels[...]), config.outputs.min_object_size, nodata)
+    if config.outputs.min_object_size > 0 or config.outputs.keep_largest:
+        with clock.timed("clean_components"):
+            labels = _cleaned(labels, store, config)
+        processed = True
     meta = scene.meta
     tags = {"TILEWISE_MODEL": bundle.config.name, "TILEWISE_MODEL_HASH": bundle.hash}
     if fmt == "geotiff":
         from pipeline.formats.cog import write_cog_labels, write_cog_probabilities
+
+        write_cog_labels = clock.wrap("labels", write_cog_labels)
+        write_cog_probabilities = clock.wrap("probabilities", write_cog_probabilities)
 
         write_cog_labels(
             labels,
@@ -87,6 +143,9 @@ def write_outputs(
     elif fmt == "nifti":
         from pipeline.formats.nifti_writer import write_nifti_labels, write_nifti_probabilities
 
+        write_nifti_labels = clock.wrap("labels", write_nifti_labels)
+        write_nifti_probabilities = clock.wrap("probabilities", write_nifti_probabilities)
+
         native = scene.to_native_labels(np.asarray(labels[...]))
         write_nifti_labels(
             native, paths["labels"], scene=scene, class_names=names, class_colors=colors, overwrite=overwrite
@@ -96,6 +155,9 @@ def write_outputs(
             write_nifti_probabilities(scores, paths["probabilities"], scene=scene, overwrite=overwrite)
     elif fmt == "zarr":
         from pipeline.formats.zarr_writer import write_geo_zarr, write_ome_zarr_labels
+
+        write_geo_zarr = clock.wrap("labels", write_geo_zarr)
+        write_ome_zarr_labels = clock.wrap("labels", write_ome_zarr_labels)
 
         if isinstance(meta, GeoMeta):
             write_geo_zarr(
@@ -127,12 +189,17 @@ def write_outputs(
 
             from pipeline.atomic import atomic_path
 
-            with atomic_path(paths["probabilities"], overwrite=overwrite) as tmp:
+            with (
+                clock.timed("probabilities"),
+                atomic_path(paths["probabilities"], overwrite=overwrite) as tmp,
+            ):
                 out = zarr.create_array(store=str(tmp), shape=probs.shape, dtype="uint8", chunks=probs.chunks)
                 out[...] = probs[...]
                 out.attrs["class_names"] = list(names)
     if "polygons" in paths and isinstance(meta, GeoMeta):
         from pipeline.formats.vector import write_polygons
+
+        write_polygons = clock.wrap("polygons", write_polygons)
 
         write_polygons(
             labels,
@@ -165,6 +232,19 @@ def write_outputs(
     if "quicklook" in paths:
         from pipeline.formats.quicklook import write_quicklook
 
+        write_quicklook = clock.wrap("quicklook", write_quicklook)
+
+        look_scene, look_labels = scene, labels
+        if canvas is not None:  # the engine grid, decimated; labels changed after the merge resampled
+            look_scene = CanvasScene.of(engine_scene, canvas)
+            look_labels = sample_labels(labels, canvas.axes) if processed else canvas.labels
         write_quicklook(
-            scene, labels, paths["quicklook"], class_colors=colors, nodata=nodata, overwrite=overwrite
+            look_scene,
+            look_labels,
+            paths["quicklook"],
+            class_colors=colors,
+            nodata=nodata,
+            overwrite=overwrite,
         )
+    if timings is not None:
+        timings.update({f"{name}_s": seconds for name, seconds in clock.as_dict().items()})

@@ -15,16 +15,13 @@ import os
 import platform
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from pipeline.core.tiling import BlockPlan, default_block_size
 from pipeline.errors import ConfigError, InputError, OutputError, TilewiseError, redact
-from pipeline.execution.local import Executor, Progress
 from pipeline.execution.preprocess import Preprocessor
-from pipeline.execution.tasks import SceneTask
-from pipeline.execution.workstore import WorkStore
 from pipeline.formats.kinds import OUTPUT_SUFFIX
 from pipeline.formats.qgis_style import qml_path
 from pipeline.formats.scene import GeoMeta, VolumeMeta
@@ -35,6 +32,11 @@ from pipeline.job.leasing import scene_lease
 from pipeline.job.memory import estimate_peak_mb, gdal_cache_mb, peak_rss_mb, rss_mb
 from pipeline.job.report import class_counts, class_table, pixel_area_m2, write_report
 from pipeline.job.results import SceneResult, failed_result
+
+if TYPE_CHECKING:  # the block machinery imports torch and zarr: loaded when a scene runs, not on plan
+    from pipeline.execution.local import Executor, Progress
+    from pipeline.execution.tasks import SceneTask
+    from pipeline.execution.workstore import WorkStore
 
 _STORAGE_FULL = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG}  # not a scene's fault: OutputError
 LABEL_SUFFIX = {fmt: f"_labels{suffix}" for fmt, suffix in OUTPUT_SUFFIX.items()}
@@ -217,6 +219,9 @@ def _run(
     progress: Progress | None,
     result: SceneResult,
 ) -> None:
+    from pipeline.execution.tasks import SceneTask
+    from pipeline.execution.workstore import WorkStore
+
     work_dir = work_dir_of(out_dir, source, result.stem)  # the lease's folder: keyed at the output root
     out_dir = out_dir.joinpath(*mirrored_dir(source.uri, config.input or "").parts)
     source = open_options(source, bundle, work_dir / "cache", config.inputs.bands)
@@ -261,6 +266,9 @@ def _run(
             sigma_scale=config.tiling.sigma_scale,
             batch_size=config.execution.batch_size,
             device=config.execution.device,
+            amp=config.execution.amp,
+            channels_last=config.execution.channels_last,
+            compile=config.execution.compile,
             tta=config.execution.tta,
             activation=bundle.config.output_activation,
             probabilities=config.outputs.probabilities,
@@ -281,6 +289,7 @@ def _run(
         t = time.perf_counter()
         stats = executor.run(task, progress, scene=scene)
         timings["blocks_s"] = time.perf_counter() - t
+        timings.update({f"{name}_s": seconds for name, seconds in stats.stages.items()})
         t = time.perf_counter()
         from pipeline.job.outputs import write_outputs
 
@@ -289,10 +298,14 @@ def _run(
             final_cfg = config.model_copy(
                 update={"outputs": config.outputs.model_copy(update={"overwrite": True})}
             )
+        from pipeline.execution.thumbnail import load_canvas
+
+        canvas = load_canvas(store.root, task.spatial_shape, scene.shape[0], scene.dtype)
         item_href = source.uri if source.kind == "stac" else None
-        write_outputs(scene, store, paths, fmt, bundle, final_cfg, source=source.uri, source_item=item_href)
+        write_outputs(scene, store, paths, fmt, bundle, final_cfg, source=source.uri, source_item=item_href,
+                      canvas=canvas, timings=timings)  # fmt: skip
         timings["outputs_s"] = time.perf_counter() - t
-        report = _report(source, scene, bundle, config, task, store, stats, resumed, paths, timings)
+        report = _report(source, scene, bundle, config, task, store, stats, resumed, paths, timings, canvas)
         report.update(result.report)  # a lease taken over from a dead run (pipeline.job.leasing)
         # this process's figures; on Dask the blocks ran in the workers (see report["execution"])
         report["memory"] = {"plan_peak_rss_mb": round(estimate), "peak_rss_mb": round(peak_rss_mb())}
@@ -317,9 +330,13 @@ def _report(
     resumed: bool,
     paths: dict[str, Path],
     timings: dict[str, float],
+    canvas: Any = None,
 ) -> dict[str, Any]:
-    labels = store.labels("r")
-    counts, nodata = class_counts(labels, task.classes, task.nodata_label)
+    if canvas is not None:  # tallied by the merges: no pass over the label array
+        counts = [int(c) for c in canvas.counts[: task.classes]]
+        nodata = int(canvas.counts[task.nodata_label])
+    else:
+        counts, nodata = class_counts(store.labels("r"), task.classes, task.nodata_label)
     meta = scene.meta
     if isinstance(meta, GeoMeta):
         area = pixel_area_m2(meta, *task.spatial_shape[:2])
@@ -347,6 +364,7 @@ def _report(
         "windows_skipped_nodata": stats.skipped,
         "resumed": resumed,
         "execution": stats.extra,
+        "orchestration": "prefect" if config.execution.orchestrator == "prefect" else "none",
         "timings_s": {k: round(v, 3) for k, v in timings.items()},
         "classes": table,
         "nodata_pixels": nodata,

@@ -55,6 +55,7 @@ def test_folder_flow_retries_transient_errors_and_reports(tmp_path, data, small_
         row["scene"]: row for row in (json.loads(table.data) if isinstance(table.data, str) else table.data)
     }
     report = json.loads((tmp_path / "out/good_report.json").read_text())
+    assert report["orchestration"] == "prefect"  # a tracked flow run, and the report says so
     areas = ", ".join(f"{c['name']} {c['area_ha']:g} ha" for c in report["classes"])
     assert len(report["classes"]) == 2 and rows["good"]["classes"] == areas  # the areas of the report
     assert rows["good"]["status"] == "ok" and rows["good"]["windows"] == report["windows_computed"] > 0

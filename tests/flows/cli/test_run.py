@@ -137,7 +137,7 @@ def _scene(stem: str, status: str, reason: str = "") -> SimpleNamespace:
 def test_run_exit_code_and_table_follow_the_scenes(
     tmp_path, data, bundle_factory, monkeypatch, results, unchanged, code
 ):
-    import flows.folder
+    import flows.oneoff
 
     seen: dict[str, object] = {}
 
@@ -146,7 +146,7 @@ def test_run_exit_code_and_table_follow_the_scenes(
         progress(str(data / "a.tif"), 0)(1, 2)  # the progress row takes block counts
         return SimpleNamespace(results=results, unchanged=unchanged)
 
-    monkeypatch.setattr(flows.folder, "run_folder_job", job)
+    monkeypatch.setattr(flows.oneoff, "run_plain_job", job)  # a local one-off run: no Prefect
     bundle = bundle_factory(2, 3, ["a", "b"], 32, [4, 8])
     args = ["run", str(data / "geo/rasterio/rgb-byte-tenth.tif"), str(tmp_path / "o"), "-m", str(bundle)]
     res = runner.invoke(app, [*args, "--overlap", "0.5", "--block-size", "64x64"])
@@ -164,12 +164,12 @@ def test_run_exit_code_and_table_follow_the_scenes(
 
 
 def test_debug_reaches_the_job(tmp_path, data, bundle_factory, monkeypatch):
-    import flows.folder
+    import flows.oneoff
 
     seen: list[bool] = []
     monkeypatch.setattr(
-        flows.folder,
-        "run_folder_job",
+        flows.oneoff,
+        "run_plain_job",
         lambda cfg, *, progress, debug: seen.append(debug) or SimpleNamespace(results=[], unchanged=1),
     )
     bundle = bundle_factory(2, 3, ["a", "b"], 32, [4, 8])

@@ -1,0 +1,77 @@
+"""Issue-18 figure: a snappy one-off run. ``tilewise run`` on one small scene, minus ``tilewise --help``.
+
+    .venv/bin/python benchmarks/bench_startup.py [--repeats 5] [--scene samples/s2] [--model bundles/s2-water]
+
+Each command runs in its own fresh process (``python -m flows.cli``, this checkout first on the path),
+the two alternating, each run into a fresh output folder; prints each wall time, the medians and
+the median of the paired differences (target: <= 1.5 s). ``--prefect`` measures the tracked flow run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def wall(args: list[str]) -> float:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    start = time.perf_counter()
+    done = subprocess.run([sys.executable, "-m", "flows.cli", *args], capture_output=True, text=True, env=env)
+    took = time.perf_counter() - start
+    if done.returncode != 0:
+        sys.stderr.write(done.stdout + done.stderr)
+        raise SystemExit(f"failed: tilewise {' '.join(args)}")
+    return took
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--scene", default=str(ROOT / "samples/s2"))
+    parser.add_argument("--model", default=str(ROOT / "bundles/s2-water"))
+    parser.add_argument("--prefect", action="store_true", help="run as a tracked Prefect flow run")
+    args = parser.parse_args()
+    extra = ["--prefect"] if args.prefect else []
+    rows = []
+    for i in range(args.repeats + 1):  # the first pair warms the page cache and is not counted
+        t: dict[str, float] = {}
+        out = Path(tempfile.mkdtemp(prefix="tw-bench-startup-"))
+        try:
+            for who in ("help", "run") if i % 2 == 0 else ("run", "help"):
+                if who == "help":
+                    t[who] = wall(["--help"])
+                else:
+                    t[who] = wall(["run", args.scene, str(out / "o"), "-m", args.model, *extra])
+        finally:
+            shutil.rmtree(out, ignore_errors=True)
+        if i:
+            rows.append(t)
+    diffs = [r["run"] - r["help"] for r in rows]
+    print(
+        json.dumps(
+            {
+                "scene": args.scene,
+                "prefect": args.prefect,
+                "help_s": [round(r["help"], 2) for r in rows],
+                "run_s": [round(r["run"], 2) for r in rows],
+                "median_help_s": round(statistics.median(r["help"] for r in rows), 2),
+                "median_run_s": round(statistics.median(r["run"] for r in rows), 2),
+                "median_run_minus_help_s": round(statistics.median(diffs), 2),
+                "target_met": statistics.median(diffs) <= 1.5,
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()

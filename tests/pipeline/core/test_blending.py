@@ -1,0 +1,31 @@
+"""Importance maps: the gaussian and constant maps are MONAI's, bit for bit, without importing MONAI."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from monai.data.utils import compute_importance_map
+
+from pipeline.core.blending import MIN_WEIGHT, importance_map
+
+
+@pytest.mark.parametrize("mode", ["gaussian", "constant"])
+@pytest.mark.parametrize("sigma", [0.125, 0.3, 0.01])
+@pytest.mark.parametrize("patch", [(256, 256), (64, 48), (96, 96, 96), (5, 7, 3), (1, 9)])
+def test_map_is_monai_bit_for_bit(patch, mode, sigma):
+    ours = importance_map(patch, mode, sigma)
+    theirs = compute_importance_map(patch, mode=mode, sigma_scale=sigma, device="cpu", dtype=torch.float32)
+    theirs = theirs.numpy()
+    floor = max(float(theirs.min()), MIN_WEIGHT)  # the one step of ours MONAI has in its own way
+    np.testing.assert_array_equal(ours, np.maximum(theirs, floor).astype(np.float32))
+    assert ours.shape == patch and not ours.flags.writeable
+
+
+def test_other_modes_taper_and_stay_positive():
+    for mode in ("cosine", "crop"):
+        w = importance_map((32, 32), mode, 0.125, 0.25)
+        assert w.min() >= MIN_WEIGHT and w.max() == pytest.approx(1.0)
+        assert w[16, 16] > w[0, 0]
+    with pytest.raises(ValueError):
+        importance_map((8, 8), "triangle")

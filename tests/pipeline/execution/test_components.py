@@ -1,0 +1,69 @@
+"""Block-wise component clean-up (pipeline/execution/components.py) equals the whole-array reference
+for random label arrays and random block cuts, in 2-D and 3-D, and on a real label raster."""
+
+from __future__ import annotations
+
+import numpy as np
+import rasterio
+import zarr
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from pipeline.execution.components import clean_components
+from pipeline.job.outputs import remove_small_objects
+
+NODATA = 255
+
+
+@st.composite
+def label_arrays(draw, dims: int):
+    shape = tuple(draw(st.integers(1, 14 if dims == 2 else 7)) for _ in range(dims))
+    classes = draw(st.integers(1, 4))
+    seed = draw(st.integers(0, 2**32 - 1))
+    rng = np.random.default_rng(seed)
+    values = rng.integers(0, classes, size=shape).astype(np.uint8)
+    if draw(st.booleans()):  # blobs rather than salt and pepper: components of many sizes
+        coarse = rng.integers(0, classes, size=tuple(-(-n // 3) for n in shape)).astype(np.uint8)
+        values = np.kron(coarse, np.ones((3,) * dims, np.uint8))[tuple(slice(0, n) for n in shape)]
+        noise = rng.integers(0, classes, size=shape)
+        values = np.where(rng.random(shape) < 0.1, noise, values).astype(np.uint8)
+    values[rng.random(shape) < draw(st.sampled_from([0.0, 0.05, 0.3]))] = NODATA
+    chunks = tuple(draw(st.integers(1, n)) for n in shape)
+    return values, chunks
+
+
+def _blockwise(values: np.ndarray, chunks: tuple[int, ...], min_size: int, keep_largest: bool) -> np.ndarray:
+    src = zarr.create_array(store={}, shape=values.shape, dtype="uint8", chunks=chunks)
+    src[...] = values
+    out = zarr.create_array(store={}, shape=values.shape, dtype="uint8", chunks=chunks)
+    clean_components(src, out, min_size=min_size, keep_largest=keep_largest, nodata=NODATA)
+    return out[...]
+
+
+SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+@SETTINGS
+@given(case=label_arrays(2), min_size=st.integers(0, 12), keep_largest=st.booleans())
+def test_2d_equals_the_whole_array_rule(case, min_size, keep_largest):
+    values, chunks = case
+    expected = remove_small_objects(values, min_size, NODATA, keep_largest)
+    np.testing.assert_array_equal(_blockwise(values, chunks, min_size, keep_largest), expected)
+
+
+@SETTINGS
+@given(case=label_arrays(3), min_size=st.integers(0, 12), keep_largest=st.booleans())
+def test_3d_equals_the_whole_array_rule(case, min_size, keep_largest):
+    values, chunks = case
+    expected = remove_small_objects(values, min_size, NODATA, keep_largest)
+    np.testing.assert_array_equal(_blockwise(values, chunks, min_size, keep_largest), expected)
+
+
+def test_real_land_cover_any_cut(data):
+    with rasterio.open(data / "geo/derived/S2A_T33UUU_20170216_osm_landcover_10m.tif") as src:
+        values = src.read(1)[:256, :320].copy()  # classes 0..8, many small polygons
+    for min_size, keep in ((50, False), (0, True), (20, True)):
+        expected = remove_small_objects(values, min_size, NODATA, keep)
+        assert (expected != values).any()
+        for chunks in ((100, 77), (64, 320)):
+            np.testing.assert_array_equal(_blockwise(values, chunks, min_size, keep), expected)
