@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from typer.testing import CliRunner
 
-import models.bundle
+import models.bundle.sources
 import models.training
 import pipeline.job.config
 import pipeline.job.discover
@@ -32,7 +32,7 @@ COMMANDS = {
     "run": (["run", "in.tif", "out", "-m", "b"], pipeline.job.config, "load_config"),
     "plan": (["plan", "in.tif", "-m", "b"], pipeline.job.config, "load_config"),
     "info": (["info", "in.tif"], pipeline.job.discover, "discover"),
-    "bundle": (["bundle", "info", "b"], models.bundle, "load_bundle"),
+    "bundle": (["bundle", "info", "b"], models.bundle.sources, "open_model"),
     "train": (["train", "-i", "a.tif", "-l", "b.tif", "--out", "o"], models.training, "train"),
     "evaluate": (["evaluate", "b", "-i", "a.tif", "-l", "b.tif"], pipeline.job.evaluate, "evaluate_bundle"),
     "serve": (["serve", "-c", "job.yaml"], pipeline.job.config, "load_config"),
