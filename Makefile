@@ -8,11 +8,12 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 
 .PHONY: venv test lint demo bench clean
 
-$(BIN)/.installed: pyproject.toml
+$(BIN)/.installed: pyproject.toml requirements/nnunet.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q $(TORCH)
 	$(BIN)/pip install -q -e '.[test]'
+	$(BIN)/pip install -q --no-deps -r requirements/nnunet.txt
 	touch $@
 
 venv: $(BIN)/.installed
