@@ -27,6 +27,7 @@ _NORM_KEYS = {
     "percentile": ("lower", "upper"),
     "ct_window": ("center", "width"),
     "scale": ("factor", "offset"),
+    "clip_zscore": ("mean", "std", "clip_lower", "clip_upper"),
 }
 
 
