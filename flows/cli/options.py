@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from enum import StrEnum
+from typing import Any
 
 import typer
 
@@ -28,3 +29,23 @@ def int_list(text: str | None, option: str, *, positive: bool = False) -> list[i
     if positive and any(v < 1 for v in values):
         raise typer.BadParameter(f"expected positive integers, got {text!r}", param_hint=option)
     return values
+
+
+def model_options(folds: str | None, checkpoint: str | None, mirroring: bool | None) -> dict[str, Any] | None:
+    """The options of a model kind (nnU-Net's ``--folds 0,1 --checkpoint best --no-mirroring``) as the
+    job's ``model_options``; None when none was given, so a config file's stay."""
+    opts: dict[str, Any] = {}
+    if folds is not None:
+        parts = [p.strip() for p in folds.split(",") if p.strip()]
+        if not parts or not all(p.isdigit() or p == "all" for p in parts):
+            raise typer.BadParameter(
+                f"expected fold numbers like 0,1,2 (or all), got {folds!r}", param_hint="--folds"
+            )
+        opts["folds"] = [int(p) if p.isdigit() else p for p in parts]
+    if checkpoint is not None:
+        if checkpoint not in ("final", "best"):
+            raise typer.BadParameter(f"expected final or best, got {checkpoint!r}", param_hint="--checkpoint")
+        opts["checkpoint"] = checkpoint
+    if mirroring is not None:
+        opts["mirroring"] = mirroring
+    return opts or None

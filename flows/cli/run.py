@@ -19,7 +19,7 @@ from rich.table import Table
 from rich.text import Text
 
 from flows.cli.errors import debug_enabled, reported
-from flows.cli.options import int_list
+from flows.cli.options import int_list, model_options
 from pipeline.errors import TilewiseError
 
 Input = Annotated[str, typer.Argument(help="Scene file, folder, glob or URL.")]
@@ -96,6 +96,16 @@ def run_cmd(
     scheduler: Annotated[str | None, typer.Option(help="tcp://host:8786 of a Dask cluster")] = None,
     overwrite: Annotated[bool | None, typer.Option("--overwrite", help="replace existing outputs")] = None,
     keep_work: Annotated[bool | None, typer.Option("--keep-work", help="keep the work folder")] = None,
+    folds: Annotated[
+        str | None, typer.Option(help="nnU-Net folds to ensemble, e.g. 0,1 (default: all)")
+    ] = None,
+    checkpoint: Annotated[str | None, typer.Option(help="nnU-Net checkpoint: final|best")] = None,
+    mirroring: Annotated[
+        bool | None, typer.Option("--mirroring/--no-mirroring", help="nnU-Net mirroring (default: on)")
+    ] = None,
+    trust_pickle: Annotated[
+        bool | None, typer.Option("--trust-pickle", help="allow checkpoints that need full unpickling")
+    ] = None,
 ) -> None:
     """Segment every scene under INPUT into OUTPUT (an s3:// OUTPUT runs the bucket flow once)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -126,6 +136,8 @@ def run_cmd(
                 "execution.scheduler": scheduler,
                 "outputs.overwrite": overwrite,
                 "outputs.keep_work": keep_work,
+                "model_options": model_options(folds, checkpoint, mirroring),
+                "trust_pickle": trust_pickle,
             },
         )
         from flows.bucket import run_bucket_job

@@ -51,10 +51,11 @@ class SceneTask:
     activation: str = "softmax"
     probabilities: bool = False
     nodata_label: int = 255
+    grid: str = "monai"  # the window grid rule: MONAI's, or nnU-Net's (its models' own)
 
     @cached_property
     def plan(self) -> BlockPlan:
-        return BlockPlan.build(self.spatial_shape, self.patch_size, self.overlap, self.block_size)
+        return BlockPlan.build(self.spatial_shape, self.patch_size, self.overlap, self.block_size, self.grid)
 
 
 @dataclass
