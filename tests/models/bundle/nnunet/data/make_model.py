@@ -28,8 +28,8 @@ ROOT = HERE.parents[4]
 sys.path.insert(0, str(ROOT))
 DATASET = "Dataset900_TinyCT"
 PLANS = "nnUNetSmallPlans"
-EPOCHS, ITERATIONS = 4, 20
-TRAIN = [("3d_fullres", 0), ("3d_fullres", 1), ("2d", 0)]
+ITERATIONS = 30
+TRAIN = [("3d_fullres", 0, 25), ("3d_fullres", 1, 25), ("2d", 0, 8)]  # configuration, fold, epochs
 SMALL = {
     "3d_fullres": dict(
         patch=[16, 48, 48], features=[4, 8, 16, 32], strides=[[1, 1, 1], [1, 2, 2], [2, 2, 2], [2, 2, 2]]
@@ -108,14 +108,14 @@ def main() -> None:
     nnUNetTrainer.get_training_transforms = staticmethod(light)
     torch.manual_seed(0)
     torch.set_num_threads(1)  # a shared 2-core machine: one thread never waits at a barrier
-    for cfg, fold in TRAIN:
+    for cfg, fold, epochs in TRAIN:
         trainer = get_trainer_from_args("900", cfg, fold, "nnUNetTrainer", PLANS, device=torch.device("cpu"))
-        trainer.num_epochs, trainer.num_iterations_per_epoch = EPOCHS, ITERATIONS
+        trainer.num_epochs, trainer.num_iterations_per_epoch = epochs, ITERATIONS
         trainer.num_val_iterations_per_epoch = 1
         trainer.run_training()
     out = HERE / "results" / DATASET
     shutil.rmtree(out, ignore_errors=True)
-    for cfg in {c for c, _ in TRAIN}:
+    for cfg in {c for c, _, _ in TRAIN}:
         src = work / "results" / DATASET / f"nnUNetTrainer__{PLANS}__{cfg}"
         dst = out / src.name
         dst.mkdir(parents=True)
