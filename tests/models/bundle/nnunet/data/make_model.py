@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT))
 DATASET = "Dataset900_TinyCT"
 PLANS = "nnUNetSmallPlans"
 ITERATIONS = 30
-TRAIN = [("3d_fullres", 0, 25), ("3d_fullres", 1, 25), ("2d", 0, 8)]  # configuration, fold, epochs
+TRAIN = [("3d_fullres", 0, 25), ("3d_fullres", 1, 25), ("2d", 0, 25)]  # configuration, fold, epochs
 SMALL = {
     "3d_fullres": dict(
         patch=[16, 48, 48], features=[4, 8, 16, 32], strides=[[1, 1, 1], [1, 2, 2], [2, 2, 2], [2, 2, 2]]
