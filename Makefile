@@ -10,11 +10,12 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 
 .PHONY: venv lock test test-viewers lint demo bench clean
 
-$(BIN)/.installed: pyproject.toml $(LOCK)
+$(BIN)/.installed: pyproject.toml $(LOCK) requirements/nnunet.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q $(PIP_VERSION)
 	$(BIN)/pip install -q -r $(LOCK)
 	$(BIN)/pip install -q --no-deps -e .
+	$(BIN)/pip install -q --no-deps -r requirements/nnunet.txt
 	touch $@
 
 venv: $(BIN)/.installed

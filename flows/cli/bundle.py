@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from flows.cli.bundle_nnunet import import_nnunet_cmd
 from flows.cli.errors import reported
 from flows.cli.options import Arch, int_list
 from pipeline.errors import OutputError
@@ -22,6 +23,9 @@ if TYPE_CHECKING:
     from models.bundle import Bundle
 
 bundle_app = typer.Typer(help="Create and inspect model bundles.", no_args_is_help=True, add_completion=False)
+import_app = typer.Typer(help="Convert a model kept by another tool into a bundle.", no_args_is_help=True)
+bundle_app.add_typer(import_app, name="import")
+import_app.command("nnunet")(import_nnunet_cmd)
 
 
 @bundle_app.command("init")
@@ -91,7 +95,10 @@ def render(bundle: Bundle) -> Table:
 
 @bundle_app.command("info")
 def info_cmd(
-    ctx: typer.Context, path: Annotated[Path, typer.Argument(help="Bundle folder (or its model.yaml).")]
+    ctx: typer.Context,
+    path: Annotated[
+        Path, typer.Argument(help="Bundle folder (or its model.yaml), or a model of a kind --model takes.")
+    ],
 ) -> None:
     """Show what a bundle expects and produces."""
     from models.bundle.sources import open_model

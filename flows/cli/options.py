@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from enum import StrEnum
+from typing import Any
 
 import typer
 
@@ -41,3 +42,23 @@ def band_map(text: str | None, option: str = "--bands") -> dict[str, str] | None
             f"expected CHANNEL=ASSET[,CHANNEL=ASSET...], got {text!r}", param_hint=option
         )
     return {k.strip(): v.strip() for k, v in parsed}
+
+
+def model_options(folds: str | None, checkpoint: str | None, mirroring: bool | None) -> dict[str, Any] | None:
+    """The options of a model kind (nnU-Net's ``--folds 0,1 --checkpoint best --no-mirroring``) as the
+    job's ``model_options``; None when none was given, so a config file's stay."""
+    opts: dict[str, Any] = {}
+    if folds is not None:
+        parts = [p.strip() for p in folds.split(",") if p.strip()]
+        if not parts or not all(p.isdigit() or p == "all" for p in parts):
+            raise typer.BadParameter(
+                f"expected fold numbers like 0,1,2 (or all), got {folds!r}", param_hint="--folds"
+            )
+        opts["folds"] = [int(p) if p.isdigit() else p for p in parts]
+    if checkpoint is not None:
+        if checkpoint not in ("final", "best"):
+            raise typer.BadParameter(f"expected final or best, got {checkpoint!r}", param_hint="--checkpoint")
+        opts["checkpoint"] = checkpoint
+    if mirroring is not None:
+        opts["mirroring"] = mirroring
+    return opts or None

@@ -19,7 +19,7 @@ from rich.table import Table
 from rich.text import Text
 
 from flows.cli.errors import debug_enabled, reported
-from flows.cli.options import band_map, int_list
+from flows.cli.options import band_map, int_list, model_options
 from pipeline.errors import TilewiseError
 
 Input = Annotated[str, typer.Argument(help="Scene file, folder, glob or URL.")]
@@ -146,6 +146,16 @@ def run_cmd(
             help="run as a tracked Prefect flow run (default: only when PREFECT_API_URL is set)",
         ),
     ] = None,
+    folds: Annotated[
+        str | None, typer.Option(help="nnU-Net folds to ensemble, e.g. 0,1 (default: all)")
+    ] = None,
+    checkpoint: Annotated[str | None, typer.Option(help="nnU-Net checkpoint: final|best")] = None,
+    mirroring: Annotated[
+        bool | None, typer.Option("--mirroring/--no-mirroring", help="nnU-Net mirroring (default: on)")
+    ] = None,
+    trust_pickle: Annotated[
+        bool | None, typer.Option("--trust-pickle", help="allow checkpoints that need full unpickling")
+    ] = None,
 ) -> None:
     """Segment every scene under INPUT into OUTPUT (an s3:// OUTPUT runs the bucket flow once).
 
@@ -187,6 +197,8 @@ def run_cmd(
                 "outputs.overwrite": overwrite,
                 "outputs.keep_work": keep_work,
                 "execution.orchestrator": None if prefect is None else ("prefect" if prefect else "none"),
+                "model_options": model_options(folds, checkpoint, mirroring),
+                "trust_pickle": trust_pickle,
             },
         )
         from flows.oneoff import choose_runner

@@ -27,6 +27,7 @@ _NORM_KEYS = {
     "percentile": ("lower", "upper"),
     "ct_window": ("center", "width"),
     "scale": ("factor", "offset"),
+    "clip_zscore": ("mean", "std", "clip_lower", "clip_upper"),
 }
 
 
@@ -69,7 +70,13 @@ def save_bundle(
 ) -> Bundle:
     """Write model.yaml + weights.safetensors into ``path``, which appears only when complete."""
     cfg = validate_config(config)
-    state = {k: v.detach().to("cpu").contiguous() for k, v in state_dict.items()}
+    state: dict[str, torch.Tensor] = {}
+    storages: set[int] = set()
+    for k, v in state_dict.items():  # safetensors refuses shared storage (tied weights, nnU-Net's decoder
+        t = v.detach().to("cpu").contiguous()  # holding its encoder): a tensor seen before is copied
+        ptr = t.untyped_storage().data_ptr()
+        state[k] = t.clone() if ptr in storages else t
+        storages.add(ptr)
     expected = meta_shapes(cfg)
     if expected is not None:
         check_shapes(expected, tensor_shapes(state), str(path))

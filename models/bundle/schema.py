@@ -21,6 +21,7 @@ from pipeline.formats.colours import default_color as default_color  # the one d
 CONFIG_NAME = "model.yaml"
 WEIGHTS_NAME = "weights.safetensors"
 PALETTE = TABLEAU_10
+NATIVE = "NATIVE"
 _HEX = re.compile(r"^#[0-9a-fA-F]{6}$")
 
 
@@ -31,7 +32,7 @@ class _Strict(BaseModel):
 class Normalization(_Strict):
     """How raw pixel values become model input; which fields matter depends on ``kind``."""
 
-    kind: Literal["none", "zscore", "percentile", "ct_window", "scale"] = "none"
+    kind: Literal["none", "zscore", "percentile", "ct_window", "scale", "clip_zscore"] = "none"
     mean: list[float] | None = None
     std: list[float] | None = None
     lower: float = 2.0  # percentile: percent, computed per scene
@@ -40,14 +41,25 @@ class Normalization(_Strict):
     width: float | None = None
     factor: float = 1.0  # scale: x * factor + offset
     offset: float = 0.0
+    clip_lower: list[float] | None = None  # clip_zscore: per channel, clip then (x - mean) / std
+    clip_upper: list[float] | None = None  # (nnU-Net's CT normalisation)
 
     @model_validator(mode="after")
     def _by_kind(self) -> Normalization:
-        if self.kind == "zscore":
+        if self.kind in ("zscore", "clip_zscore"):
             if self.mean is None or self.std is None:
-                raise ValueError("zscore needs 'mean' and 'std' (one value per channel)")
+                raise ValueError(f"{self.kind} needs 'mean' and 'std' (one value per channel)")
             if any(s <= 0 for s in self.std):
                 raise ValueError("zscore 'std' values must be > 0")
+        if self.kind == "clip_zscore":
+            lo, hi = self.clip_lower, self.clip_upper
+            if (
+                lo is None
+                or hi is None
+                or len(lo) != len(hi)
+                or any(a > b for a, b in zip(lo, hi, strict=True))
+            ):
+                raise ValueError("clip_zscore needs 'clip_lower' <= 'clip_upper' (one value per channel)")
         elif self.kind == "percentile" and not 0.0 <= self.lower < self.upper <= 100.0:
             raise ValueError(f"percentile needs 0 <= lower < upper <= 100, got {self.lower}, {self.upper}")
         elif self.kind == "ct_window":
@@ -72,7 +84,7 @@ class Inputs(_Strict):
             if any(b < 1 for b in self.band_indexes):
                 raise ValueError("band_indexes are 1-based and must be >= 1")
         norm = self.normalization
-        for key in ("mean", "std"):
+        for key in ("mean", "std", "clip_lower", "clip_upper"):
             values = getattr(norm, key)
             if values is not None and len(values) != n:
                 raise ValueError(f"normalization.{key} has {len(values)} values for {n} channels")
@@ -108,6 +120,10 @@ class BundleConfig(_Strict):
     patch_size: list[int]
     overlap: float = Field(default=0.25, ge=0.0, lt=1.0)
     output_activation: Literal["softmax", "sigmoid", "none"] = "softmax"
+    # how windows are laid out and blended: MONAI's grid (any blend the job asks for), or nnU-Net's grid
+    # with its own gaussian, which its models were validated with
+    grid: Literal["monai", "nnunet"] = "monai"
+    blend: Literal["gaussian", "constant", "cosine", "crop", "nnunet"] | None = None  # None: the job's
     classes: list[ClassSpec] = Field(min_length=1)
     card: dict[str, Any] = Field(default_factory=dict)
 
@@ -115,6 +131,8 @@ class BundleConfig(_Strict):
     @classmethod
     def _orientation(cls, v: str) -> str:
         v = v.upper()
+        if v == NATIVE:  # the file's own voxel axes, never reoriented (nnU-Net models see them so)
+            return v
         axes = [{"R": 0, "L": 0, "A": 1, "P": 1, "S": 2, "I": 2}.get(c) for c in v]
         if len(v) != 3 or None in axes or len(set(axes)) != 3:
             raise ValueError(f"orientation must be 3 axis codes like 'RAS' or 'LPS', got {v!r}")

@@ -81,3 +81,25 @@ def open_model(
     kind = model_kind(p)
     source = next(s for s in SOURCES if s.kind == kind)
     return source.load(p, trust_pickle=trust_pickle, options=dict(options or {}))
+
+
+def _is_nnunet(p: Path) -> bool:
+    from models.bundle.nnunet.folder import looks_like_nnunet  # standard library only: cheap
+
+    return looks_like_nnunet(p)
+
+
+def _load_nnunet(path: Path, *, trust_pickle: bool, options: Mapping[str, Any]) -> Bundle:
+    from models.bundle.nnunet import load_nnunet
+
+    return load_nnunet(path, trust_pickle=trust_pickle, options=options)
+
+
+register(
+    ModelSource(
+        "nnunet",
+        _is_nnunet,
+        _load_nnunet,
+        "an nnU-Net v2 trained-model folder (dataset.json, plans.json, fold_N/checkpoint_final.pth)",
+    )
+)

@@ -1,9 +1,10 @@
 """Build a network from a plain config dict (the ``architecture`` block of a bundle's model.yaml).
 
-Names: ``unet`` and ``fcn`` (ours) and ``monai.<ClassName>`` for any network class in
-``monai.networks.nets``. ``torchscript`` / ``export`` name self-contained archives: they are files, not
-classes, so :mod:`models.bundle.load` reads them with the rest of the bundle and this registry only
-knows their names (to list them and to refuse building them).
+Names: ``unet`` and ``fcn`` (ours), ``nnunet`` (the folds of an nnU-Net v2 model, rebuilt from its
+plans with dynamic-network-architectures: :mod:`models.nets.nnunet`) and ``monai.<ClassName>`` for any
+network class in ``monai.networks.nets``. ``torchscript`` / ``export`` name self-contained archives:
+they are files, not classes, so :mod:`models.bundle.load` reads them with the rest of the bundle and
+this registry only knows their names (to list them and to refuse building them).
 """
 
 from __future__ import annotations
@@ -16,10 +17,11 @@ from typing import Any
 from torch import nn
 
 from models.nets.fcn import FCN
+from models.nets.nnunet import NnUNetNet
 from models.nets.unet import UNet
 from pipeline.errors import BundleError
 
-LOCAL_MODELS: dict[str, type[nn.Module]] = {"unet": UNet, "fcn": FCN}
+LOCAL_MODELS: dict[str, type[nn.Module]] = {"unet": UNet, "fcn": FCN, "nnunet": NnUNetNet}
 ARCHIVE_NAMES = ("torchscript", "export")
 MONAI_PREFIX = "monai."
 

@@ -2,8 +2,10 @@
 
 Gaussian and constant maps are MONAI's ``compute_importance_map``, op for op in torch, so the blend
 is numerically MONAI's (a test holds them bit-equal) without importing MONAI, which costs seconds.
-``cosine`` (a Hann taper) and ``crop`` (keep window centres) are ours. All maps are clamped away from
-zero, as MONAI does, so every covered pixel has a positive weight.
+``nnunet`` is nnU-Net's own gaussian (``compute_gaussian``: sigma = patch/8 from a filtered delta,
+scaled to 10, rounded to float16, zeros raised to its smallest value), unclamped, so that its models
+blend as nnU-Net blends them. ``cosine`` (a Hann taper) and ``crop`` (keep window centres) are ours.
+The other maps are clamped away from zero, as MONAI does, so every covered pixel has a positive weight.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import torch
 
 from pipeline.core.box import Box
 
-BLEND_MODES = ("gaussian", "constant", "cosine", "crop")
+BLEND_MODES = ("gaussian", "constant", "cosine", "crop", "nnunet")
 MIN_WEIGHT = 1e-3
 
 
@@ -31,6 +33,10 @@ def importance_map(
         out = _separable([np.hanning(n + 2)[1:-1] for n in patch_size])
     elif mode == "crop":
         out = _separable([_centre_profile(n, overlap) for n in patch_size])
+    elif mode == "nnunet":
+        out = _nnunet_gaussian(patch_size)
+        out.setflags(write=False)
+        return out
     else:
         raise ValueError(f"blend mode {mode!r} is not one of {', '.join(BLEND_MODES)}")
     out = np.maximum(out, max(float(out.min()), MIN_WEIGHT)).astype(np.float32)
@@ -50,6 +56,20 @@ def _monai_map(patch_size: tuple[int, ...], mode: str, sigma_scale: float) -> to
             weights = weights.unsqueeze(-1) * x[(None,) * i] if i > 0 else x
     floor = max(torch.min(weights).item(), 1e-3)
     return torch.clamp_(weights.to(torch.float), min=floor)
+
+
+def _nnunet_gaussian(patch_size: tuple[int, ...]) -> np.ndarray:
+    """nnU-Net's ``compute_gaussian(patch, 1/8, value_scaling_factor=10)``; a one-voxel axis (a 2-D
+    model over a 3-D volume) is left out of the filter, as nnU-Net filters the 2-D patch only."""
+    from scipy.ndimage import gaussian_filter
+
+    plane = tuple(n for n in patch_size if n > 1) or (1,)
+    delta = np.zeros(plane)
+    delta[tuple(n // 2 for n in plane)] = 1.0
+    g = gaussian_filter(delta, [n / 8 for n in plane], 0, mode="constant", cval=0)
+    g = (g / (g.max() / 10)).astype(np.float16)
+    g[g == 0] = g[g != 0].min()
+    return g.astype(np.float32).reshape(patch_size)
 
 
 def _separable(profiles: Sequence[np.ndarray]) -> np.ndarray:

@@ -2,7 +2,9 @@
 
 The windows form one global grid over the scene, the same grid as MONAI's ``sliding_window_inference``
 (interval ``int(roi * (1 - overlap))``, last window flush with the end, symmetric padding when the
-scene is smaller than the window). Blocks partition that grid: each window is owned by exactly one
+scene is smaller than the window). ``grid="nnunet"`` spreads the starts evenly instead, as nnU-Net's
+``compute_steps_for_sliding_window`` does (a window of one voxel steps by one: nnU-Net's 2-D models on
+3-D volumes). Blocks partition that grid: each window is owned by exactly one
 block, the one whose write region holds the window's start. Everything is separable per axis, so the
 N-d answers are products of the 1-d ones computed here.
 """
@@ -26,12 +28,28 @@ def scan_interval(size: int, roi: int, overlap: float) -> int:
     return interval if interval > 0 else 1
 
 
-def axis_starts(size: int, roi: int, overlap: float) -> tuple[int, ...]:
+GRIDS = ("monai", "nnunet")
+
+
+def nnunet_starts(size: int, roi: int, step: float) -> tuple[int, ...]:
+    """nnU-Net's starts: ``ceil((size - roi) / (roi * step)) + 1`` windows spread evenly, rounded."""
+    if roi == 1:
+        return tuple(range(size))
+    count = math.ceil((size - roi) / (roi * step)) + 1
+    actual = (size - roi) / (count - 1) if count > 1 else 0.0
+    return tuple(round(actual * i) for i in range(count))  # round() is np.round's half-to-even
+
+
+def axis_starts(size: int, roi: int, overlap: float, grid: str = "monai") -> tuple[int, ...]:
     """Window starts on one axis; negative only when the axis is shorter than the window."""
     if size < 1 or roi < 1:
         raise ValueError(f"axis size {size} and window {roi} must be positive")
     if size <= roi:
-        return (-((roi - size) // 2),)
+        return (-((roi - size) // 2),)  # MONAI's symmetric padding and nnU-Net's pad_nd_image agree
+    if grid == "nnunet":
+        return nnunet_starts(size, roi, 1.0 - overlap)
+    if grid != "monai":
+        raise ValueError(f"grid {grid!r} is not one of {', '.join(GRIDS)}")
     step = scan_interval(size, roi, overlap)
     count = next(d for d in range(math.ceil(size / step)) if d * step + roi >= size) + 1
     return tuple(i * step - max(i * step + roi - size, 0) for i in range(count))
@@ -91,7 +109,11 @@ class AxisPlan:
 
 
 def make_axis_plans(
-    spatial_shape: Sequence[int], roi: Sequence[int], overlap: float | Sequence[float], block: Sequence[int]
+    spatial_shape: Sequence[int],
+    roi: Sequence[int],
+    overlap: float | Sequence[float],
+    block: Sequence[int],
+    grid: str = "monai",
 ) -> tuple[AxisPlan, ...]:
     dims = len(spatial_shape)
     overlaps = tuple(overlap) if isinstance(overlap, Sequence) else (float(overlap),) * dims
@@ -103,7 +125,7 @@ def make_axis_plans(
         if b < r:
             raise ValueError(f"block edge {b} is smaller than the window {r}; it must be at least the window")
     return tuple(
-        AxisPlan(int(n), int(r), int(b), axis_starts(int(n), int(r), o))
+        AxisPlan(int(n), int(r), int(b), axis_starts(int(n), int(r), o, grid))
         for n, r, b, o in zip(spatial_shape, roi, block, overlaps, strict=True)
     )
 
@@ -153,6 +175,7 @@ class BlockPlan:
         roi: Sequence[int] | int,
         overlap: float | Sequence[float],
         block_size: Sequence[int] | int | None = None,
+        grid: str = "monai",
     ) -> BlockPlan:
         dims = len(spatial_shape)
         rois = tuple(int(r) for r in (roi if isinstance(roi, Sequence) else (roi,) * dims))
@@ -164,7 +187,7 @@ class BlockPlan:
             blocks = tuple(int(b) for b in block_size)
         else:
             blocks = (int(block_size),) * dims
-        axes = make_axis_plans(spatial_shape, rois, overlap, blocks)
+        axes = make_axis_plans(spatial_shape, rois, overlap, blocks, grid)
         return cls(tuple(int(n) for n in spatial_shape), rois, blocks, axes)
 
     @property

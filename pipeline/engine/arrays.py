@@ -48,6 +48,7 @@ def _plan(
     overlap: float,
     block_size: int | Sequence[int] | None,
     channels: int,
+    grid: str = "monai",
 ) -> BlockPlan:
     spatial = tuple(int(n) for n in shape[1:])
     roi = _as_tuple(patch_size, len(spatial), "patch_size")
@@ -58,7 +59,7 @@ def _plan(
         if block_size is None
         else _as_tuple(block_size, len(spatial), "block_size")
     )
-    return BlockPlan.build(spatial, roi, overlap, blocks)
+    return BlockPlan.build(spatial, roi, overlap, blocks, grid)
 
 
 def sweep(
@@ -131,13 +132,14 @@ class _Settings:
     device: str
     tta: bool
     activation: str
+    grid: str = "monai"
 
 
 def _infer(image: Any, model: Any, make_sink: Callable[[BlockPlan], Any], s: _Settings, mask: Any) -> Any:
     """The sweep both public functions run; they differ only in the sink."""
     predict = _predictor(model, s.device, s.tta, s.activation)
     channels = _out_channels(model)
-    plan = _plan(image.shape, s.patch_size, s.overlap, s.block_size, channels or 16)
+    plan = _plan(image.shape, s.patch_size, s.overlap, s.block_size, channels or 16, s.grid)
     sink = make_sink(plan)
     sweep(image, predict, plan, sink, blend=s.blend, sigma_scale=s.sigma_scale, overlap=s.overlap,
           batch_size=s.batch_size, mask=mask, channels=channels)  # fmt: skip
@@ -159,15 +161,17 @@ def infer_array(
     tta: bool = False,
     activation: str = "none",
     out: Any = None,
+    grid: str = "monai",
 ) -> np.ndarray:
     """Blended float32 scores ``(K, *spatial)`` for a ``(C, *spatial)`` image.
 
     Equal to MONAI's ``sliding_window_inference`` with the same ``roi``/``overlap``/``mode``/
-    ``sigma_scale``, whatever ``block_size`` is. ``mask`` (spatial, True = no data) skips windows that
+    ``sigma_scale``, whatever ``block_size`` is (``grid="nnunet"`` with ``blend="nnunet"``: nnU-Net's window
+    grid and gaussian instead). ``mask`` (spatial, True = no data) skips windows that
     lie wholly in it; pixels no computed window covers get NaN.
     """
     settings = _Settings(
-        patch_size, overlap, blend, sigma_scale, batch_size, block_size, device, tta, activation
+        patch_size, overlap, blend, sigma_scale, batch_size, block_size, device, tta, activation, grid
     )
     sink = _infer(image, model, lambda plan: ScoreSink(out, plan.spatial_shape), settings, mask)
     return sink.out
@@ -189,6 +193,7 @@ def infer_labels(
     tta: bool = False,
     activation: str = "none",
     out: Any = None,
+    grid: str = "monai",
 ) -> Any:
     """uint8 argmax labels ``(*spatial)``, never holding the ``(K, *spatial)`` scores.
 
@@ -201,6 +206,6 @@ def infer_labels(
         return LabelSink(canvas, nodata_label=nodata_label)
 
     settings = _Settings(
-        patch_size, overlap, blend, sigma_scale, batch_size, block_size, device, tta, activation
+        patch_size, overlap, blend, sigma_scale, batch_size, block_size, device, tta, activation, grid
     )
     return _infer(image, model, label_sink, settings, mask).out

@@ -147,8 +147,12 @@ class Preprocessor:
         norm = self.normalization
         pick = slice(None) if channel is None else slice(channel, channel + 1)
         per_channel = (x.shape[0],) + (1,) * (x.ndim - 1)
-        if norm.kind == "zscore":
+        if norm.kind in ("zscore", "clip_zscore"):
             assert norm.mean is not None and norm.std is not None  # enforced by the bundle schema
+            if norm.kind == "clip_zscore":  # nnU-Net's CT scheme: clip, then z-score
+                assert norm.clip_lower is not None and norm.clip_upper is not None
+                lo = np.asarray(norm.clip_lower, np.float32)[pick].reshape(per_channel)
+                np.clip(x, lo, np.asarray(norm.clip_upper, np.float32)[pick].reshape(per_channel), out=x)
             x -= np.asarray(norm.mean, np.float32)[pick].reshape(per_channel)
             x /= np.asarray(norm.std, np.float32)[pick].reshape(per_channel)
         elif norm.kind == "percentile":

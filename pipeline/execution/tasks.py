@@ -56,10 +56,11 @@ class SceneTask:
     amp: str = "auto"  # CUDA options (Predictor); the CPU path ignores them
     channels_last: bool = False
     compile: bool = False
+    grid: str = "monai"  # the window grid rule: MONAI's, or nnU-Net's (its models' own)
 
     @cached_property
     def plan(self) -> BlockPlan:
-        return BlockPlan.build(self.spatial_shape, self.patch_size, self.overlap, self.block_size)
+        return BlockPlan.build(self.spatial_shape, self.patch_size, self.overlap, self.block_size, self.grid)
 
 
 @dataclass

@@ -1,6 +1,7 @@
 """NIfTI volumes in, on exactly the input's voxel grid, in the engine's orientation and spacing.
 
-The engine works in one orientation (the bundle's, default RAS) and optionally one spacing; the file
+The engine works in one orientation (the bundle's, default RAS, or ``native``: the file's own voxel
+axes, as nnU-Net's models see them) and optionally one spacing; the file
 keeps its own. Reorientation is a pure flip/permutation of voxel axes (no interpolation), so
 ``to_native_labels`` inverts it exactly, and written labels overlay the input voxel-for-voxel in
 ITK-SNAP, 3D Slicer and napari.
@@ -29,6 +30,7 @@ from pipeline.errors import ConfigError, FormatError, InputError
 from pipeline.formats.nifti_files import CACHE_THRESHOLD_BYTES, VoxelSource, shape4
 from pipeline.formats.scene import VolumeMeta
 
+NATIVE = "NATIVE"  # orientation: keep the file's voxel axes as they are
 _CHANNEL_FILE = re.compile(r"^(?P<case>.+)_(?P<idx>\d{4})(?P<ext>\.nii(?:\.gz)?)$")
 
 
@@ -101,16 +103,19 @@ class NiftiScene:
         self.native_shape: tuple[int, ...] = tuple(int(n) for n in img0.shape[: min(3, len(img0.shape))])
         self._pad3 = shape4(img0.shape)[:3]
         try:
-            target = nio.axcodes2ornt(tuple(orientation.upper()))
-        except (ValueError, TypeError) as exc:
-            raise ConfigError(f"bad orientation {orientation!r}: {exc}") from exc
-        try:
             affine = np.asarray(img0.affine, dtype=np.float64)
             if not np.isfinite(affine).all():
                 raise ValueError("it holds NaN or infinity")
-            tr = nio.ornt_transform(nio.io_orientation(affine), target)
+            own = nio.io_orientation(affine)
         except (ValueError, TypeError) as exc:
             raise FormatError(f"unusable voxel-to-world affine in the header: {exc}", path=self.uri) from exc
+        if orientation.upper() == NATIVE:  # the file's own axes: no flip, no permutation
+            orientation = "".join(nio.ornt2axcodes(own))
+        try:
+            target = nio.axcodes2ornt(tuple(orientation.upper()))
+        except (ValueError, TypeError) as exc:
+            raise ConfigError(f"bad orientation {orientation!r}: {exc}") from exc
+        tr = nio.ornt_transform(own, target)
         self._perm, self._flip = [0, 0, 0], [False, False, False]
         for i, (e, d) in enumerate(tr):
             self._perm[int(e)], self._flip[int(e)] = i, d < 0

@@ -72,6 +72,8 @@ class JobConfig(BaseModel):
     output: str | None = None
     model: str | None = None
     inputs: InputConfig = Field(default_factory=InputConfig)
+    model_options: dict[str, Any] = Field(default_factory=dict)  # a model kind's own (nnU-Net --folds, ...)
+    trust_pickle: bool = False  # allow checkpoints that need full unpickling (arbitrary code)
     tiling: TilingConfig = Field(default_factory=TilingConfig)
     execution: ExecutionConfig = Field(default_factory=ExecutionConfig)
     outputs: OutputConfig = Field(default_factory=OutputConfig)

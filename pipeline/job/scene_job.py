@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from pipeline.core.tiling import BlockPlan, default_block_size
+from pipeline.core.tiling import default_block_size
 from pipeline.errors import ConfigError, InputError, OutputError, TilewiseError, redact
 from pipeline.execution.preprocess import Preprocessor
 from pipeline.formats.kinds import OUTPUT_SUFFIX
@@ -262,7 +262,7 @@ def _run(
             block_size=block,
             classes=bundle.num_classes,
             preprocessor=pre,
-            blend=config.tiling.blend,
+            blend=bundle.config.blend or config.tiling.blend,  # a model's own map (nnU-Net's) wins
             sigma_scale=config.tiling.sigma_scale,
             batch_size=config.execution.batch_size,
             device=config.execution.device,
@@ -273,6 +273,7 @@ def _run(
             activation=bundle.config.output_activation,
             probabilities=config.outputs.probabilities,
             nodata_label=config.outputs.nodata_label,
+            grid=bundle.config.grid,
         )
         state = {
             "uri": source.uri,
@@ -346,7 +347,7 @@ def _report(
         table = class_table(bundle.class_names, counts, "volume_ml", voxel_mm3 / 1000.0)
     else:
         table = class_table(bundle.class_names, counts, "", None)
-    plan = BlockPlan.build(task.spatial_shape, task.patch_size, task.overlap, task.block_size)
+    plan = task.plan
     return {
         "input": redact(source.uri),
         "inputs": [redact(u) for u in source.uris],

@@ -48,12 +48,30 @@ def prepare_job(config: JobConfig, *, sources: list[SceneSource] | None = None) 
 
     if not (config.input and config.output and config.model):
         raise ConfigError("input, output and model are all required")
-    bundle = open_model(config.model)
+    bundle = open_model(config.model, trust_pickle=config.trust_pickle, options=config.model_options)
     out_dir = prepare_output(config.output)
+    if config.execution.workers or config.execution.scheduler:
+        bundle = as_saved_bundle(bundle, out_dir)
     scenes = sources if sources is not None else discover(config.input, exclude=str(out_dir))
     if not live_leases(out_dir / WORK_DIR, config.execution.lease_timeout_s):
         clean_stale_temps(out_dir)  # a crashed run's temporaries; never while another run holds a scene
     return Job(config, bundle, out_dir, list(scenes))
+
+
+def as_saved_bundle(bundle: Any, out_dir: Path) -> Any:
+    """A model of another kind (an nnU-Net folder, ...) saved once as a tilewise bundle under the work
+    folder, so that Dask workers load it from its path as safetensors: they never unpickle, and they
+    build exactly the folds and settings the job chose."""
+    from models.bundle import CONFIG_NAME, load_bundle, save_bundle
+    from pipeline.job.discover import WORK_DIR
+
+    if (Path(bundle.path) / CONFIG_NAME).is_file():
+        return bundle
+    saved = out_dir / WORK_DIR / "models" / bundle.hash[:16]
+    if not (saved / CONFIG_NAME).is_file():
+        model = bundle.build()
+        save_bundle(saved, bundle.config, model.state_dict(), overwrite=True)
+    return load_bundle(saved)
 
 
 def prepare_output(output: str) -> Path:

@@ -1,4 +1,5 @@
-"""Importance maps: the gaussian and constant maps are MONAI's, bit for bit, without importing MONAI."""
+"""Importance maps: the gaussian and constant maps are MONAI's, bit for bit, without importing MONAI;
+nnU-Net's gaussian is nnU-Net's, value for value."""
 
 from __future__ import annotations
 
@@ -29,3 +30,24 @@ def test_other_modes_taper_and_stay_positive():
         assert w[16, 16] > w[0, 0]
     with pytest.raises(ValueError):
         importance_map((8, 8), "triangle")
+
+
+@pytest.mark.parametrize("patch", [(16, 48, 48), (64, 64), (20, 33, 7)])
+def test_nnunet_gaussian_equals_compute_gaussian(patch):
+    from nnunetv2.inference.sliding_window_prediction import compute_gaussian
+
+    ref = compute_gaussian(patch, 1.0 / 8, value_scaling_factor=10, device=torch.device("cpu"))
+    assert ref.dtype == torch.float16
+    np.testing.assert_array_equal(importance_map(patch, "nnunet"), ref.float().numpy())
+
+
+def test_nnunet_gaussian_of_a_2d_model_over_a_volume_is_its_2d_map():
+    from nnunetv2.inference.sliding_window_prediction import compute_gaussian
+
+    ref = (
+        compute_gaussian((64, 64), 1.0 / 8, value_scaling_factor=10, device=torch.device("cpu"))
+        .float()
+        .numpy()
+    )
+    np.testing.assert_array_equal(importance_map((1, 64, 64), "nnunet")[0], ref)
+    np.testing.assert_array_equal(importance_map((64, 64, 1), "nnunet")[..., 0], ref)

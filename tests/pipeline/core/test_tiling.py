@@ -10,7 +10,7 @@ from monai.data.utils import dense_patch_slices
 from monai.inferers.utils import _get_scan_interval
 
 from pipeline.core.box import Box
-from pipeline.core.tiling import BlockPlan, axis_starts, default_block_size
+from pipeline.core.tiling import GRIDS, BlockPlan, axis_starts, default_block_size
 
 overlaps = st.sampled_from([0.0, 0.1, 0.25, 0.5, 0.6, 0.75, 0.9])
 
@@ -21,7 +21,7 @@ def plans(draw, max_dims=3):
     roi = [draw(st.integers(1, 24)) for _ in range(dims)]
     shape = [draw(st.integers(1, 90)) for _ in range(dims)]
     block = [r + draw(st.integers(0, 40)) for r in roi]
-    return BlockPlan.build(shape, roi, draw(overlaps), block)
+    return BlockPlan.build(shape, roi, draw(overlaps), block, draw(st.sampled_from(GRIDS)))
 
 
 @given(size=st.integers(1, 400), roi=st.integers(1, 64), overlap=overlaps)
@@ -31,6 +31,22 @@ def test_axis_starts_match_monai(size, roi, overlap):
     monai = sorted({s[0].start for s in dense_patch_slices((padded,), (roi,), interval)})
     shift = (max(roi - size, 0)) // 2  # MONAI pads symmetrically when the axis is short
     assert list(axis_starts(size, roi, overlap)) == [s - shift for s in monai]
+
+
+@settings(deadline=None)
+@given(size=st.integers(1, 400), roi=st.integers(1, 64), overlap=overlaps)
+def test_nnunet_grid_matches_nnunet(size, roi, overlap):
+    """nnU-Net's own step rule (its padding to the patch for short axes; one window per slice for a
+    one-voxel window, as its 2-D models run over volumes)."""
+    from nnunetv2.inference.sliding_window_prediction import compute_steps_for_sliding_window
+
+    if roi == 1:
+        expected = list(range(size))
+    elif size < roi:
+        expected = [-((roi - size) // 2)]  # pad_nd_image puts the smaller half before
+    else:
+        expected = compute_steps_for_sliding_window((size,), (roi,), 1.0 - overlap)[0]
+    assert list(axis_starts(size, roi, overlap, "nnunet")) == expected
 
 
 @settings(max_examples=150, deadline=None)

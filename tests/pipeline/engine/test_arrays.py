@@ -132,3 +132,57 @@ def test_seam_spill_to_disk_keeps_results_identical():
     stats = sweep(x, Predictor(net), plan, sink, channels=3, seam_budget_bytes=0)  # spill every block
     assert stats.peak_seam_bytes == 0
     assert np.array_equal(sink.out, whole)
+
+
+def _nnunet_weight(spatial, roi) -> np.ndarray:
+    """Sum of nnU-Net's gaussian over the windows covering each voxel (float64)."""
+    import itertools
+
+    from pipeline.core.blending import importance_map
+    from pipeline.core.tiling import axis_starts
+
+    pad = [max(n, r) for n, r in zip(spatial, roi, strict=True)]
+    weight = np.zeros(pad)
+    starts = [axis_starts(p, r, 0.5, "nnunet") for p, r in zip(pad, roi, strict=True)]
+    for start in itertools.product(*starts):
+        weight[tuple(slice(a, a + r) for a, r in zip(start, roi, strict=True))] += importance_map(
+            roi, "nnunet"
+        )
+    lo = [(p - n) // 2 for p, n in zip(pad, spatial, strict=True)]
+    return weight[tuple(slice(a, a + n) for a, n in zip(lo, spatial, strict=True))]
+
+
+@pytest.mark.parametrize(
+    "shape", [(1, 30, 101, 122), (1, 12, 70, 50)]
+)  # the second: z shorter than the patch
+def test_nnunet_grid_and_gaussian_equal_nnunet_sliding_window_for_any_block_size(shape):
+    """nnUNetPredictor's own sliding window (its grid, gaussian, padding) is the peer. It sums in float16,
+    so where every covering window weighs almost nothing (volume corners: products below float16's
+    normal range) its values are rounding noise; elsewhere they must agree."""
+    import json
+    from pathlib import Path
+
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    folder = Path(__file__).parents[2] / "models/bundle/nnunet/data/results/Dataset900_TinyCT"
+    folder = folder / "nnUNetTrainer__nnUNetSmallPlans__3d_fullres"
+    plans = PlansManager(json.loads((folder / "plans.json").read_text()))
+    config = plans.get_configuration("3d_fullres")
+    net = _net(3, 1, classes=6)
+    predictor = nnUNetPredictor(use_mirroring=False, perform_everything_on_device=False,
+                                device=torch.device("cpu"), allow_tqdm=False)  # fmt: skip
+    dataset = json.loads((folder / "dataset.json").read_text())
+    predictor.manual_initialization(net, plans, config, [net.state_dict()], dataset, "nnUNetTrainer", None)
+    x = np.random.default_rng(7).normal(size=shape).astype(np.float32)
+    with torch.no_grad():
+        ref = predictor.predict_sliding_window_return_logits(torch.from_numpy(x)).float().numpy()
+    roi = tuple(config.patch_size)
+    sound = _nnunet_weight(shape[1:], roi) > 1e-3  # nnU-Net's map peaks at 10; float16 is normal above 6e-5
+    assert sound.mean() > 0.8
+    for block in [None, (17, 50, 61), (16, 48, 48)]:
+        out = infer_array(
+            x, net, patch_size=roi, overlap=0.5, grid="nnunet", blend="nnunet", block_size=block
+        )
+        assert np.abs(out - ref)[:, sound].max() < 1e-2, block
+        assert (out.argmax(0) == ref.argmax(0))[sound].mean() > 0.999, block

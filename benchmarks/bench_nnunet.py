@@ -1,0 +1,116 @@
+"""tilewise against nnUNetPredictor on the same case and model, each side in its own fresh process.
+
+    PYTHONPATH=$PWD .venv/bin/python benchmarks/bench_nnunet.py speed MODEL_FOLDER CASE_0000.nii.gz
+    PYTHONPATH=$PWD .venv/bin/python benchmarks/bench_nnunet.py memory MODEL_FOLDER --edge 512
+
+``speed``: seconds per case (model load, preprocessing, sliding window, export; step 0.5, mirroring on,
+fold 0) and peak RSS, sides alternated ``--repeat`` times (order matters on a shared machine).
+``memory``: a real CT upsampled to ``edge``³ at the plans' spacing; tilewise's peak RSS writing labels
+only, and nnU-Net's peak computed from the buffers its predictor allocates for such a case (float32
+input, float16 logits and weights, float32 probabilities at export, the label map).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _peak_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def side_nnunet(model: str, case: str, out: str) -> dict[str, float]:
+    import torch
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+
+    t = time.perf_counter()
+    p = nnUNetPredictor(tile_step_size=0.5, use_mirroring=True, perform_everything_on_device=False,
+                        device=torch.device("cpu"), allow_tqdm=False)  # fmt: skip
+    p.initialize_from_trained_model_folder(model, use_folds=(0,), checkpoint_name="checkpoint_final.pth")
+    p.predict_from_files_sequential([[case]], out, save_probabilities=False, overwrite=True)
+    return {"seconds": time.perf_counter() - t, "peak_rss_mb": _peak_mb()}
+
+
+def side_tilewise(model: str, case: str, out: str, block: str | None = None) -> dict[str, float]:
+    sys.path.insert(0, str(ROOT))
+    from pipeline.job.config import JobConfig
+    from pipeline.job.skeleton import run_job
+
+    t = time.perf_counter()
+    cfg = {"input": case, "output": out, "model": model, "model_options": {"folds": [0]},
+           "execution": {"device": "cpu"}, "outputs": {"format": "nifti"}}  # fmt: skip
+    if block:
+        cfg["tiling"] = {"block_size": [int(block)] * 3}
+    (result,) = run_job(JobConfig.model_validate(cfg))
+    assert result.status == "ok", result.reason
+    return {"seconds": time.perf_counter() - t, "peak_rss_mb": _peak_mb()}
+
+
+def _fresh(side: str, *args: str) -> dict[str, float]:
+    code = f"import json, sys; sys.path.insert(0, {str(ROOT)!r}); "
+    code += f"from benchmarks.bench_nnunet import side_{side}; "
+    code += f"print(json.dumps(side_{side}(*{list(args)!r})))"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def speed(model: str, case: str, repeat: int) -> None:
+    rows = []
+    for i in range(repeat):
+        for side in ("nnunet", "tilewise") if i % 2 == 0 else ("tilewise", "nnunet"):
+            with tempfile.TemporaryDirectory() as out:
+                rows.append({"side": side, **_fresh(side, model, case, out)})
+                print(json.dumps(rows[-1]), flush=True)
+    best = {s: min(r["seconds"] for r in rows if r["side"] == s) for s in ("nnunet", "tilewise")}
+    print(json.dumps({"best_seconds": best, "ratio_tilewise_over_nnunet": best["tilewise"] / best["nnunet"]}))
+
+
+def nnunet_buffers_mb(shape: tuple[int, ...], classes: int) -> float:
+    """What nnUNetPredictor holds at once for a one-channel case of ``shape`` (no resampling)."""
+    voxels = 1
+    for n in shape:
+        voxels *= n
+    data = 4 * voxels  # preprocessed float32 input
+    logits = 2 * classes * voxels + 2 * voxels  # float16 logits and gaussian weight sums
+    export = 4 * classes * voxels + 4 * classes * voxels  # float32 logits, then their softmax
+    labels = voxels  # uint8 segmentation
+    return (data + logits + export + labels) / 2**20
+
+
+def memory(model: str, edge: int, block: int) -> None:
+    import nibabel as nib
+    import numpy as np
+    from scipy.ndimage import zoom
+
+    src = nib.load(ROOT.parent / "shared" / "data" / "medical" / "totalsegmentator" / "example_ct_sm.nii.gz")
+    with tempfile.TemporaryDirectory() as tmp:
+        x = np.asanyarray(src.dataobj).astype(np.float32)
+        big = zoom(x, [edge / n for n in x.shape], order=1).astype(np.int16)
+        case = Path(tmp) / "big_0000.nii.gz"
+        nib.save(nib.Nifti1Image(big, src.affine), case)
+        del x, big
+        ours = _fresh("tilewise", model, str(case), str(Path(tmp) / "out"), str(block))
+    print(
+        json.dumps({"edge": edge, "tilewise": ours, "nnunet_buffers_mb": nnunet_buffers_mb((edge,) * 3, 6)})
+    )
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser()
+    ap.add_argument("mode", choices=["speed", "memory"])
+    ap.add_argument("model")
+    ap.add_argument("case", nargs="?")
+    ap.add_argument("--repeat", type=int, default=2)
+    ap.add_argument("--edge", type=int, default=512)
+    ap.add_argument("--block", type=int, default=128)
+    a = ap.parse_args()
+    speed(a.model, a.case, a.repeat) if a.mode == "speed" else memory(a.model, a.edge, a.block)
