@@ -25,6 +25,9 @@ from pipeline.errors import TilewiseError
 Input = Annotated[str, typer.Argument(help="Scene file, folder, glob or URL.")]
 Output = Annotated[str, typer.Argument(help="Output folder.")]
 ModelOpt = Annotated[str | None, typer.Option("--model", "-m", help="Model bundle folder.")]
+TrustCodeOpt = Annotated[
+    bool, typer.Option("--trust-code", help="Evaluate $ expressions of a MONAI bundle config (Python code).")
+]
 ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="YAML job config (configs/).")]
 
 
@@ -96,6 +99,7 @@ def run_cmd(
     scheduler: Annotated[str | None, typer.Option(help="tcp://host:8786 of a Dask cluster")] = None,
     overwrite: Annotated[bool | None, typer.Option("--overwrite", help="replace existing outputs")] = None,
     keep_work: Annotated[bool | None, typer.Option("--keep-work", help="keep the work folder")] = None,
+    trust_code: TrustCodeOpt = False,
 ) -> None:
     """Segment every scene under INPUT into OUTPUT (an s3:// OUTPUT runs the bucket flow once)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -126,6 +130,7 @@ def run_cmd(
                 "execution.scheduler": scheduler,
                 "outputs.overwrite": overwrite,
                 "outputs.keep_work": keep_work,
+                "model_options.trust_code": True if trust_code else None,
             },
         )
         from flows.bucket import run_bucket_job
@@ -147,6 +152,7 @@ def plan_cmd(
     patch_size: Annotated[str | None, typer.Option()] = None,
     overlap: Annotated[float | None, typer.Option()] = None,
     block_size: Annotated[str | None, typer.Option()] = None,
+    trust_code: TrustCodeOpt = False,
 ) -> None:
     """Dry run: the scenes, their window grid and blocks, and a memory estimate. Computes nothing."""
     from models.bundle.sources import open_model
@@ -168,7 +174,7 @@ def plan_cmd(
         )
         if not cfg.model:
             raise typer.BadParameter("--model is required")
-        bundle = open_model(cfg.model)
+        bundle = open_model(cfg.model, options={"trust_code": True} if trust_code else None)
         out, table = Console(), Table(title=f"plan with {bundle.config.name}")
         for col in ("scene", "shape", "patch", "windows", "blocks", "block", "est. MB/worker", "note"):
             table.add_column(col)

@@ -50,6 +50,7 @@ class SceneTask:
     tta: bool = False
     activation: str = "softmax"
     score_activation: str = "none"  # applied to blended scores (probability outputs) instead of windows
+    model_options: tuple[tuple[str, Any], ...] = ()  # how a worker reopens the model: trust_code, ...
     probabilities: bool = False
     nodata_label: int = 255
 

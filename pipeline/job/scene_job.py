@@ -209,6 +209,7 @@ def _run(
             preprocessor=pre,
             device=config.execution.device,
             tta=config.execution.tta,
+            model_options=tuple(sorted(config.model_options.items())),
             **window_settings(bundle, config),
             probabilities=config.outputs.probabilities,
             nodata_label=config.outputs.nodata_label,

@@ -47,7 +47,7 @@ def prepare_job(config: JobConfig, *, sources: list[SceneSource] | None = None) 
 
     if not (config.input and config.output and config.model):
         raise ConfigError("input, output and model are all required")
-    bundle = open_model(config.model)
+    bundle = open_model(config.model, options=config.model_options)
     out_dir = prepare_output(config.output)
     scenes = sources if sources is not None else discover(config.input, exclude=str(out_dir))
     clean_stale_temps(out_dir)  # temporaries of a crashed earlier run; never those of scenes in flight

@@ -100,6 +100,15 @@ def _channels(meta: Mapping[str, Any], side: str, net: Mapping[str, Any] | None,
 def load_monai_bundle(folder: Path, *, trust_pickle: bool = False, trust_code: bool = False) -> MonaiBundle:
     """Read, map and check a MONAI bundle folder; every problem is one BundleError naming its file."""
     cfg = MonaiConfig(folder, trust_code=trust_code)
+    try:
+        return _load(cfg, folder, trust_pickle, trust_code)
+    except BundleError as exc:
+        if exc.path is not None:
+            raise
+        raise BundleError(str(exc), path=str(cfg.path)) from exc  # a mapping problem: the config's
+
+
+def _load(cfg: MonaiConfig, folder: Path, trust_pickle: bool, trust_code: bool) -> MonaiBundle:
     weights = next((folder / n for n in WEIGHT_NAMES if (folder / n).is_file()), None)
     if weights is None:
         raise BundleError(f"no weights: expected one of {', '.join(WEIGHT_NAMES)}", path=str(folder))
