@@ -112,7 +112,9 @@ def write_outputs(
             native, paths["labels"], scene=scene, class_names=names, class_colors=colors, overwrite=overwrite
         )
         if probs is not None:
-            scores = scene.to_native_scores(np.asarray(probs[...]))
+            stored = np.asarray(probs[...])  # the work store keeps round(p * 255) as uint8
+            stored = stored.astype(np.float32) / 255 if stored.dtype == np.uint8 else stored
+            scores = scene.to_native_scores(stored)
             write_nifti_probabilities(scores, paths["probabilities"], scene=scene, overwrite=overwrite)
     elif fmt == "zarr":
         from pipeline.formats.zarr_writer import write_geo_zarr, write_ome_zarr_labels
