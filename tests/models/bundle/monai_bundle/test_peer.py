@@ -15,6 +15,8 @@ from pipeline import infer_array
 from pipeline.core.box import Box
 from pipeline.execution.preprocess import Preprocessor
 from pipeline.formats.nifti_reader import open_nifti
+from pipeline.job.config import load_config
+from pipeline.job.skeleton import run_job
 from tests.models.bundle.monai_bundle.conftest import monai_run, tilewise
 
 
@@ -80,8 +82,11 @@ def test_mr_labels_identical_after_reorientation_zscore_and_largest_component(
 ) -> None:
     """An LPS scan, per-scene non-zero z-score and KeepLargestConnectedComponentd: still identical."""
     monai_out = monai_run(mr_bundle, mr_case, tmp_path / "monai")
-    done = tilewise("run", str(mr_case), str(tmp_path / "ours"), "--model", str(mr_bundle))
-    assert done.returncode == 0, done.stdout + done.stderr
+    config = load_config(
+        None, {"input": str(mr_case), "output": str(tmp_path / "ours"), "model": str(mr_bundle)}
+    )
+    (result,) = run_job(config)  # the job skeleton tilewise run uses, without Prefect's start-up
+    assert result.status == "ok", result.reason
     theirs, mine = canonical(monai_out / "mr_seg.nii.gz"), canonical(tmp_path / "ours" / "mr_labels.nii.gz")
     assert len(np.unique(theirs)) >= 2
     np.testing.assert_array_equal(mine, theirs)
