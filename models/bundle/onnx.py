@@ -72,15 +72,26 @@ def export_onnx(
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")  # the TorchScript-based exporter warns that it is deprecated
             torch.onnx.export(
-                model, (example,), buf, dynamo=False, input_names=["input"], output_names=["scores"],
-                dynamic_axes=dynamic, opset_version=OPSET,
-            )  # fmt: skip
+                model,
+                (example,),
+                buf,
+                dynamo=False,
+                input_names=["input"],
+                output_names=["scores"],
+                dynamic_axes=dynamic,
+                opset_version=OPSET,
+            )
     except Exception as exc:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise BundleError(f"cannot export to ONNX: {reason}", path=str(bundle.path)) from exc
     p = Path(out)
-    arch = {"name": "onnx", "path": p.name, "in_channels": len(cfg.inputs.channels),
-            "out_channels": len(cfg.classes), "spatial_dims": cfg.spatial_dims}  # fmt: skip
+    arch = {
+        "name": "onnx",
+        "path": p.name,
+        "in_channels": len(cfg.inputs.channels),
+        "out_channels": len(cfg.classes),
+        "spatial_dims": cfg.spatial_dims,
+    }
     embedded = cfg.model_copy(update={"architecture": arch})
     data = with_metadata(buf.getvalue(), METADATA_KEY, config_yaml(embedded))
     if p.exists() and not overwrite:

@@ -29,8 +29,13 @@ _NORM_KEYS = {
     "scale": ("factor", "offset"),
     "scene_zscore": ("nonzero", "channel_wise"),
 }
-_OPTIONAL = {"activation_stage": "window", "blend": None, "sigma_scale": None, "batch_size": None,
-             "postprocess": None}  # fmt: skip
+_OPTIONAL = {
+    "activation_stage": "window",
+    "blend": None,
+    "sigma_scale": None,
+    "batch_size": None,
+    "postprocess": None,
+}
 
 
 class _Dumper(yaml.SafeDumper):

@@ -73,8 +73,9 @@ def transform_list(cfg: Any, id: str, used: Sequence[str]) -> list[tuple[str, di
 
 
 def _refuse(name: str, where: str, supported: Sequence[str]) -> BundleError:
-    return BundleError(f"{where} uses {name}, which tilewise cannot apply block-wise; supported: "
-                       f"{', '.join(supported)}")  # fmt: skip
+    return BundleError(
+        f"{where} uses {name}, which tilewise cannot apply block-wise; supported: {', '.join(supported)}"
+    )
 
 
 def _floats(value: Any, n: int, what: str) -> list[float]:
@@ -96,8 +97,13 @@ def _intensity(name: str, args: dict[str, Any], channels: int, where: str) -> di
                 raise BundleError(
                     f"{where}: ScaleIntensityRanged with clip needs a_min < a_max, b_min < b_max"
                 )
-            return {"kind": "ct_window", "center": (a_min + a_max) / 2, "width": a_max - a_min,
-                    "out_min": float(b_min), "out_max": float(b_max)}  # fmt: skip
+            return {
+                "kind": "ct_window",
+                "center": (a_min + a_max) / 2,
+                "width": a_max - a_min,
+                "out_min": float(b_min),
+                "out_max": float(b_max),
+            }
         factor = 1.0 / (a_max - a_min)
         offset = -a_min * factor
         if b_min is not None and b_max is not None:
@@ -109,8 +115,10 @@ def _intensity(name: str, args: dict[str, Any], channels: int, where: str) -> di
     if sub is None and div is None:
         return {"kind": "scene_zscore", "nonzero": nonzero, "channel_wise": channel_wise}
     if sub is None or div is None or nonzero:
-        raise BundleError(f"{where}: NormalizeIntensityd needs both subtrahend and divisor (and nonzero "
-                          "false), or neither (statistics of each scene)")  # fmt: skip
+        raise BundleError(
+            f"{where}: NormalizeIntensityd needs both subtrahend and divisor (and nonzero "
+            "false), or neither (statistics of each scene)"
+        )
     return {
         "kind": "zscore",
         "mean": _floats(sub, channels, "subtrahend"),
@@ -169,8 +177,13 @@ def inferer(value: Any, dims: int) -> dict[str, Any]:
         raise BundleError(f"inferer sigma_scale must be one number, got {sigma!r}")
     if value.get("padding_mode", "constant") != "constant" or value.get("cval", 0) != 0:
         raise BundleError("inferer padding must be constant 0 (padding_mode, cval)")
-    return {"patch_size": list(roi), "overlap": float(value.get("overlap", 0.25)), "blend": mode,
-            "sigma_scale": float(sigma), "batch_size": int(value.get("sw_batch_size", 1))}  # fmt: skip
+    return {
+        "patch_size": list(roi),
+        "overlap": float(value.get("overlap", 0.25)),
+        "blend": mode,
+        "sigma_scale": float(sigma),
+        "batch_size": int(value.get("sw_batch_size", 1)),
+    }
 
 
 def postprocessing(cfg: Any) -> dict[str, Any]:
