@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -28,6 +29,8 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
+if not DATA.exists():  # a worktree one level deeper; as tests/conftest.py
+    DATA = Path(os.environ.get("TILEWISE_DATA", "/work/shared/data"))
 CASES = {
     "s2-water": (
         DATA / "geo/derived/S2A_T33UUU_20170216_L1C_B02-B03-B04-B08_10m.tif",
