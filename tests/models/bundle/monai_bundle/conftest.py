@@ -143,21 +143,3 @@ def monai_run(bundle: Path, cases: Path, out: Path, *overrides: str) -> Path:
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     return out
-
-
-def tilewise(*args: str) -> subprocess.CompletedProcess[str]:
-    """The ``tilewise`` command in a fresh process, importing this checkout's code."""
-    root = Path(__file__).resolve().parents[4]
-    env = {
-        **os.environ,
-        "PYTHONPATH": f"{root}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
-        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "300",
-    }  # a busy CI machine
-    return subprocess.run(
-        [sys.executable, "-m", "flows.cli", *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=900,
-        cwd=root,
-    )
