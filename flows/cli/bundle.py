@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from flows.cli.bundle_io import TrustCode, export_cmd, import_app, model_options
 from flows.cli.bundle_nnunet import import_nnunet_cmd
 from flows.cli.errors import reported
 from flows.cli.options import Arch, int_list
@@ -23,9 +24,7 @@ if TYPE_CHECKING:
     from models.bundle import Bundle
 
 bundle_app = typer.Typer(help="Create and inspect model bundles.", no_args_is_help=True, add_completion=False)
-import_app = typer.Typer(help="Convert a model kept by another tool into a bundle.", no_args_is_help=True)
-bundle_app.add_typer(import_app, name="import")
-import_app.command("nnunet")(import_nnunet_cmd)
+import_app.command("nnunet")(import_nnunet_cmd)  # the MONAI importer sits in bundle_io
 
 
 @bundle_app.command("init")
@@ -71,6 +70,7 @@ def render(bundle: Bundle) -> Table:
     table.add_column("field", style="bold")
     table.add_column("value", overflow="fold")  # never truncate the hash
     table.add_row("path", str(bundle.path))
+    table.add_row("kind", getattr(bundle, "kind", "tilewise"))
     table.add_row("architecture", f"{cfg.architecture['name']} {json.dumps(arch, default=str)}")
     table.add_row("spatial dims", str(cfg.spatial_dims))
     bands = f" (bands {cfg.inputs.band_indexes})" if cfg.inputs.band_indexes else ""
@@ -81,7 +81,13 @@ def render(bundle: Bundle) -> Table:
     if cfg.spatial_dims == 3:
         table.add_row("orientation", cfg.orientation)
     table.add_row("target spacing", str(cfg.target_spacing) if cfg.target_spacing else "as is")
-    table.add_row("activation", cfg.output_activation)
+    stage = " (of the blended scores)" if cfg.activation_stage == "blended" else ""
+    table.add_row("activation", cfg.output_activation + stage)
+    if cfg.blend or cfg.sigma_scale or cfg.batch_size:
+        window = {"blend": cfg.blend, "sigma_scale": cfg.sigma_scale, "batch_size": cfg.batch_size}
+        table.add_row("sliding window", json.dumps({k: v for k, v in window.items() if v is not None}))
+    if cfg.postprocess is not None:
+        table.add_row("postprocess", json.dumps(cfg.postprocess.model_dump(exclude_defaults=True)))
     classes = Text()
     for i, c in enumerate(cfg.classes):
         classes += Text(f"{i}: {c.name} ") + _swatch(c.color) + Text("\n" if i < len(cfg.classes) - 1 else "")
@@ -97,12 +103,18 @@ def render(bundle: Bundle) -> Table:
 def info_cmd(
     ctx: typer.Context,
     path: Annotated[
-        Path, typer.Argument(help="Bundle folder (or its model.yaml), or a model of a kind --model takes.")
+        Path,
+        typer.Argument(help="Model: bundle folder (or its model.yaml), nnU-Net folder, MONAI bundle, .onnx."),
     ],
+    trust_code: TrustCode = False,
 ) -> None:
-    """Show what a bundle expects and produces."""
+    """Show what a model expects and produces: kind, channels, classes, patch, spacing, weights hash."""
     from models.bundle.sources import open_model
 
     with reported(ctx):
-        table = render(open_model(path))
+        table = render(open_model(path, options=model_options(trust_code)))
     Console().print(table)
+
+
+bundle_app.add_typer(import_app, name="import")
+bundle_app.command("export")(export_cmd)

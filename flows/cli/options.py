@@ -44,10 +44,13 @@ def band_map(text: str | None, option: str = "--bands") -> dict[str, str] | None
     return {k.strip(): v.strip() for k, v in parsed}
 
 
-def model_options(folds: str | None, checkpoint: str | None, mirroring: bool | None) -> dict[str, Any] | None:
-    """The options of a model kind (nnU-Net's ``--folds 0,1 --checkpoint best --no-mirroring``) as the
-    job's ``model_options``; None when none was given, so a config file's stay."""
-    opts: dict[str, Any] = {}
+def model_options(
+    folds: str | None, checkpoint: str | None, mirroring: bool | None, *, trust_code: bool = False
+) -> dict[str, Any] | None:
+    """The options of a model kind (nnU-Net's ``--folds 0,1 --checkpoint best --no-mirroring``, a MONAI
+    bundle's ``--trust-code``) as the job's ``model_options``; None when none was given, so a config
+    file's stay."""
+    opts: dict[str, Any] = {"trust_code": True} if trust_code else {}
     if folds is not None:
         parts = [p.strip() for p in folds.split(",") if p.strip()]
         if not parts or not all(p.isdigit() or p == "all" for p in parts):

@@ -25,6 +25,9 @@ from pipeline.errors import TilewiseError
 Input = Annotated[str, typer.Argument(help="Scene file, folder, glob or URL.")]
 Output = Annotated[str, typer.Argument(help="Output folder.")]
 ModelOpt = Annotated[str | None, typer.Option("--model", "-m", help="Model bundle folder.")]
+TrustCodeOpt = Annotated[
+    bool, typer.Option("--trust-code", help="Evaluate $ expressions of a MONAI bundle config (Python code).")
+]
 ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="YAML job config (configs/).")]
 BandsOpt = Annotated[
     str | None,
@@ -156,6 +159,7 @@ def run_cmd(
     trust_pickle: Annotated[
         bool | None, typer.Option("--trust-pickle", help="allow checkpoints that need full unpickling")
     ] = None,
+    trust_code: TrustCodeOpt = False,
 ) -> None:
     """Segment every scene under INPUT into OUTPUT (an s3:// OUTPUT runs the bucket flow once).
 
@@ -197,7 +201,7 @@ def run_cmd(
                 "outputs.overwrite": overwrite,
                 "outputs.keep_work": keep_work,
                 "execution.orchestrator": None if prefect is None else ("prefect" if prefect else "none"),
-                "model_options": model_options(folds, checkpoint, mirroring),
+                "model_options": model_options(folds, checkpoint, mirroring, trust_code=trust_code),
                 "trust_pickle": trust_pickle,
             },
         )
@@ -233,6 +237,7 @@ def plan_cmd(
     patch_size: Annotated[str | None, typer.Option()] = None,
     overlap: Annotated[float | None, typer.Option()] = None,
     block_size: Annotated[str | None, typer.Option()] = None,
+    trust_code: TrustCodeOpt = False,
 ) -> None:
     """Dry run: the scenes, their window grid and blocks, and a memory estimate. Computes nothing."""
     from models.bundle.sources import open_model
@@ -258,7 +263,7 @@ def plan_cmd(
             raise typer.BadParameter("--model is required")
         # an honest plan measures what a run holds before its first block, the model included, so it
         # loads torch (never Prefect when the run would not)
-        bundle = open_model(cfg.model)
+        bundle = open_model(cfg.model, options={"trust_code": True} if trust_code else None)
         baseline = _run_baseline_mb(bundle, cfg)
         out, table = Console(), Table(title=f"plan with {bundle.config.name}")
         for col in ("scene", "shape", "patch", "windows", "blocks", "block", "peak MB/worker", "note"):

@@ -9,7 +9,8 @@ Weights are safetensors. Pickle checkpoints (``torch.save``) can run arbitrary c
 they are refused unless the caller passes ``trust_pickle=True``, and even then they go through
 ``torch.load(weights_only=True)``. TorchScript and ``torch.export`` (``.pt2``) archives store a graph
 plus tensors and loading them reconstructs TorchScript/FX objects only, never arbitrary Python
-classes, so they are accepted as self-contained models.
+classes, so they are accepted as self-contained models. So are ONNX files (architecture ``onnx``),
+run by ONNX Runtime (:mod:`models.nets.onnx`).
 """
 
 from __future__ import annotations
@@ -169,17 +170,21 @@ def _read_contents(config: bytes, weights: Path | None, archive: Path | None) ->
 
 
 def load_archive(path: str | Path, data: bytes | None = None) -> nn.Module:
-    """A TorchScript file or a ``torch.export`` ``.pt2`` archive as a CPU module in eval mode.
+    """A TorchScript file, a ``torch.export`` ``.pt2`` or an ``.onnx`` archive as a CPU module in eval mode.
 
-    Dispatch is by suffix (``.pt2`` is export, anything else TorchScript), so no file is ever tried
-    with a loader it was not written for. ``data`` is the file's bytes when already read. TorchScript is
-    deprecated upstream: prefer ``.pt2``.
+    Dispatch is by suffix (``.pt2`` is export, ``.onnx`` ONNX, anything else TorchScript), so no file is
+    ever tried with a loader it was not written for. ``data`` is the file's bytes when already read.
+    TorchScript is deprecated upstream: prefer ``.pt2``.
     """
     p = Path(path)
     if data is None:
         if not p.is_file():
             raise BundleError("model archive not found", path=str(p))
         data = p.read_bytes()
+    if p.suffix == ".onnx":
+        from models.nets.onnx import OnnxNet
+
+        return set_eval(OnnxNet(data, where=str(p)))
     try:
         if p.suffix == ".pt2":
             module: nn.Module = torch.export.load(io.BytesIO(data)).module()
@@ -211,6 +216,8 @@ def _check_archive(folder: Path, config: BundleConfig, where: str) -> Path | Non
         raise BundleError(f"architecture {name!r} needs a 'path' to the archive", path=where)
     if name == "export" and path.suffix != ".pt2":
         raise BundleError("an 'export' archive must have the .pt2 suffix", path=str(path))
+    if name == "onnx" and path.suffix != ".onnx":
+        raise BundleError("an 'onnx' archive must have the .onnx suffix", path=str(path))
     if not path.is_file():
         raise BundleError("model archive not found", path=str(path))
     return path
@@ -249,6 +256,12 @@ def load_bundle(path: str | Path, *, trust_pickle: bool = False) -> Bundle:
         except BundleError as exc:
             raise BundleError(f"architecture: {exc}", path=str(cfg_path)) from exc
     contents = _read_contents(raw, weights, archive)
+    if archive is not None and archive.suffix == ".onnx" and contents.archive is not None:
+        from models.nets.onnx import OnnxNet
+
+        arch = config.architecture
+        net = OnnxNet(contents.archive, where=str(archive))
+        net.check(arch["in_channels"], arch["out_channels"], config.spatial_dims)
     if expected is not None and contents.state is not None:
         check_shapes(expected, tensor_shapes(contents.state), str(weights))
     return Bundle(folder, config, weights, trust_pickle=trust_pickle, contents=contents)

@@ -28,6 +28,15 @@ _NORM_KEYS = {
     "ct_window": ("center", "width"),
     "scale": ("factor", "offset"),
     "clip_zscore": ("mean", "std", "clip_lower", "clip_upper"),
+    "scene_zscore": ("nonzero", "channel_wise"),
+}
+_OPTIONAL = {
+    "grid": "monai",
+    "activation_stage": "window",
+    "blend": None,
+    "sigma_scale": None,
+    "batch_size": None,
+    "postprocess": None,
 }
 
 
@@ -51,6 +60,11 @@ def _yaml_data(cfg: BundleConfig) -> dict[str, Any]:
         "kind": norm["kind"],
         **{k: norm[k] for k in _NORM_KEYS.get(norm["kind"], ())},
     }
+    if norm["kind"] == "ct_window" and (norm["out_min"], norm["out_max"]) != (0.0, 1.0):
+        data["inputs"]["normalization"].update(out_min=norm["out_min"], out_max=norm["out_max"])
+    for key, default in _OPTIONAL.items():  # fields older bundles never had stay out of their YAML
+        if data.get(key) == default:
+            del data[key]
     if data["inputs"]["band_indexes"] is None:
         del data["inputs"]["band_indexes"]
     return data

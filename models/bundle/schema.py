@@ -32,17 +32,23 @@ class _Strict(BaseModel):
 class Normalization(_Strict):
     """How raw pixel values become model input; which fields matter depends on ``kind``."""
 
-    kind: Literal["none", "zscore", "percentile", "ct_window", "scale", "clip_zscore"] = "none"
+    kind: Literal["none", "zscore", "percentile", "ct_window", "scale", "clip_zscore", "scene_zscore"] = (
+        "none"
+    )
     mean: list[float] | None = None
     std: list[float] | None = None
     lower: float = 2.0  # percentile: percent, computed per scene
     upper: float = 98.0
     center: float | None = None  # ct_window
     width: float | None = None
+    out_min: float = 0.0  # ct_window: the window maps onto [out_min, out_max] (MONAI's b_min, b_max)
+    out_max: float = 1.0
     factor: float = 1.0  # scale: x * factor + offset
     offset: float = 0.0
     clip_lower: list[float] | None = None  # clip_zscore: per channel, clip then (x - mean) / std
     clip_upper: list[float] | None = None  # (nnU-Net's CT normalisation)
+    nonzero: bool = False  # scene_zscore: statistics over (and applied to) non-zero values only
+    channel_wise: bool = True  # scene_zscore: per channel, or one mean/std over all channels
 
     @model_validator(mode="after")
     def _by_kind(self) -> Normalization:
@@ -67,6 +73,8 @@ class Normalization(_Strict):
                 raise ValueError("ct_window needs 'center' and 'width'")
             if self.width <= 0:
                 raise ValueError("ct_window 'width' must be > 0")
+            if self.out_max <= self.out_min:
+                raise ValueError("ct_window needs out_min < out_max")
         return self
 
 
@@ -107,6 +115,16 @@ class ClassSpec(_Strict):
         return int(self.color[1:3], 16), int(self.color[3:5], 16), int(self.color[5:7], 16)
 
 
+class Postprocess(_Strict):
+    """Label clean-up after the argmax (MONAI's ``KeepLargestConnectedComponentd``)."""
+
+    keep_largest: bool = False
+    applied_labels: list[int] | None = None  # None: every foreground label
+    independent: bool = True  # each label on its own, or their union as one foreground
+    connectivity: int | None = None  # None: full (faces, edges and corners)
+    num_components: int = Field(default=1, ge=1)
+
+
 class BundleConfig(_Strict):
     """The validated content of ``model.yaml``."""
 
@@ -123,7 +141,13 @@ class BundleConfig(_Strict):
     # how windows are laid out and blended: MONAI's grid (any blend the job asks for), or nnU-Net's grid
     # with its own gaussian, which its models were validated with
     grid: Literal["monai", "nnunet"] = "monai"
+    # where the activation runs: on each window before blending (tilewise's default), or on the blended
+    # scores (MONAI's inferers blend logits); labels are the same argmax either way for softmax
+    activation_stage: Literal["window", "blended"] = "window"
     blend: Literal["gaussian", "constant", "cosine", "crop", "nnunet"] | None = None  # None: the job's
+    sigma_scale: float | None = Field(default=None, gt=0.0)
+    batch_size: int | None = Field(default=None, ge=1)  # windows per forward pass, unless the job says
+    postprocess: Postprocess | None = None
     classes: list[ClassSpec] = Field(min_length=1)
     card: dict[str, Any] = Field(default_factory=dict)
 

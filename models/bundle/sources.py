@@ -42,8 +42,40 @@ def _load_tilewise(path: Path, *, trust_pickle: bool, options: Mapping[str, Any]
     return load_bundle(path, trust_pickle=trust_pickle)
 
 
+def _is_monai(p: Path) -> bool:
+    from models.bundle.monai_bundle import is_monai_bundle  # names only: imports no framework
+
+    return is_monai_bundle(p)
+
+
+def _load_monai(path: Path, *, trust_pickle: bool, options: Mapping[str, Any]) -> Bundle:
+    from models.bundle.monai_bundle.load import load_monai_bundle
+
+    trust_code = bool(options.get("trust_code"))
+    refuse_options("MONAI bundle", {k: v for k, v in options.items() if k != "trust_code"}, path)
+    return load_monai_bundle(path, trust_pickle=trust_pickle, trust_code=trust_code)
+
+
+def _is_onnx(p: Path) -> bool:
+    return p.is_file() and p.suffix.lower() == ".onnx"
+
+
+def _load_onnx(path: Path, *, trust_pickle: bool, options: Mapping[str, Any]) -> Bundle:
+    from models.bundle.onnx import load_onnx_file
+
+    refuse_options("ONNX model", options, path)
+    return load_onnx_file(path, trust_pickle=trust_pickle)
+
+
 SOURCES: list[ModelSource] = [
     ModelSource("tilewise", _is_tilewise, _load_tilewise, "a tilewise bundle folder with model.yaml"),
+    ModelSource(
+        "monai",
+        _is_monai,
+        _load_monai,
+        "a MONAI bundle folder (configs/metadata.json, configs/inference.json)",
+    ),
+    ModelSource("onnx", _is_onnx, _load_onnx, "an .onnx file"),
 ]
 
 

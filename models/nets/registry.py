@@ -1,10 +1,12 @@
 """Build a network from a plain config dict (the ``architecture`` block of a bundle's model.yaml).
 
 Names: ``unet`` and ``fcn`` (ours), ``nnunet`` (the folds of an nnU-Net v2 model, rebuilt from its
-plans with dynamic-network-architectures: :mod:`models.nets.nnunet`) and ``monai.<ClassName>`` for any
-network class in ``monai.networks.nets``. ``torchscript`` / ``export`` name self-contained archives:
-they are files, not classes, so :mod:`models.bundle.load` reads them with the rest of the bundle and
-this registry only knows their names (to list them and to refuse building them).
+plans with dynamic-network-architectures: :mod:`models.nets.nnunet`), ``monai.<ClassName>`` for any
+network class in ``monai.networks.nets``, and ``monai_config`` for a MONAI bundle's ``network_def``
+(built by MONAI's ``ConfigParser``, see :mod:`models.nets.monai_config`). ``torchscript`` / ``export`` /
+``onnx`` name self-contained archives: they are files, not classes, so :mod:`models.bundle.load` reads
+them with the rest of the bundle and this registry only knows their names (to list them and to refuse
+building them).
 """
 
 from __future__ import annotations
@@ -22,7 +24,8 @@ from models.nets.unet import UNet
 from pipeline.errors import BundleError
 
 LOCAL_MODELS: dict[str, type[nn.Module]] = {"unet": UNet, "fcn": FCN, "nnunet": NnUNetNet}
-ARCHIVE_NAMES = ("torchscript", "export")
+ARCHIVE_NAMES = ("torchscript", "export", "onnx")
+MONAI_CONFIG = "monai_config"  # a MONAI bundle's network_def, kept as plain data
 MONAI_PREFIX = "monai."
 
 
@@ -46,7 +49,7 @@ def resolve(name: str) -> type[nn.Module]:
         return LOCAL_MODELS[name]
     if name.startswith(MONAI_PREFIX):
         return _monai_class(name)
-    known = ", ".join([*LOCAL_MODELS, *ARCHIVE_NAMES, "monai.<ClassName>"])
+    known = ", ".join([*LOCAL_MODELS, *ARCHIVE_NAMES, MONAI_CONFIG, "monai.<ClassName>"])
     raise BundleError(f"unknown architecture {name!r}; known: {known}")
 
 
@@ -60,6 +63,12 @@ def build_model(config: Mapping[str, Any]) -> nn.Module:
         raise BundleError(
             f"architecture {name!r} is an archive file named by 'path', read with its bundle, not built"
         )
+    if name == MONAI_CONFIG:
+        from models.nets.monai_config import build_network_def
+
+        if not isinstance(config.get("network_def"), Mapping):
+            raise BundleError(f"architecture {MONAI_CONFIG!r} needs a 'network_def' mapping")
+        return build_network_def(config["network_def"])
     cls = resolve(name)
     try:
         inspect.signature(cls).bind(**kwargs)

@@ -87,6 +87,23 @@ def argmax_labels(sums: np.ndarray, weight: np.ndarray, nodata_label: int) -> np
     return labels
 
 
+def activate(scores: np.ndarray, activation: str) -> np.ndarray:
+    """Softmax over classes or sigmoid of blended scores, in place (for models whose windows give logits:
+    MONAI's inferers blend logits and activate afterwards)."""
+    if activation == "softmax":
+        scores -= scores.max(axis=0, keepdims=True)
+        np.exp(scores, out=scores)
+        scores /= scores.sum(axis=0, keepdims=True)
+    elif activation == "sigmoid":
+        np.negative(scores, out=scores)
+        np.exp(scores, out=scores)
+        scores += 1.0
+        np.reciprocal(scores, out=scores)
+    elif activation != "none":
+        raise ValueError(f"unknown activation {activation!r}")
+    return scores
+
+
 def quantise(scores: np.ndarray) -> np.ndarray:
     """Probabilities in [0, 1] as uint8 0-255 (0 where uncovered)."""
     return np.rint(np.clip(np.nan_to_num(scores, nan=0.0), 0.0, 1.0) * 255.0).astype(np.uint8)
@@ -105,14 +122,21 @@ class LabelSink:
         nodata_label: int = 255,
         probabilities: Any = None,
         origin: tuple[int, ...] | None = None,
+        activation: str = "none",
     ) -> None:
         self.out = out
         self.nodata_label = nodata_label
         self.probabilities = probabilities
         self.origin = origin
+        self.activation = activation  # of the blended scores, for the probabilities only
 
     def write(self, box: Box, sums: np.ndarray, weight: np.ndarray) -> None:
         where = box.slices(self.origin)
         self.out[where] = argmax_labels(sums, weight, self.nodata_label)
         if self.probabilities is not None:
-            self.probabilities[(slice(None), *where)] = quantise(finalise(sums, weight))
+            scores = finalise(sums, weight)
+            with np.errstate(
+                invalid="ignore", over="ignore"
+            ):  # uncovered pixels are NaN; quantise zeroes them
+                scores = activate(scores, self.activation)
+            self.probabilities[(slice(None), *where)] = quantise(scores)

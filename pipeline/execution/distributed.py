@@ -52,8 +52,14 @@ class TilewiseWorker(WorkerPlugin):  # type: ignore[misc,valid-type]
     name = "tilewise"
 
     def __init__(
-        self, threads: int = 1, bundle_path: str | None = None, bundle_hash: str = "", device: str = "cpu"
+        self,
+        threads: int = 1,
+        bundle_path: str | None = None,
+        bundle_hash: str = "",
+        device: str = "cpu",
+        model_options: tuple[tuple[str, Any], ...] = (),
     ) -> None:
+        self.model_options = model_options
         self.threads, self.bundle_path, self.bundle_hash, self.device = (
             threads,
             bundle_path,
@@ -74,7 +80,8 @@ class TilewiseWorker(WorkerPlugin):  # type: ignore[misc,valid-type]
             from models.bundle.sources import open_model
             from pipeline.engine.predictor import resolve_device
 
-            self.model = open_model(self.bundle_path).build(device=resolve_device(self.device))
+            bundle = open_model(self.bundle_path, options=dict(self.model_options))
+            self.model = bundle.build(device=resolve_device(self.device))
 
     def teardown(self, worker: Any) -> None:
         for source in list(self.scenes):
@@ -181,7 +188,9 @@ class DaskExecutor:
 
     def _load_model_on_workers(self, task: SceneTask) -> None:
         if self._bundle != task.bundle_hash:
-            plugin = TilewiseWorker(self.threads, task.bundle_path, task.bundle_hash, task.device)
+            plugin = TilewiseWorker(
+                self.threads, task.bundle_path, task.bundle_hash, task.device, task.model_options
+            )
             self.client.register_plugin(plugin)
             self._bundle = task.bundle_hash
 

@@ -5,7 +5,9 @@ Format-agnostic on purpose: it only uses the Scene protocol (``uri``, ``shape``,
 preprocessor is made, before any block runs, so a wrong scene fails in one clear line instead of
 producing confident garbage. Per-scene statistics (percentile normalisation) come from a sparse grid
 of small windows over the whole scene: representative, bounded in memory and I/O whatever the
-scene size, and identical for every block, so blocks stay seam-free.
+scene size, and identical for every block, so blocks stay seam-free. A per-scene z-score
+(``scene_zscore``, MONAI's ``NormalizeIntensityd`` without fixed statistics) must equal the peer's,
+so its mean and standard deviation come from one exact pass over the scene in slabs instead.
 """
 
 from __future__ import annotations
@@ -64,6 +66,8 @@ class Preprocessor:
     uri: str = ""
     lower_values: np.ndarray | None = None  # percentile: per-channel scene values at lower/upper
     upper_values: np.ndarray | None = None
+    scene_mean: np.ndarray | None = None  # scene_zscore: per channel (all equal unless channel_wise)
+    scene_std: np.ndarray | None = None
 
     @classmethod
     def from_bundle(
@@ -88,6 +92,8 @@ class Preprocessor:
         pre.check_scene(scene)
         if stats and pre.normalization.kind == "percentile":
             pre.compute_percentiles(scene, sample_budget)
+        if stats and pre.normalization.kind == "scene_zscore":
+            pre.compute_moments(scene, sample_budget)
         return pre
 
     @property
@@ -142,6 +148,36 @@ class Preprocessor:
                 lo[c], hi[c] = np.percentile(v, [self.normalization.lower, self.normalization.upper])
         self.lower_values, self.upper_values = lo, hi
 
+    def compute_moments(self, scene: Scene, slab_budget: int = SAMPLE_BUDGET) -> None:
+        """Exact mean and (population) standard deviation of valid values, over every voxel of the
+        scene, read in slabs of about ``slab_budget`` voxels and combined in float64 (Chan et al.)."""
+        norm = self.normalization
+        spatial = tuple(int(n) for n in scene.shape[1:])
+        groups = self.in_channels if norm.channel_wise else 1
+        count, mean, m2 = np.zeros(groups), np.zeros(groups), np.zeros(groups)
+        step = max(1, slab_budget // max(1, math.prod(spatial[1:])))
+        for a in range(0, spatial[0], step):
+            box = Box((a, *(0,) * (len(spatial) - 1)), (min(a + step, spatial[0]), *spatial[1:]))
+            values = self.select(scene.read(box)).astype(np.float64)
+            nodata = scene.read_nodata(box)
+            keep = np.ones(values.shape, bool) if nodata is None else ~np.broadcast_to(nodata, values.shape)
+            keep &= np.isfinite(values)
+            if norm.nonzero:
+                keep &= values != 0
+            for g in range(groups):
+                v = values[g][keep[g]] if norm.channel_wise else values[keep]
+                if not v.size:
+                    continue
+                n, mu = v.size, float(v.mean())
+                delta, total = mu - mean[g], count[g] + n
+                m2[g] += float(((v - mu) ** 2).sum()) + delta**2 * count[g] * n / total
+                mean[g] += delta * n / total
+                count[g] = total
+        std = np.sqrt(np.divide(m2, count, out=np.zeros(groups), where=count > 0))
+        std[std == 0] = 1.0  # a constant scene is shifted, not divided by zero (as MONAI does)
+        self.scene_mean = np.resize(mean, self.in_channels)
+        self.scene_std = np.resize(std, self.in_channels)
+
     def _normalise(self, x: np.ndarray, channel: int | None = None) -> np.ndarray:
         """Normalise ``x`` in place: all channels, or the one plane ``channel`` (shaped ``(1, ...)``)."""
         norm = self.normalization
@@ -172,9 +208,24 @@ class Preprocessor:
             np.clip(x, low, low + norm.width, out=x)
             x -= np.float32(low)
             x /= np.float32(norm.width)
+            if (norm.out_min, norm.out_max) != (0.0, 1.0):
+                x *= np.float32(norm.out_max - norm.out_min)
+                x += np.float32(norm.out_min)
         elif norm.kind == "scale":
             x *= np.float32(norm.factor)
             x += np.float32(norm.offset)
+        elif norm.kind == "scene_zscore":
+            if self.scene_mean is None or self.scene_std is None:
+                raise InputError(
+                    "scene statistics were not computed (use from_bundle)", path=self.uri or None
+                )
+            mean = self.scene_mean.astype(np.float32)[pick].reshape(per_channel)
+            std = self.scene_std.astype(np.float32)[pick].reshape(per_channel)
+            if norm.nonzero:
+                np.copyto(x, (x - mean) / std, where=x != 0)
+            else:
+                x -= mean
+                x /= std
         return x
 
     def invalid(

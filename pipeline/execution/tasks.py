@@ -51,6 +51,8 @@ class SceneTask:
     device: str = "cpu"
     tta: bool = False
     activation: str = "softmax"
+    score_activation: str = "none"  # applied to blended scores (probability outputs) instead of windows
+    model_options: tuple[tuple[str, Any], ...] = ()  # how a worker reopens the model: trust_code, ...
     probabilities: bool = False
     nodata_label: int = 255
     amp: str = "auto"  # CUDA options (Predictor); the CPU path ignores them
@@ -93,7 +95,13 @@ def read_block(task: SceneTask, scene: Any, block: Block) -> BlockInput:
 def _canvas(task: SceneTask, block: Block) -> tuple[np.ndarray, np.ndarray | None, LabelSink]:
     labels = np.full(block.write.shape, task.nodata_label, dtype=np.uint8)
     probs = np.zeros((task.classes, *block.write.shape), np.uint8) if task.probabilities else None
-    sink = LabelSink(labels, nodata_label=task.nodata_label, probabilities=probs, origin=block.write.start)
+    sink = LabelSink(
+        labels,
+        nodata_label=task.nodata_label,
+        probabilities=probs,
+        origin=block.write.start,
+        activation=task.score_activation,
+    )
     return labels, probs, sink
 
 

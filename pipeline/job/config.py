@@ -77,6 +77,8 @@ class JobConfig(BaseModel):
     tiling: TilingConfig = Field(default_factory=TilingConfig)
     execution: ExecutionConfig = Field(default_factory=ExecutionConfig)
     outputs: OutputConfig = Field(default_factory=OutputConfig)
+    # options of the model's kind (models.bundle.sources), e.g. {"trust_code": True} for a MONAI bundle
+    model_options: dict[str, Any] = Field(default_factory=dict)
 
     @field_validator("input", "output", "model")
     @classmethod

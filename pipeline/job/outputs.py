@@ -88,6 +88,32 @@ class _Chunked:
         return np.asarray(self.array[key])
 
 
+def keep_largest_components(labels: np.ndarray, post: Any, nodata_label: int) -> np.ndarray:
+    """MONAI's ``KeepLargestConnectedComponent`` on a label array: per applied label (or over their
+    union when not ``independent``) keep the ``num_components`` largest components, the rest become 0.
+
+    Limitation: it runs with scipy over the scene's whole label array, so it is meant for volumes that
+    fit in memory (medical scenes); the block-wise version replaces it for scenes that do not.
+    """
+    from scipy import ndimage
+
+    out = np.array(labels, copy=True)
+    applied = post.applied_labels
+    if applied is None:
+        applied = [int(v) for v in np.unique(out) if v not in (0, nodata_label)]
+    structure = ndimage.generate_binary_structure(out.ndim, post.connectivity or out.ndim)
+    groups = [[a] for a in applied] if post.independent else [list(applied)]
+    for group in groups:
+        mask = np.isin(out, group)
+        comp, n = ndimage.label(mask, structure=structure)
+        if n <= post.num_components:
+            continue
+        sizes = np.bincount(comp.ravel())[1:]
+        keep = np.argsort(-sizes, kind="stable")[: post.num_components] + 1
+        out[mask & ~np.isin(comp, keep)] = 0
+    return out
+
+
 def write_outputs(
     scene: Any,
     store: WorkStore,
@@ -114,6 +140,11 @@ def write_outputs(
         labels = NativeView(labels, scene.native.spatial_shape)
         probs = None if probs is None else NativeView(probs, scene.native.spatial_shape)
         scene = scene.native
+    post = getattr(bundle.config, "postprocess", None)
+    if post is not None and post.keep_largest:  # a MONAI bundle's own rule (whole array, see above)
+        with clock.timed("clean_components"):
+            labels = keep_largest_components(np.asarray(labels[...]), post, nodata)
+        processed = True
     if config.outputs.min_object_size > 0 or config.outputs.keep_largest:
         with clock.timed("clean_components"):
             labels = _cleaned(labels, store, config)
@@ -151,7 +182,9 @@ def write_outputs(
             native, paths["labels"], scene=scene, class_names=names, class_colors=colors, overwrite=overwrite
         )
         if probs is not None:
-            scores = scene.to_native_scores(np.asarray(probs[...]))
+            stored = np.asarray(probs[...])  # the work store keeps round(p * 255) as uint8
+            stored = stored.astype(np.float32) / 255 if stored.dtype == np.uint8 else stored
+            scores = scene.to_native_scores(stored)
             write_nifti_probabilities(scores, paths["probabilities"], scene=scene, overwrite=overwrite)
     elif fmt == "zarr":
         from pipeline.formats.zarr_writer import write_geo_zarr, write_ome_zarr_labels

@@ -152,6 +152,25 @@ def _has_cuda() -> bool:
     return bool(torch.cuda.is_available())
 
 
+def window_settings(bundle: Any, config: JobConfig) -> dict[str, Any]:
+    """Blend, sigma and batch size: what the job sets, else what the bundle carries (a MONAI bundle's
+    inferer), else the job's defaults; and where the output activation runs."""
+    cfg, tiling, execution = bundle.config, config.tiling, config.execution
+
+    def pick(section: Any, key: str) -> Any:
+        ours = getattr(cfg, key, None)
+        return ours if key not in section.model_fields_set and ours is not None else getattr(section, key)
+
+    blended = getattr(cfg, "activation_stage", "window") == "blended"
+    return {
+        "blend": pick(tiling, "blend"),
+        "sigma_scale": pick(tiling, "sigma_scale"),
+        "batch_size": pick(execution, "batch_size"),
+        "activation": "none" if blended else cfg.output_activation,
+        "score_activation": cfg.output_activation if blended else "none",
+    }
+
+
 def _reported_input(report: Path) -> str | None:
     """The input a finished scene's report names (None if unreadable)."""
     try:
@@ -262,15 +281,13 @@ def _run(
             block_size=block,
             classes=bundle.num_classes,
             preprocessor=pre,
-            blend=bundle.config.blend or config.tiling.blend,  # a model's own map (nnU-Net's) wins
-            sigma_scale=config.tiling.sigma_scale,
-            batch_size=config.execution.batch_size,
             device=config.execution.device,
             amp=config.execution.amp,
             channels_last=config.execution.channels_last,
             compile=config.execution.compile,
             tta=config.execution.tta,
-            activation=bundle.config.output_activation,
+            model_options=tuple(sorted(config.model_options.items())),
+            **window_settings(bundle, config),
             probabilities=config.outputs.probabilities,
             nodata_label=config.outputs.nodata_label,
             grid=bundle.config.grid,

@@ -1,0 +1,59 @@
+"""A MONAI bundle written out as a tilewise bundle, once, so later runs need no MONAI config at all.
+
+The network's weights become ``weights.safetensors`` and its ``network_def`` stays plain data in
+``model.yaml`` (architecture ``monai_config``); a TorchScript bundle keeps its archive. A
+``network_def`` that needed code cannot be written as data: import the bundle's TorchScript instead.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from models.bundle.load import Bundle, load_bundle
+from models.bundle.monai_bundle.load import load_monai_bundle
+from models.bundle.save import config_yaml, save_bundle
+from models.bundle.schema import CONFIG_NAME
+from models.nets.monai_config import find_code
+from pipeline.atomic import atomic_path
+from pipeline.errors import BundleError
+
+
+def import_monai(
+    path: str | Path,
+    out: str | Path,
+    *,
+    trust_code: bool = False,
+    trust_pickle: bool = False,
+    overwrite: bool = False,
+) -> Bundle:
+    """Read the MONAI bundle at ``path`` (as ``--model`` would) and save it as a tilewise bundle."""
+    source = load_monai_bundle(Path(path), trust_pickle=trust_pickle, trust_code=trust_code)
+    cfg = source.config
+    card = {**cfg.card, "source": f"imported from MONAI bundle {Path(path).resolve().name}"}
+    if source.archive is not None:
+        archive = source.archive
+        arch = {**cfg.architecture, "path": archive.name}
+        config = cfg.model_copy(update={"architecture": arch, "card": card})
+        with atomic_path(out, overwrite=overwrite) as tmp:
+            tmp.mkdir(parents=True)
+            (tmp / CONFIG_NAME).write_text(config_yaml(config), encoding="utf-8")
+            shutil.copyfile(archive, tmp / archive.name)
+        return load_bundle(out)
+    net_def = cfg.architecture.get("network_def")
+    if trust_code and (find_code(net_def) or not _plain(net_def)):
+        raise BundleError(
+            "network_def needs code, so it cannot be stored as data; import a TorchScript export "
+            "(models/model.ts) of this bundle instead",
+            path=str(path),
+        )
+    state = source.build("cpu").state_dict()
+    return save_bundle(out, cfg.model_copy(update={"card": card}), state, overwrite=overwrite)
+
+
+def _plain(value: object) -> bool:
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and _plain(v) for k, v in value.items())
+    if isinstance(value, list):
+        return all(_plain(v) for v in value)
+    return value is None or isinstance(value, (str, int, float, bool))
