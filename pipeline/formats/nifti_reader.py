@@ -109,13 +109,20 @@ class NiftiScene:
             own = nio.io_orientation(affine)
         except (ValueError, TypeError) as exc:
             raise FormatError(f"unusable voxel-to-world affine in the header: {exc}", path=self.uri) from exc
-        if orientation.upper() == NATIVE:  # the file's own axes: no flip, no permutation
-            orientation = "".join(nio.ornt2axcodes(own))
+        try:
+            if orientation.upper() == NATIVE:  # the file's own axes: no flip, no permutation
+                orientation = "".join(nio.ornt2axcodes(own))
+            tr_own = own
+        except (ValueError, TypeError) as exc:  # an axis the affine leaves undetermined
+            raise FormatError(f"unusable voxel-to-world affine in the header: {exc}", path=self.uri) from exc
         try:
             target = nio.axcodes2ornt(tuple(orientation.upper()))
         except (ValueError, TypeError) as exc:
             raise ConfigError(f"bad orientation {orientation!r}: {exc}") from exc
-        tr = nio.ornt_transform(own, target)
+        try:
+            tr = nio.ornt_transform(tr_own, target)
+        except ValueError as exc:  # e.g. two voxel axes on one world axis, or one on none
+            raise FormatError(f"unusable voxel-to-world affine in the header: {exc}", path=self.uri) from exc
         self._perm, self._flip = [0, 0, 0], [False, False, False]
         for i, (e, d) in enumerate(tr):
             self._perm[int(e)], self._flip[int(e)] = i, d < 0

@@ -72,13 +72,12 @@ class JobConfig(BaseModel):
     output: str | None = None
     model: str | None = None
     inputs: InputConfig = Field(default_factory=InputConfig)
-    model_options: dict[str, Any] = Field(default_factory=dict)  # a model kind's own (nnU-Net --folds, ...)
+    # options of the model's kind (models.bundle.sources): nnU-Net's folds, a MONAI bundle's trust_code
+    model_options: dict[str, Any] = Field(default_factory=dict)
     trust_pickle: bool = False  # allow checkpoints that need full unpickling (arbitrary code)
     tiling: TilingConfig = Field(default_factory=TilingConfig)
     execution: ExecutionConfig = Field(default_factory=ExecutionConfig)
     outputs: OutputConfig = Field(default_factory=OutputConfig)
-    # options of the model's kind (models.bundle.sources), e.g. {"trust_code": True} for a MONAI bundle
-    model_options: dict[str, Any] = Field(default_factory=dict)
 
     @field_validator("input", "output", "model")
     @classmethod

@@ -152,6 +152,10 @@ def _has_cuda() -> bool:
     return bool(torch.cuda.is_available())
 
 
+def _is_bundle_folder(path: Any) -> bool:
+    return (Path(path) / "model.yaml").is_file()
+
+
 def window_settings(bundle: Any, config: JobConfig) -> dict[str, Any]:
     """Blend, sigma and batch size: what the job sets, else what the bundle carries (a MONAI bundle's
     inferer), else the job's defaults; and where the output activation runs."""
@@ -286,7 +290,11 @@ def _run(
             channels_last=config.execution.channels_last,
             compile=config.execution.compile,
             tta=config.execution.tta,
-            model_options=tuple(sorted(config.model_options.items())),
+            # how a worker reopens the model; a tilewise bundle (one saved for the workers included)
+            # takes none, the job's choices (folds, ...) are already in it
+            model_options=()
+            if _is_bundle_folder(bundle.path)
+            else tuple(sorted(config.model_options.items())),
             **window_settings(bundle, config),
             probabilities=config.outputs.probabilities,
             nodata_label=config.outputs.nodata_label,

@@ -18,7 +18,8 @@ def test_temporary_server_start_up_timeout_is_one_line(tmp_path, data, small_bun
                PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="1")  # fmt: skip
     scene = data / "geo/rasterio/rgb-byte-tenth.tif"
     cli = subprocess.run(
-        [sys.executable, "-m", "flows.cli", "run", str(scene), str(tmp_path / "o"), "-m", str(small_bundle)],
+        [sys.executable, "-m", "flows.cli", "run", str(scene), str(tmp_path / "o"), "-m", str(small_bundle),
+         "--prefect"],  # a plain run starts no server; a tracked one does
         cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     output = cli.stdout + cli.stderr
