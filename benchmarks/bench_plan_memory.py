@@ -1,0 +1,61 @@
+"""An honest plan: ``tilewise plan``'s peak RSS per worker against what ``tilewise run`` then measures.
+
+Each command runs in its own fresh process, on the demo's Sentinel-2 scenes with the demo's bundle
+(or on SCENES/--model). The issue's figure: within 25 % of the run's measured peak.
+
+    .venv/bin/python benchmarks/bench_plan_memory.py [SCENES] [--model BUNDLE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "250"}
+    env.pop("PREFECT_API_URL", None)  # a plain one-off run, as the plan assumes by default
+    return subprocess.run([sys.executable, "-m", "flows.cli", *args], capture_output=True, text=True, env=env)
+
+
+def planned_mb(scenes: str, opts: list[str]) -> dict[str, float]:
+    plan = _cli("plan", scenes, *opts)
+    if plan.returncode != 0:
+        sys.exit(plan.stderr)
+    rows = [
+        [c.strip() for c in line.strip().strip("│┃").replace("┃", "│").split("│")]
+        for line in plan.stdout.splitlines()
+        if line.count("│") + line.count("┃") >= 2
+    ]
+    header = rows[0]
+    return {r[0]: float(dict(zip(header, r, strict=True))["peak MB/worker"]) for r in rows[1:] if r[0]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("scenes", nargs="?", default=str(ROOT / "samples" / "s2"))
+    parser.add_argument("--model", default=str(ROOT / "bundles" / "s2-water"))
+    args = parser.parse_args()
+    opts = ["--model", args.model, "--polygons"]
+    plan = planned_mb(args.scenes, opts)
+    with tempfile.TemporaryDirectory(prefix="bench-plan-") as out:
+        run = _cli("run", args.scenes, out, *opts)
+        if run.returncode != 0:
+            sys.exit(run.stderr)
+        for report in sorted(Path(out).rglob("*_report.json")):
+            memory = json.loads(report.read_text())["memory"]
+            measured = memory["peak_rss_mb"]
+            est = memory["plan_peak_rss_mb"]
+            off = abs(est - measured) / measured
+            print(f"{report.name}: plan {est} MB, run {measured} MB, off by {off:.0%} (plan table: {plan})")
+
+
+if __name__ == "__main__":
+    main()
