@@ -6,6 +6,7 @@ import glob
 import json
 import os
 import posixpath
+from collections import Counter
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -92,12 +93,25 @@ def discover(target: str, *, exclude: str | None = None) -> list[SceneSource]:
             scenes.append(SceneSource("nifti", tuple(str(g) for g in group)))
     for p in paths:
         kind = kind_of(p)
-        if kind in ("geotiff", "zarr", "stac"):
+        if kind == "stac":
+            item = items.get(p) if p in items else _local_item(p)
+            scenes.append(SceneSource(kind, (p,), _item_options(item)))
+        elif kind in ("geotiff", "zarr"):
             scenes.append(SceneSource(kind, (p,)))
         elif kind is None and single:
             known = " ".join(sorted(SCENE_SUFFIXES, key=lambda s: (kind_of("x" + s) or "", s)))
             raise InputError(f"not a known scene type ({known})", path=p)
-    return sorted(scenes, key=lambda s: s.uri)
+    return sorted(_unique_item_ids(scenes), key=lambda s: s.uri)
+
+
+def _unique_item_ids(scenes: list[SceneSource]) -> list[SceneSource]:
+    """Items of one folder that share an id keep their file names, so their outputs stay apart."""
+
+    def key(s: SceneSource) -> tuple[str, Any]:
+        return os.path.dirname(s.uri), dict(s.options).get("item_id")
+
+    named = Counter(key(s) for s in scenes if s.options)
+    return [SceneSource(s.kind, s.uris) if s.options and named[key(s)] > 1 else s for s in scenes]
 
 
 def _local_item(path: str) -> dict[str, Any] | None:
@@ -128,8 +142,20 @@ def _asset_paths(item: dict[str, Any] | None, where: str = "") -> set[str]:
     return found
 
 
+def _item_options(item: dict[str, Any] | None) -> tuple[tuple[str, Any], ...]:
+    """A local STAC Item's id, which names its outputs: catalogues often call every file
+    ``item.json``. Ids that are not plain file names are not used."""
+    name = str((item or {}).get("id", "")).strip()
+    plain = name and name not in (".", "..") and not any(ch in name for ch in "/\\\0")
+    return (("item_id", name),) if plain else ()
+
+
 def scene_stem(source: SceneSource) -> str:
-    """Output base name: the file name without its scene extension (and without a channel suffix)."""
+    """Output base name: a local STAC Item's id, else the file name without its scene extension (and
+    without a channel suffix)."""
+    item_id = dict(source.options).get("item_id") if source.kind == "stac" else None
+    if item_id:
+        return str(item_id)
     uri = source.uri.split("?", 1)[0].split("#", 1)[0] if "://" in source.uri else source.uri
     name = uri.rstrip("/").rsplit("/", 1)[-1]  # never a query string: presigned URLs carry secrets
     name = strip_scene_suffix(name)
