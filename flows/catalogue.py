@@ -4,17 +4,22 @@
 the collection can be read from anywhere) and spans their bounding boxes and dates. Adding a scene
 is idempotent: its link is replaced, never doubled, and the extent is recomputed from the links'
 own bboxes and datetimes as the flow records them. Built and written with pystac; the flow writes
-it from one thread after each scene, next to the manifest.
+it from one thread after each scene, next to the manifest, by compare-and-swap like the manifest.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import random
+import time
 from datetime import datetime
 from typing import Any
 
+from flows.leases import conditional_put, head_etag
+from flows.manifest import CAS_ATTEMPTS
 from flows.storage import S3Prefix, safe_key
+from pipeline.errors import OutputError
 
 COLLECTION = "collection.json"
 log = logging.getLogger(__name__)
@@ -78,24 +83,37 @@ class CollectionStore:
         return f"s3://{self.path}"
 
     def load(self) -> Any:
+        return self._load()[0]
+
+    def _load(self) -> tuple[Any, str | None]:
+        """The collection and the ETag it was read at (None: there is none yet)."""
         import pystac
 
+        etag = head_etag(self.fs, self.path)  # first: the content read next is as new or newer
+        if etag is None:
+            return _new(self.where), None
         try:
             raw = self.fs.cat_file(self.path)
         except FileNotFoundError:
-            return _new(self.where)
+            return _new(self.where), None
         try:
-            return pystac.Collection.from_dict(json.loads(raw), migrate=False)
+            return pystac.Collection.from_dict(json.loads(raw), migrate=False), etag
         except (ValueError, KeyError, TypeError, pystac.STACError):
             log.warning("collection %s is unreadable; starting it afresh", self.uri)
-            return _new(self.where)
+            return _new(self.where), etag
 
     def record(self, item_uri: str) -> None:
-        """Add the item at ``item_uri`` (already uploaded) to the collection and write it back."""
+        """Add the item at ``item_uri`` (already uploaded) to the collection and write it back by
+        compare-and-swap, as the manifest is: two runs on one prefix never drop each other's links."""
         import pystac
 
         item = pystac.Item.from_dict(json.loads(self.fs.cat_file(item_uri.removeprefix("s3://"))))
-        collection = self.load()
-        add_item(collection, item, item_uri)
-        data = collection.to_dict(include_self_link=False, transform_hrefs=False)
-        self.fs.pipe_file(self.path, json.dumps(data, indent=1).encode())
+        for attempt in range(CAS_ATTEMPTS):
+            collection, etag = self._load()
+            add_item(collection, item, item_uri)
+            data = collection.to_dict(include_self_link=False, transform_hrefs=False)
+            if conditional_put(self.fs, self.path, json.dumps(data, indent=1).encode(), etag) is not None:
+                return
+            time.sleep(random.uniform(0.05, 0.2) * (attempt + 1))  # another run wrote: add to theirs
+        tries = f"{CAS_ATTEMPTS} tries"
+        raise OutputError(f"the collection kept changing under this run ({tries})", path=self.uri)

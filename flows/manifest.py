@@ -31,7 +31,7 @@ from pipeline.errors import OutputError
 from pipeline.job.config import JobConfig
 
 MANIFEST_DIR = ".tilewise"
-_CAS_ATTEMPTS = 50
+CAS_ATTEMPTS = 50
 log = logging.getLogger(__name__)
 
 
@@ -124,7 +124,7 @@ class ManifestStore:
         """Compare-and-swap: merge this run's entries into the latest manifest and PUT it only if
         nobody wrote since we read it (``If-Match`` its ETag); else read again and retry. Two runs
         finishing together therefore never lose each other's entries."""
-        for attempt in range(_CAS_ATTEMPTS):
+        for attempt in range(CAS_ATTEMPTS):
             etag = head_etag(self.fs, self.current)  # first: the content read next is as new or newer
             latest = self._read(self.current) if etag else None
             if latest is not None:
@@ -139,4 +139,4 @@ class ManifestStore:
                 self.loaded_generation = manifest.generation
                 return
             time.sleep(random.uniform(0.05, 0.2) * (attempt + 1))  # another run wrote: merge again
-        raise OutputError(f"the manifest kept changing under this run ({_CAS_ATTEMPTS} tries)", path=self.uri)
+        raise OutputError(f"the manifest kept changing under this run ({CAS_ATTEMPTS} tries)", path=self.uri)
