@@ -57,12 +57,17 @@ def atomic_path(dest: str | os.PathLike[str], *, overwrite: bool = False) -> Ite
         raise
 
 
-def clean_stale_temps(folder: str | os.PathLike[str]) -> int:
-    """Remove temporaries left by a crashed run; returns how many were removed."""
+def clean_stale_temps(folder: str | os.PathLike[str], *, keep: tuple[str, ...] = ()) -> int:
+    """Remove temporaries left by a crashed run anywhere under ``folder`` (outputs mirror the input's
+    subfolders, so a crash can leave one deep down); returns how many were removed. Folders named in
+    ``keep`` (resumable work) and Zarr stores are not walked into."""
     root = Path(folder)
     if not root.is_dir():
         return 0
-    stale = [p for p in root.iterdir() if TEMP_MARK in p.name]
+    stale: list[Path] = []
+    for parent, dirs, files in os.walk(root):
+        stale += [Path(parent, name) for name in dirs + files if TEMP_MARK in name]
+        dirs[:] = [d for d in dirs if TEMP_MARK not in d and d not in keep and not d.endswith(".zarr")]
     for p in stale:
         _remove(p)
     return len(stale)

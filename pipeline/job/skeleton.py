@@ -54,7 +54,8 @@ def prepare_job(config: JobConfig, *, sources: list[SceneSource] | None = None) 
         bundle = as_saved_bundle(bundle, out_dir)
     scenes = sources if sources is not None else discover(config.input, exclude=str(out_dir))
     if not live_leases(out_dir / WORK_DIR, config.execution.lease_timeout_s):
-        clean_stale_temps(out_dir)  # a crashed run's temporaries; never while another run holds a scene
+        # a crashed run's temporaries, at any depth; never while another run holds a scene
+        clean_stale_temps(out_dir, keep=(WORK_DIR,))
     return Job(config, bundle, out_dir, list(scenes))
 
 
