@@ -21,6 +21,7 @@ from pipeline.job.skeleton import run_job
 
 from .catalogue import write_crop
 from .conftest import leftovers
+from .two_runs import cli_table, race_pausing_first_holder
 
 ROOT = Path(__file__).resolve().parents[2]
 SCENES = ("a", "b", "c")
@@ -54,14 +55,6 @@ def _grid_windows(out: Path, stem: str) -> int:
     return int(plan["windows_in_grid"])
 
 
-def _table(text: str) -> dict[str, dict[str, str]]:
-    """The run table, one row per scene (rich draws the header with heavy bars)."""
-    lines = [line.replace("┃", "│") for line in text.splitlines() if line.count("│") + line.count("┃") >= 2]
-    cells = [[c.strip() for c in line.strip().strip("│").split("│")] for line in lines]
-    rows = [dict(zip(cells[0], row, strict=True)) for row in cells[1:]]
-    return {row["scene"]: row for row in rows}
-
-
 def _cli_env(tmp: Path, name: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
     env.update(PYTHONPATH=str(ROOT), COLUMNS="400", PREFECT_HOME=str(tmp / f"prefect-{name}"),
@@ -73,36 +66,16 @@ def _cli_env(tmp: Path, name: str) -> dict[str, str]:
 def test_two_cli_runs_on_one_output_compute_each_scene_once(tmp_path, scenes, single, bundle2):
     out, cfg = tmp_path / "out", tmp_path / "job.yaml"
     cfg.write_text(yaml.safe_dump(_settings(bundle2)))
-    runs = {}
-    for name in ("one", "two"):  # started together, as two cron firings or two people would
-        log = (tmp_path / f"{name}.log").open("w")
-        runs[name] = subprocess.Popen(
-            [sys.executable, "-m", "flows.cli", "run", str(scenes), str(out), "-c", str(cfg)],
-            cwd=ROOT, env=_cli_env(tmp_path, name), stdout=log, stderr=subprocess.STDOUT,
-        )  # fmt: skip
-    stopped = None
-    try:
-        # The first run to take a lease is paused (a busy machine) until the other has finished:
-        # the other must leave that scene alone and do the rest.
-        deadline = time.time() + 420  # CLI start-up is slow on a loaded machine
-        while time.time() < deadline and stopped is None:
-            for lease in (out / ".tilewise-work").glob("*.lease"):
-                pid = json.loads(lease.read_text())["pid"]
-                os.kill(pid, signal.SIGSTOP)
-                stopped = next(n for n, p in runs.items() if p.pid == pid)
-                break
-            assert all(p.poll() is None for p in runs.values()), "a run ended before taking any lease"
-            time.sleep(0.05)
-        assert stopped is not None, "no run took a lease"
-        other = next(n for n in runs if n != stopped)
-        assert runs[other].wait(timeout=300) == 0, (tmp_path / f"{other}.log").read_text()[-3000:]
-    finally:
-        for p in runs.values():
-            if p.poll() is None:
-                os.kill(p.pid, signal.SIGCONT)
-    assert runs[stopped].wait(timeout=300) == 0, (tmp_path / f"{stopped}.log").read_text()[-3000:]
+    cmd = [sys.executable, "-m", "flows.cli", "run", str(scenes), str(out), "-c", str(cfg)]
 
-    tables = {n: _table((tmp_path / f"{n}.log").read_text()) for n in runs}
+    def lease_pid() -> int | None:  # the first run to take a lease is paused; the other must skip it
+        leases = list((out / ".tilewise-work").glob("*.lease"))
+        return json.loads(leases[0].read_text())["pid"] if leases else None
+
+    runs, stopped, other = race_pausing_first_holder(
+        cmd, lambda n: _cli_env(tmp_path, n), tmp_path, lease_pid
+    )
+    tables = {n: cli_table((tmp_path / f"{n}.log").read_text()) for n in runs}
     held = next(s for s in SCENES if tables[stopped][s]["status"] == "ok")  # the scene it held
     assert f"(pid {runs[stopped].pid})" in tables[other][held]["outputs / reason"]
     assert tables[other][held]["status"] == "skipped"
