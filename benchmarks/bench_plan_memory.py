@@ -1,9 +1,12 @@
 """An honest plan: ``tilewise plan``'s peak RSS per worker against what ``tilewise run`` then measures.
 
 Each command runs in its own fresh process, on the demo's Sentinel-2 scenes with the demo's bundle
-(or on SCENES/--model). The issue's figure: within 25 % of the run's measured peak.
+(or on SCENES/--model), or with ``--edge N`` on an N² tiled GeoTIFF with the 1x1 TorchScript bundle of
+benchmarks/common.py (the model costs nothing, so the run's own buffers decide its peak). The issue's
+figure: within 25 % of the run's measured peak.
 
     .venv/bin/python benchmarks/bench_plan_memory.py [SCENES] [--model BUNDLE]
+    .venv/bin/python benchmarks/bench_plan_memory.py --edge 16384
 """
 
 from __future__ import annotations
@@ -16,7 +19,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import ROOT, make_conv1x1_bundle, make_scene
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
@@ -42,8 +46,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("scenes", nargs="?", default=str(ROOT / "samples" / "s2"))
     parser.add_argument("--model", default=str(ROOT / "bundles" / "s2-water"))
+    parser.add_argument("--edge", type=int, help="a synthetic EDGE² scene with the 1x1 bundle instead")
     args = parser.parse_args()
     opts = ["--model", args.model, "--polygons"]
+    if args.edge:
+        out = ROOT / "benchmarks" / "out"
+        scene_dir = out / f"plan-{args.edge}"
+        scene_dir.mkdir(parents=True, exist_ok=True)
+        args.scenes = str(make_scene(scene_dir / f"scene-{args.edge}.tif", args.edge))
+        opts = ["--model", str(make_conv1x1_bundle(out / "bundle-conv1x1"))]
     plan = planned_mb(args.scenes, opts)
     with tempfile.TemporaryDirectory(prefix="bench-plan-") as out:
         run = _cli("run", args.scenes, out, *opts)
