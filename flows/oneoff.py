@@ -56,10 +56,13 @@ def choose_runner(config: JobConfig) -> JobRunner:
     """The function that runs this job: the bucket or folder flow when tracked, else the plain job."""
     if not tracked(config):
         return run_plain_job
-    if (config.output or "").startswith("s3://"):
-        from flows.bucket import run_bucket_job
+    from flows.prefect_api import prefect_settings_checked
 
-        return run_bucket_job
-    from flows.folder import run_folder_job
+    with prefect_settings_checked():
+        if (config.output or "").startswith("s3://"):
+            from flows.bucket import run_bucket_job
 
-    return run_folder_job
+            return run_bucket_job
+        from flows.folder import run_folder_job
+
+        return run_folder_job

@@ -115,3 +115,23 @@ def prefect_api() -> Iterator[str]:
         return
     tie = sys.platform.startswith("linux") and threading.current_thread() is threading.main_thread()
     yield _tied_server().api_url if tie else ""
+
+
+@contextmanager
+def prefect_settings_checked() -> Iterator[None]:
+    """Import or start Prefect; a bad ``PREFECT_*`` setting becomes one ConfigError naming the variable
+    (Prefect validates its settings with pydantic on first import, deep inside the import chain)."""
+    import os
+
+    from pydantic import ValidationError
+
+    try:
+        yield
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            field = str(err["loc"][-1]).upper() if err.get("loc") else ""
+            names = [k for k in os.environ if k.startswith("PREFECT_") and field and k.endswith(field)]
+            where = " or ".join(sorted(names)) or f"{exc.title}.{field.lower()}"
+            problems.append(f"{where}: {err['msg']} (got {redact(repr(err.get('input')))})")
+        raise ConfigError("invalid Prefect setting: " + "; ".join(problems)) from None

@@ -42,6 +42,8 @@ def serve_cmd(
         job = load_config(config, {"model": model})
         if interval is not None and interval <= 0:
             raise ConfigError("--interval must be positive")
-        from flows.serve import serve_bucket
+        from flows.prefect_api import prefect_settings_checked
 
+        with prefect_settings_checked():
+            from flows.serve import serve_bucket
         serve_bucket(job, cron=cron, interval=interval, name=name, limit=limit, staging_dir=staging_dir)

@@ -30,3 +30,21 @@ def test_temporary_server_start_up_timeout_is_one_line(tmp_path, data, small_bun
     assert "did not start within 1 s" in errors[0] and "set PREFECT_API_URL" in errors[0]
     assert "retry" in errors[0]
     assert not (tmp_path / "o" / "rgb-byte-tenth_labels.tif").exists()
+
+
+def test_a_bad_prefect_setting_is_one_line_naming_the_variable(tmp_path, data, small_bundle):
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    env.update(PYTHONPATH=str(REPO), PREFECT_HOME=str(tmp_path / "home"), COLUMNS="300",
+               PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="soon")  # fmt: skip
+    scene = data / "geo/rasterio/rgb-byte-tenth.tif"
+    cli = subprocess.run(
+        [sys.executable, "-m", "flows.cli", "run", str(scene), str(tmp_path / "o"), "-m", str(small_bundle),
+         "--prefect"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    output = cli.stdout + cli.stderr
+    assert cli.returncode == 2, output  # ConfigError
+    assert "Traceback" not in output, output
+    (error,) = [line for line in output.splitlines() if line.startswith("error:")]
+    assert "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS" in error and "'soon'" in error
+    assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())
