@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 DEFAULT_TIMEOUT_S = 120.0
+_TAKEN = ".taken-"  # a stale record moved aside by a take-over, until the new holder claims it
 _RUN_ID = f"{uuid.uuid4().hex[:12]}"
 
 
@@ -168,19 +169,38 @@ class FileLeaseStore:
 
     def swap(self, token: Any, info: LeaseInfo) -> Any | None:
         """Move the old record aside (rename: only one taker wins), check it is the version we judged,
-        then link ours in (refused if a third run got there first)."""
-        aside = self.path.with_name(f"{self.path.name}.{uuid.uuid4().hex[:8]}.old")
+        then link ours in (refused if a third run got there first). The record moved aside stays
+        until the run whose lease lands claims it (``claim_taken``), so the note of whose lease was
+        taken over reaches that run even when a plain ``create`` of another run wins the gap."""
+        aside = self.path.with_name(f"{self.path.name}{_TAKEN}{uuid.uuid4().hex[:8]}")
         try:
             os.rename(self.path, aside)
         except FileNotFoundError:
             return None
-        if aside.read_bytes() != token:  # a newer record: put it back untouched
+        try:
+            judged = aside.read_bytes() == token
+        except FileNotFoundError:  # claimed already by the run that won the gap
+            return None
+        if not judged:  # a newer record: put it back untouched
             with contextlib.suppress(FileExistsError):
                 os.link(aside, self.path)
             aside.unlink(missing_ok=True)
             return None
-        aside.unlink(missing_ok=True)
         return self.create(info)
+
+    def claim_taken(self) -> LeaseInfo | None:
+        """The stale record a take-over moved aside, for the run that now holds the lease; removing
+        it is the claim (one unlink succeeds)."""
+        found = []
+        for aside in self.path.parent.glob(f"{self.path.name}{_TAKEN}*"):
+            try:
+                raw = aside.read_bytes()
+                aside.unlink()
+            except FileNotFoundError:
+                continue
+            info = LeaseInfo.decode(raw)
+            found.append(info or LeaseInfo("unknown", "unknown", 0, 0.0, 0.0))
+        return max(found, key=lambda i: i.heartbeat) if found else None
 
     def beat(self, token: Any, info: LeaseInfo) -> Any | None:
         try:
@@ -253,6 +273,13 @@ class Lease:
         self.release()
 
 
+def _claim(store: LeaseStore) -> LeaseInfo | None:
+    """A store whose take-overs are not one atomic step (a POSIX folder) hands the stale record to
+    whichever run's lease landed; S3's conditional PUT swaps in place and needs none."""
+    claim = getattr(store, "claim_taken", None)
+    return claim() if claim is not None else None
+
+
 def acquire(
     store: LeaseStore,
     *,
@@ -268,7 +295,7 @@ def acquire(
         mine = LeaseInfo.mine()
         token = store.create(mine)
         if token is not None:
-            return Lease(store, mine, token, timeout)
+            return Lease(store, mine, token, timeout, taken_over=_claim(store))
         found = store.read()
         if found is None:
             continue  # released between our two calls
@@ -276,7 +303,7 @@ def acquire(
         if holder is None or time.time() - holder.heartbeat > timeout or _dead(holder):
             token = store.swap(old, mine)
             if token is not None:
-                return Lease(store, mine, token, timeout, taken_over=holder)
+                return Lease(store, mine, token, timeout, taken_over=_claim(store) or holder)
             continue
         busy = Busy(holder, store.where)
         if not wait:
