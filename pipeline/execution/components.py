@@ -43,8 +43,9 @@ Mapper = Callable[[Callable[..., Any], Sequence[tuple[Any, ...]]], list[Any]]
 
 
 def thread_map(threads: int | None = None) -> Mapper:
-    """A mapper over a few threads of this process (one block each in memory)."""
-    count = threads or min(4, os.cpu_count() or 1)
+    """A mapper over a few threads of this process (one block each in memory; two by default: the
+    labelling holds the GIL much of the time, so more threads would add memory, not speed)."""
+    count = threads or min(2, os.cpu_count() or 1)
 
     def run(fn: Callable[..., Any], calls: Sequence[tuple[Any, ...]]) -> list[Any]:
         if count == 1 or len(calls) < 2:
@@ -79,30 +80,47 @@ class Table:
     halo: list[tuple[int, int, np.ndarray, np.ndarray]]  # (axis, step, identity, removed) of neighbours
     best: dict[int, int]  # class -> global key of its largest component (keep-largest)
 
+    def luts(self, top: int) -> tuple[np.ndarray, np.ndarray]:
+        """Per local id up to ``top``: its global identity (border roots negative, inner components
+        their key, 0 nodata) and its removal (known here for border roots only)."""
+        top = max(top, int(self.own_ids.max(initial=0)))
+        lut = np.arange(top + 1, dtype=np.int64) + self.base
+        lut[0] = 0
+        lut[self.own_ids] = self.own_root
+        gone = np.zeros(top + 1, bool)
+        gone[self.own_ids] = self.own_removed
+        return lut, gone
+
     def ident(self, local: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Global identity of local ids (border roots negative, inner components their key, 0 nodata)
-        and their removal (known here for border roots only)."""
-        out_id = np.where(local > 0, local.astype(np.int64) + self.base, 0)
-        removed = np.zeros(local.shape, bool)
-        if len(self.own_ids):
-            pos = np.minimum(np.searchsorted(self.own_ids, local), len(self.own_ids) - 1)
-            border = (local > 0) & (self.own_ids[pos] == local)
-            out_id = np.where(border, self.own_root[pos], out_id)
-            removed = border & self.own_removed[pos]
-        return out_id, removed
+        """``luts`` applied to an array of local ids."""
+        lut, gone = self.luts(int(local.max(initial=0)))
+        return lut[local], gone[local]
+
+    def fixed(self, fixes: tuple[np.ndarray, np.ndarray], count: int) -> np.ndarray:
+        """Per local id, the class a fixed border component takes (-1: unchanged)."""
+        fix_ids, fix_cls = fixes
+        out = np.full(count + 1, -1, np.int16)
+        if len(fix_ids) and len(self.own_ids):
+            pos = np.minimum(np.searchsorted(fix_ids, self.own_root), len(fix_ids) - 1)
+            hit = fix_ids[pos] == self.own_root
+            out[self.own_ids[hit]] = fix_cls[pos[hit]]
+        return out
 
 
 def _label(block: np.ndarray, nodata: int) -> tuple[np.ndarray, np.ndarray]:
-    """Local component ids (0: nodata) and the class of each id (index 0 unused)."""
+    """Local component ids (0: nodata) and the class of each id (index 0 unused). Holds the block,
+    its ids and one class's mask and labels at a time (~10 bytes a pixel)."""
     from scipy import ndimage
 
     ids = np.zeros(block.shape, np.int32)
+    comp = np.empty(block.shape, np.int32)
     classes = [0]
     for value in np.unique(block):
         if value == nodata:
             continue
-        comp, n = ndimage.label(block == value)
-        ids[comp > 0] = comp[comp > 0] + (len(classes) - 1)
+        mask = block == value
+        n = int(ndimage.label(mask, output=comp))
+        np.add(comp, len(classes) - 1, out=ids, where=mask)
         classes.extend([int(value)] * n)
     return ids, np.array(classes, np.int64)
 
@@ -181,7 +199,6 @@ def settle(
     block = np.asarray(labels[sl])
     ids, classes = _label(block, nodata)
     count = len(classes) - 1
-    idents, removed = table.ident(ids)
     inner = np.ones(count + 1, bool)
     inner[0] = False
     inner[table.own_ids] = False
@@ -189,22 +206,29 @@ def settle(
     if keep_largest:
         keys_here = np.arange(count + 1) + table.base
         gone |= inner & (np.array([table.best.get(int(k), -1) for k in classes]) != keys_here)
-    removed |= gone[ids]
+    pad_id, pad_rm = _padded(table, ids, gone, table.halo)
     result = block.copy()
     empty = np.zeros(0, np.int64)
     rows = (empty, empty, empty)
-    pad_id, pad_rm = _padded(idents, removed, table.halo)
     if pad_rm.any():
-        comp, cls, counts = _ring_counts(block, idents, pad_id, pad_rm, nodata)
+        comp, cls, counts = _ring_counts(block, pad_id, pad_rm, nodata)
         border = comp < 0
         rows = (comp[border], cls[border], counts[border])
-        new = np.full(count + 1, -1, np.int64)
+        new = np.full(count + 1, -1, np.int16)
         for i, k in _decide(comp[comp > 0], cls[comp > 0], counts[comp > 0]).items():
             new[i - table.base] = k
-        mapped = new[ids]
-        result[mapped >= 0] = mapped[mapped >= 0]
+        _apply(result, new, ids)
     out[sl] = result
     return int(gone.sum()), *rows
+
+
+def _apply(result: np.ndarray, new: np.ndarray, ids: np.ndarray) -> None:
+    """``result`` takes class ``new[id]`` where that is not -1 (slab by slab: no block-sized temporaries)."""
+    step = _slab_rows(ids.shape)
+    for a in range(0, ids.shape[0], step):
+        mapped = new[ids[a : a + step]]
+        keep = mapped >= 0
+        result[a : a + step][keep] = mapped[keep]
 
 
 def fix(
@@ -217,12 +241,9 @@ def fix(
 ) -> None:
     """Pass 3 on one block: give its removed border components their class, now that every block
     they touch has counted their neighbours."""
-    fix_ids, fix_cls = fixes
-    ids, _ = _label(np.asarray(labels[sl]), nodata)
-    idents, _ = table.ident(ids)
+    ids, classes = _label(np.asarray(labels[sl]), nodata)
     result = np.asarray(out[sl]).copy()
-    hit = np.isin(idents, fix_ids)
-    result[hit] = fix_cls[np.searchsorted(fix_ids, idents[hit])]
+    _apply(result, table.fixed(fixes, len(classes) - 1), ids)
     out[sl] = result
 
 
@@ -327,24 +348,57 @@ def clean_components(
     return removed_count
 
 
+SLAB_PIXELS = 2**18  # pixels the per-pixel steps handle at once: their temporaries stay a few MB
+
+
+def _slab_rows(shape: tuple[int, ...]) -> int:
+    """Rows of a block handled at once by the per-pixel steps."""
+    return max(1, SLAB_PIXELS // max(1, int(np.prod(shape[1:]))))
+
+
 def _padded(
-    idents: np.ndarray, removed: np.ndarray, halo: list[tuple[int, int, np.ndarray, np.ndarray]]
+    table: Table, ids: np.ndarray, gone: np.ndarray, halo: list[tuple[int, int, np.ndarray, np.ndarray]]
 ) -> tuple[np.ndarray, np.ndarray]:
-    """``idents``/``removed`` with a one-pixel halo from the neighbouring blocks' faces (0 / False
-    outside the scene)."""
-    pad_id, pad_rm = np.pad(idents, 1), np.pad(removed, 1)
+    """Global identities and removal of the block's pixels with a one-pixel halo from the neighbouring
+    blocks' faces (0 / False outside the scene)."""
+    shape = tuple(n + 2 for n in ids.shape)
+    pad_id, pad_rm = np.zeros(shape, np.int64), np.zeros(shape, bool)
+    lut, removed = table.luts(len(gone) - 1)
+    removed[: len(gone)] |= gone
+    step, rest = _slab_rows(ids.shape), (slice(1, -1),) * (ids.ndim - 1)
+    for a in range(0, ids.shape[0], step):
+        part = ids[a : a + step]
+        pad_id[(slice(1 + a, 1 + a + len(part)), *rest)] = lut[part]
+        pad_rm[(slice(1 + a, 1 + a + len(part)), *rest)] = removed[part]
     for axis, step, nb_id, nb_rm in halo:
-        where = [slice(1, -1)] * idents.ndim
+        where = [slice(1, -1)] * ids.ndim
         where[axis] = 0 if step < 0 else -1
         pad_id[tuple(where)], pad_rm[tuple(where)] = nb_id, nb_rm
     return pad_id, pad_rm
 
 
 def _ring_counts(
-    block: np.ndarray, idents: np.ndarray, pad_id: np.ndarray, pad_rm: np.ndarray, nodata: int
+    block: np.ndarray, pad_id: np.ndarray, pad_rm: np.ndarray, nodata: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(removed component, class of a pixel touching it), each touching pixel once per component."""
+    """(removed component, class of a pixel touching it, pixels), each touching pixel counted once per
+    component; slab by slab, so memory is a slab's, not the block's."""
+    step = _slab_rows(block.shape)
+    parts = [
+        _ring_slab(block[a : a + step], pad_id[a : a + step + 2], pad_rm[a : a + step + 2], nodata)
+        for a in range(0, block.shape[0], step)
+    ]
+    comp, cls, counts = (np.concatenate([p[k] for p in parts]) for k in range(3))
+    if not comp.size:
+        return comp, cls, counts
+    pairs, inverse = np.unique(np.stack([comp, cls]), axis=1, return_inverse=True)
+    return pairs[0], pairs[1], np.bincount(inverse.ravel(), weights=counts).astype(np.int64)
+
+
+def _ring_slab(
+    block: np.ndarray, pad_id: np.ndarray, pad_rm: np.ndarray, nodata: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     ndim = block.ndim
+    idents = pad_id[(slice(1, -1),) * ndim]
     cands = []
     for axis in range(ndim):
         for step in (-1, 1):
