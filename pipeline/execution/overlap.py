@@ -31,15 +31,15 @@ MIN_STRIP_ROWS = 256  # below this a strip's thread costs more than it saves
 
 
 def read_threads() -> int:
-    """Threads reading one block: ``TILEWISE_READ_THREADS``, else up to 4, never more than the cores,
-    and 2 in a process given a thread budget (``OMP_NUM_THREADS``: a Dask worker among many)."""
+    """Threads reading one block: ``TILEWISE_READ_THREADS``, else half the cores (the model, the blend
+    and the writes need the rest; on 2 cores one thread: benchmarks/bench_overlap.py measured two
+    0.8x as fast there), at most 4, and at most 2 in a process given a thread budget
+    (``OMP_NUM_THREADS``: a Dask worker among many)."""
     value = os.environ.get("TILEWISE_READ_THREADS", "").strip()
     if value.isdigit():
         return max(1, int(value))
-    cores = os.cpu_count() or 1
-    if os.environ.get("OMP_NUM_THREADS", "").strip().isdigit():
-        cores = min(cores, 2)
-    return max(1, min(4, cores))
+    cap = 2 if os.environ.get("OMP_NUM_THREADS", "").strip().isdigit() else 4
+    return max(1, min(cap, (os.cpu_count() or 1) // 2))
 
 
 def strip_rows(box: Box, tile_rows: int, threads: int) -> list[tuple[int, int]]:
