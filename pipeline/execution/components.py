@@ -36,6 +36,16 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.execution.component_pixels import (
+    apply_classes,
+    best_per_class,
+    decide,
+    global_first,
+    label_block,
+    ring_counts,
+    slab_rows,
+)
+
 Index = tuple[int, ...]
 Face = tuple[int, int]  # (axis, side): side 0 the low face, -1 the high one
 # (function, its calls' arguments) -> its results, in order; where the calls run is the mapper's business
@@ -107,53 +117,6 @@ class Table:
         return out
 
 
-def _label(block: np.ndarray, nodata: int) -> tuple[np.ndarray, np.ndarray]:
-    """Local component ids (0: nodata) and the class of each id (index 0 unused). Holds the block,
-    its ids and one class's mask and labels at a time (~10 bytes a pixel)."""
-    from scipy import ndimage
-
-    ids = np.zeros(block.shape, np.int32)
-    comp = np.empty(block.shape, np.int32)
-    classes = [0]
-    for value in np.unique(block):
-        if value == nodata:
-            continue
-        mask = block == value
-        n = int(ndimage.label(mask, output=comp))
-        np.add(comp, len(classes) - 1, out=ids, where=mask)
-        classes.extend([int(value)] * n)
-    return ids, np.array(classes, np.int64)
-
-
-def _first_pixels(ids: np.ndarray, count: int, origin: tuple[int, ...], shape: tuple[int, ...]) -> np.ndarray:
-    """Global raster index of each local component's first pixel (for the keep-largest tie-break)."""
-    first = np.full(count + 1, np.iinfo(np.int64).max, np.int64)
-    values, where = np.unique(ids.ravel(), return_index=True)
-    coords = np.unravel_index(where, ids.shape)
-    first[values] = np.ravel_multi_index(tuple(c + o for c, o in zip(coords, origin, strict=True)), shape)
-    return first
-
-
-def _best_per_class(
-    best: dict[int, tuple[int, int, int]],
-    cls: np.ndarray,
-    size: np.ndarray,
-    first: np.ndarray,
-    key: np.ndarray,
-) -> None:
-    """Fold candidates into ``best``: per class the largest component, then the earliest first pixel."""
-    if not len(cls):
-        return
-    order = np.lexsort((first, -size, cls))
-    cls, size, first, key = cls[order], size[order], first[order], key[order]
-    lead = np.ones(len(cls), bool)
-    lead[1:] = cls[1:] != cls[:-1]
-    for k, n, f, g in zip(cls[lead], size[lead], first[lead], key[lead], strict=True):
-        cand = (int(n), -int(f), int(g))
-        if int(k) not in best or cand[:2] > best[int(k)][:2]:
-            best[int(k)] = cand
-
-
 def _chunk_grid(labels: Any) -> list[tuple[Index, tuple[slice, ...]]]:
     shape, chunks = labels.shape, getattr(labels, "chunks", None) or labels.shape
     ranges = [range(0, n, c) for n, c in zip(shape, chunks, strict=True)]
@@ -171,11 +134,15 @@ def summarise(
 ) -> Summary:
     """Pass 1 on one block (runs where the blocks are)."""
     block = np.asarray(labels[sl])
-    ids, classes = _label(block, nodata)
+    ids, classes, local_first = label_block(block, nodata, first=keep_largest)
     count = len(classes) - 1
     sizes = np.bincount(ids.ravel(), minlength=count + 1)
     origin = tuple(s.start for s in sl)
-    first = _first_pixels(ids, count, origin, shape) if keep_largest else np.zeros(count + 1, np.int64)
+    first = (
+        global_first(local_first, block.shape, origin, shape)
+        if keep_largest
+        else np.zeros(count + 1, np.int64)
+    )
     faces: dict[Face, tuple[np.ndarray, np.ndarray]] = {}
     for axis in range(block.ndim):
         for side in (0, -1):
@@ -187,7 +154,7 @@ def summarise(
     best: dict[int, tuple[int, int, int]] = {}
     if keep_largest:
         inner = np.setdiff1d(np.arange(1, count + 1), face_ids)
-        _best_per_class(best, classes[inner], sizes[inner], first[inner], inner)
+        best_per_class(best, classes[inner], sizes[inner], first[inner], inner)
     return Summary(count, faces, face_ids, sizes[face_ids], classes[face_ids], first[face_ids], best)
 
 
@@ -197,7 +164,7 @@ def settle(
     """Pass 2 on one block: write it with its own components settled. Returns the number of inner
     components removed and the (component, neighbour class, count) rows of removed border components."""
     block = np.asarray(labels[sl])
-    ids, classes = _label(block, nodata)
+    ids, classes, _ = label_block(block, nodata)
     count = len(classes) - 1
     inner = np.ones(count + 1, bool)
     inner[0] = False
@@ -211,24 +178,15 @@ def settle(
     empty = np.zeros(0, np.int64)
     rows = (empty, empty, empty)
     if pad_rm.any():
-        comp, cls, counts = _ring_counts(block, pad_id, pad_rm, nodata)
+        comp, cls, counts = ring_counts(block, pad_id, pad_rm, nodata)
         border = comp < 0
         rows = (comp[border], cls[border], counts[border])
         new = np.full(count + 1, -1, np.int16)
-        for i, k in _decide(comp[comp > 0], cls[comp > 0], counts[comp > 0]).items():
+        for i, k in decide(comp[comp > 0], cls[comp > 0], counts[comp > 0]).items():
             new[i - table.base] = k
-        _apply(result, new, ids)
+        apply_classes(result, new, ids)
     out[sl] = result
     return int(gone.sum()), *rows
-
-
-def _apply(result: np.ndarray, new: np.ndarray, ids: np.ndarray) -> None:
-    """``result`` takes class ``new[id]`` where that is not -1 (slab by slab: no block-sized temporaries)."""
-    step = _slab_rows(ids.shape)
-    for a in range(0, ids.shape[0], step):
-        mapped = new[ids[a : a + step]]
-        keep = mapped >= 0
-        result[a : a + step][keep] = mapped[keep]
 
 
 def fix(
@@ -241,9 +199,9 @@ def fix(
 ) -> None:
     """Pass 3 on one block: give its removed border components their class, now that every block
     they touch has counted their neighbours."""
-    ids, classes = _label(np.asarray(labels[sl]), nodata)
+    ids, classes, _ = label_block(np.asarray(labels[sl]), nodata)
     result = np.asarray(out[sl]).copy()
-    _apply(result, table.fixed(fixes, len(classes) - 1), ids)
+    apply_classes(result, table.fixed(fixes, len(classes) - 1), ids)
     out[sl] = result
 
 
@@ -307,7 +265,7 @@ def clean_components(
     r_ids = -(np.arange(roots) + 1)  # border roots are -1, -2, ...
     r_removed = r_size < min_size
     if keep_largest:
-        _best_per_class(best, r_class, r_size, r_first, r_ids)
+        best_per_class(best, r_class, r_size, r_first, r_ids)
         winners = np.array([best[int(k)][2] for k in r_class], np.int64)
         r_removed |= winners != r_ids
     tables: dict[Index, Table] = {}
@@ -335,7 +293,7 @@ def clean_components(
     if comp.size:  # the neighbour classes of removed border components, summed over the blocks
         pairs, inverse = np.unique(np.stack([comp, cls]), axis=1, return_inverse=True)
         totals = np.bincount(inverse.ravel(), weights=counts).astype(np.int64)
-        decided = _decide(pairs[0], pairs[1], totals)
+        decided = decide(pairs[0], pairs[1], totals)
         fix_ids = np.array(sorted(decided), np.int64)
         fix_cls = np.array([decided[int(i)] for i in fix_ids], np.uint8)
         calls = []
@@ -348,14 +306,6 @@ def clean_components(
     return removed_count
 
 
-SLAB_PIXELS = 2**18  # pixels the per-pixel steps handle at once: their temporaries stay a few MB
-
-
-def _slab_rows(shape: tuple[int, ...]) -> int:
-    """Rows of a block handled at once by the per-pixel steps."""
-    return max(1, SLAB_PIXELS // max(1, int(np.prod(shape[1:]))))
-
-
 def _padded(
     table: Table, ids: np.ndarray, gone: np.ndarray, halo: list[tuple[int, int, np.ndarray, np.ndarray]]
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -365,7 +315,7 @@ def _padded(
     pad_id, pad_rm = np.zeros(shape, np.int64), np.zeros(shape, bool)
     lut, removed = table.luts(len(gone) - 1)
     removed[: len(gone)] |= gone
-    step, rest = _slab_rows(ids.shape), (slice(1, -1),) * (ids.ndim - 1)
+    step, rest = slab_rows(ids.shape), (slice(1, -1),) * (ids.ndim - 1)
     for a in range(0, ids.shape[0], step):
         part = ids[a : a + step]
         pad_id[(slice(1 + a, 1 + a + len(part)), *rest)] = lut[part]
@@ -375,57 +325,3 @@ def _padded(
         where[axis] = 0 if step < 0 else -1
         pad_id[tuple(where)], pad_rm[tuple(where)] = nb_id, nb_rm
     return pad_id, pad_rm
-
-
-def _ring_counts(
-    block: np.ndarray, pad_id: np.ndarray, pad_rm: np.ndarray, nodata: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(removed component, class of a pixel touching it, pixels), each touching pixel counted once per
-    component; slab by slab, so memory is a slab's, not the block's."""
-    step = _slab_rows(block.shape)
-    parts = [
-        _ring_slab(block[a : a + step], pad_id[a : a + step + 2], pad_rm[a : a + step + 2], nodata)
-        for a in range(0, block.shape[0], step)
-    ]
-    comp, cls, counts = (np.concatenate([p[k] for p in parts]) for k in range(3))
-    if not comp.size:
-        return comp, cls, counts
-    pairs, inverse = np.unique(np.stack([comp, cls]), axis=1, return_inverse=True)
-    return pairs[0], pairs[1], np.bincount(inverse.ravel(), weights=counts).astype(np.int64)
-
-
-def _ring_slab(
-    block: np.ndarray, pad_id: np.ndarray, pad_rm: np.ndarray, nodata: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    ndim = block.ndim
-    idents = pad_id[(slice(1, -1),) * ndim]
-    cands = []
-    for axis in range(ndim):
-        for step in (-1, 1):
-            sl = [slice(1, -1)] * ndim
-            sl[axis] = slice(1 + step, pad_id.shape[axis] - 1 + step)
-            nid, nrm = pad_id[tuple(sl)], pad_rm[tuple(sl)]
-            cands.append(np.where(nrm & (nid != idents), nid, 0))
-    stack = np.stack(cands).reshape(2 * ndim, -1)
-    values = block.ravel()
-    keep = stack.any(axis=0) & (values != nodata)
-    stack, values = np.sort(stack[:, keep], axis=0), values[keep]
-    fresh = np.ones(stack.shape, bool)
-    fresh[1:] = stack[1:] != stack[:-1]
-    fresh &= stack != 0
-    comp = stack[fresh]
-    cls = np.broadcast_to(values, stack.shape)[fresh]
-    if not comp.size:
-        empty = np.zeros(0, np.int64)
-        return empty, empty, empty
-    uniq, counts = np.unique(np.stack([comp, cls.astype(np.int64)]), axis=1, return_counts=True)
-    return uniq[0], uniq[1], counts
-
-
-def _decide(ids: np.ndarray, cls: np.ndarray, counts: np.ndarray) -> dict[int, int]:
-    """Per component, the most frequent class (ties: the lowest)."""
-    order = np.lexsort((cls, -counts, ids))
-    ids, cls = ids[order], cls[order]
-    first = np.ones(len(ids), bool)
-    first[1:] = ids[1:] != ids[:-1]
-    return {int(i): int(k) for i, k in zip(ids[first], cls[first], strict=True)}
