@@ -5,7 +5,9 @@
 1. The predictor alone on a 2-D U-Net (init_bundle, features 32..256) and the 1x1 TorchScript model:
    windows/s for fp32, AMP bf16, AMP fp16, channels_last and torch.compile (each after a warm-up, the
    median of ``--repeats``), batches of 8 256² windows.
-2. The whole command on an ``--edge``² scene (file in, COG out) with the 1x1 model, per option set,
+2. Batches in flight: the predictor fed from one or two lanes, one CUDA stream each (pinned buffers,
+   non-blocking copies both ways), as ``BlockRunner`` feeds it: windows/s for 1 and 2 streams.
+3. The whole command on an ``--edge``² scene (file in, COG out) with the 1x1 model, per option set,
    each in its own fresh process: wall, Mpx/s, and the report's stage timings, to see which stage
    feeds the GPU too slowly.
 Scenes and bundles go under benchmarks/out/ (not committed).
@@ -68,6 +70,42 @@ def predictor_figures(device: str, repeats: int) -> None:
             )
 
 
+def stream_figures(device: str, repeats: int) -> None:
+    """Windows/s with 1 and 2 batches in flight (each on its own stream), fed as the runner feeds it."""
+    from collections import deque
+
+    import numpy as np
+    import torch
+
+    from models.bundle import load_bundle
+    from pipeline.engine.lanes import Lanes
+    from pipeline.engine.predictor import Predictor
+
+    batch = np.random.default_rng(0).normal(size=(16, 3, 256, 256)).astype(np.float32)
+    for name, path in (
+        ("unet", make_bundle(OUT / "bundle-cuda-unet", 3, [32, 64, 128, 256])),
+        ("conv1x1", make_conv1x1_bundle(OUT / "bundle-conv1x1")),
+    ):
+        for streams in (1, 2):
+            predict = Predictor(load_bundle(path).build(device=device), device=device, activation="softmax",
+                                amp="bf16", streams=streams)  # fmt: skip
+            lanes = Lanes(predict.streams)
+            rates = []
+            for rep in range(repeats + 1):  # the first round warms up
+                start, n, flight = time.perf_counter(), 40, deque()
+                for _ in range(n):
+                    flight.append(lanes.submit(predict, batch))
+                    while len(flight) > predict.streams:
+                        flight.popleft().result()
+                while flight:
+                    flight.popleft().result()
+                torch.cuda.synchronize()
+                if rep:
+                    rates.append(n * len(batch) / (time.perf_counter() - start))
+            figure = {"model": name, "streams": streams, "windows_per_s": round(statistics.median(rates), 1)}
+            print(json.dumps(figure), flush=True)
+
+
 def command_figures(edge: int, device: str) -> None:
     scene = make_scene(OUT / f"scene-{edge}.tif", edge)
     bundle = make_conv1x1_bundle(OUT / "bundle-conv1x1")
@@ -100,6 +138,7 @@ def main() -> None:
         json.dumps({"gpu": torch.cuda.get_device_name(torch.device(args.device)), "torch": torch.__version__})
     )
     predictor_figures(args.device, args.repeats)
+    stream_figures(args.device, args.repeats)
     command_figures(args.edge, args.device)
 
 

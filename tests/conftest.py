@@ -29,6 +29,7 @@ def _isolated_env(tmp_path_factory: pytest.TempPathFactory) -> None:
     os.environ.setdefault("PREFECT_HOME", str(base / "prefect"))
     os.environ.setdefault("DO_NOT_TRACK", "1")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("TILEWISE_CACHE_DIR", str(base / "cache"))  # the plan's measured baseline
 
 
 @pytest.fixture(scope="session")

@@ -240,11 +240,14 @@ def plan_cmd(
     trust_code: TrustCodeOpt = False,
 ) -> None:
     """Dry run: the scenes, their window grid and blocks, and a memory estimate. Computes nothing."""
-    from models.bundle.sources import open_model
+    from flows.cli.baseline import run_baseline_mb
+    from models.bundle.header import read_header
+    from models.bundle.sources import model_kind, open_model
     from pipeline.core.tiling import BlockPlan
     from pipeline.execution.preprocess import Preprocessor
     from pipeline.job.discover import discover
-    from pipeline.job.scene_job import open_options, plan_peak_mb, plan_scene
+    from pipeline.job.memory import plan_peak_mb
+    from pipeline.job.scene_job import open_options, plan_scene
 
     with reported(ctx):
         cfg = _config(
@@ -261,9 +264,13 @@ def plan_cmd(
         )
         if not cfg.model:
             raise typer.BadParameter("--model is required")
-        # an honest plan measures what a run holds before its first block, the model included
-        bundle = open_model(cfg.model, options={"trust_code": True} if trust_code else None)
-        baseline = _run_baseline_mb(bundle, cfg)
+        # what a run holds before its first block, the model included, measured once per install
+        # in a child process (flows/cli/baseline.py): the plan itself loads no torch or Prefect
+        if model_kind(cfg.model) == "tilewise":  # its model.yaml says all a plan needs: no torch
+            bundle: Any = read_header(cfg.model)
+        else:  # a model kept as its users keep it: its importer loads its framework
+            bundle = open_model(cfg.model, options={"trust_code": True} if trust_code else None)
+        baseline = run_baseline_mb(bundle)
         out, table = Console(), Table(title=f"plan with {bundle.config.name}")
         for col in ("scene", "shape", "patch", "windows", "blocks", "block", "peak MB/worker", "note"):
             table.add_column(col, overflow="fold")  # wrap, never cut: a name must stay recognisable
@@ -279,7 +286,7 @@ def plan_cmd(
                     finally:
                         scene.close()
                     grid = BlockPlan.build(shape[1:], roi, ovl, block)
-                    mb = plan_peak_mb(scene, bundle, cfg, roi, block, baseline_mb=baseline)
+                    mb = plan_peak_mb(scene, bundle, cfg, roi, block, baseline_mb=baseline, light=True)
                     row = (
                         source.uri,
                         "x".join(map(str, shape)),
@@ -294,23 +301,6 @@ def plan_cmd(
                 except TilewiseError as exc:
                     table.add_row(source.uri, "", "", "", "", "", "", Text(str(exc), style="red"))
         out.print(table)
-
-
-def _run_baseline_mb(bundle: Any, cfg: Any) -> float:
-    """What a worker process holds before its first block, measured here: the modules a tracked run
-    loads (Prefect, the job, GDAL's writers), the model built on the CPU, and Prefect's run engine.
-
-    A plain run (flows.oneoff) loads no Prefect, yet measured the same peak (S2 demo: 799 MB run): its
-    first forward passes and thread pools cost about what Prefect does. Until those are measured on
-    their own, the tracked figure stands for both, so the plan loads Prefect too."""
-    import flows.folder  # noqa: F401
-    import pipeline.job.outputs  # noqa: F401
-    from pipeline.job.memory import FLOW_ENGINE_MB, rss_mb
-
-    model = bundle.build(device="cpu")
-    baseline = rss_mb() + FLOW_ENGINE_MB
-    del model
-    return baseline
 
 
 def info_cmd(ctx: typer.Context, path: Annotated[str, typer.Argument(help="A scene file or URL.")]) -> None:

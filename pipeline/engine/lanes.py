@@ -26,8 +26,6 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, TypeVar
 
-import torch
-
 T = TypeVar("T")
 
 _pools: dict[int, ThreadPoolExecutor] = {}
@@ -59,10 +57,14 @@ def cpu_lanes(requested: int | None = None) -> int:
         if requested < 1:
             raise ValueError(f"lanes must be at least 1, got {requested}")
         return requested
+    import torch  # here, not at import: the plan reads ``lanes_for`` without loading torch
+
     return max(1, torch.get_num_threads())
 
 
 def _one_thread() -> None:
+    import torch
+
     torch.get_num_threads()  # torch sets a thread's count lazily, on first use: do that now, not later
     torch.set_num_threads(1)
 
@@ -76,6 +78,8 @@ def _pool(count: int) -> ThreadPoolExecutor:
             _fork_hook = True
         pool = _pools.get(count)
         if pool is None:
+            import torch
+
             default = torch.get_num_threads()
             pool = ThreadPoolExecutor(count, thread_name_prefix="tilewise-lane", initializer=_one_thread)
             everyone = threading.Barrier(count)  # one task per thread: every initialiser has run
@@ -117,11 +121,15 @@ class CallerThreads:
         self._wide: int | None = None
 
     def narrow(self) -> None:
+        import torch
+
         if self._wide is None:
             self._wide = torch.get_num_threads()
             torch.set_num_threads(1)
 
     def widen(self) -> None:
+        import torch
+
         if self._wide is not None:
             torch.set_num_threads(self._wide)
             self._wide = None

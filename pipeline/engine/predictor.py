@@ -33,8 +33,11 @@ class Predictor:
     ``model`` is any callable on torch tensors (an ``nn.Module`` is moved to the device and put in
     eval mode). On CPU, narrow strided transposed convolutions run as sub-pixel convolutions
     (:mod:`pipeline.engine.subpixel`: the same result to float rounding, faster) unless ``subpixel=False``.
-    On CUDA the batch goes through pinned memory with a non-blocking copy and runs under
-    autocast (bf16 where supported, else fp16); outputs always come back as float32.
+    On CUDA up to ``streams`` batches are in flight, each on its own CUDA stream (one per calling
+    thread: ``BlockRunner`` runs that many lanes), with page-locked host buffers for the batch and
+    its result and non-blocking copies both ways, under autocast (bf16 where supported, else fp16);
+    so one batch's copies overlap another's kernels. Outputs always come back as float32. With
+    ``compile`` one stream is used (compilation is not meant to run from two threads at once).
 
     ``lanes``: on CPU, how many batches an ``nn.Module`` runs at once, one thread each
     (:mod:`pipeline.engine.lanes`); ``None`` is torch's thread count. The module's ``forward`` is then called
@@ -53,6 +56,7 @@ class Predictor:
         lanes: int | None = None,
         channels_last: bool = False,
         compile: bool = False,
+        streams: int = 2,
     ) -> None:
         if activation not in ACTIVATIONS:
             raise ValueError(f"activation {activation!r} is not one of {ACTIVATIONS}")
@@ -70,6 +74,9 @@ class Predictor:
         self._subpixel = SubPixelUpsampling(model) if subpixel and module_on_cpu else None
         requested = cpu_lanes(lanes)  # checked on any device
         self.lanes = requested if module_on_cpu else 1
+        # CUDA batches in flight, one stream each (0 on CPU: the CPU path is untouched)
+        self.streams = (1 if compile else max(1, int(streams))) if cuda else 0
+        self._own = threading.local()  # per calling thread: its stream and pinned buffers
         # amp: None = bf16 on CUDA where supported (else fp16), off on CPU; "bf16"/"fp16" pick the
         # dtype; activations and sums are float32 either way (the output is cast before blending)
         self.amp = cuda if amp is None else bool(amp) and (cuda or not isinstance(amp, str))
@@ -90,12 +97,8 @@ class Predictor:
         self._count_lock = threading.Lock()  # lanes call concurrently
 
     def _to_device(self, batch: np.ndarray) -> torch.Tensor:
-        tensor = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32))
-        if self.device.type == "cuda":
-            tensor = tensor.pin_memory().to(self.device, non_blocking=True)
-            if self.channels_last and tensor.ndim == 4:
-                tensor = tensor.contiguous(memory_format=torch.channels_last)
-        return tensor
+        """The batch as a CPU tensor (CUDA batches go through ``_on_stream``)."""
+        return torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32))
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.model(x)
@@ -108,23 +111,46 @@ class Predictor:
             out = torch.sigmoid(out)
         return out
 
-    def __call__(self, batch: np.ndarray) -> np.ndarray:
-        with self._count_lock:
-            self.calls += 1
-            self.windows += int(batch.shape[0])
-        x = self._to_device(batch)
+    def _infer(self, x: torch.Tensor) -> torch.Tensor:
         with (
             torch.inference_mode(),
             torch.autocast(self.device.type, self.amp_dtype, enabled=self.amp),
             self._subpixel or contextlib.nullcontext(),
         ):
             if not self.tta:
-                out = self._forward(x)
-            else:
-                spatial = range(2, x.ndim)
-                flips = [c for r in range(len(spatial) + 1) for c in itertools.combinations(spatial, r)]
-                out = sum(
-                    torch.flip(self._forward(torch.flip(x, f) if f else x), f) if f else self._forward(x)
-                    for f in flips
-                ) / len(flips)
-        return out.cpu().numpy()
+                return self._forward(x)
+            spatial = range(2, x.ndim)
+            flips = [c for r in range(len(spatial) + 1) for c in itertools.combinations(spatial, r)]
+            return sum(
+                torch.flip(self._forward(torch.flip(x, f) if f else x), f) if f else self._forward(x)
+                for f in flips
+            ) / len(flips)
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        with self._count_lock:
+            self.calls += 1
+            self.windows += int(batch.shape[0])
+        if self.streams:
+            return self._on_stream(batch)
+        return self._infer(self._to_device(batch)).cpu().numpy()
+
+    def _on_stream(self, batch: np.ndarray) -> np.ndarray:
+        """One batch on this thread's CUDA stream: pinned in, non-blocking copies, pinned out."""
+        own = self._own
+        if getattr(own, "stream", None) is None:
+            own.stream = torch.cuda.Stream(device=self.device)
+            own.stream.wait_stream(torch.cuda.current_stream(self.device))  # the model's weights are there
+            own.host_in = own.host_out = None
+        if own.host_in is None or tuple(own.host_in.shape) != batch.shape:
+            own.host_in = torch.empty(batch.shape, dtype=torch.float32, pin_memory=True)
+        own.host_in.numpy()[...] = batch  # the last call synchronised: its copy from here is done
+        with torch.cuda.stream(own.stream):
+            x = own.host_in.to(self.device, non_blocking=True)
+            if self.channels_last and x.ndim == 4:
+                x = x.contiguous(memory_format=torch.channels_last)
+            out = self._infer(x)
+            if own.host_out is None or tuple(own.host_out.shape) != tuple(out.shape):
+                own.host_out = torch.empty(tuple(out.shape), dtype=torch.float32, pin_memory=True)
+            own.host_out.copy_(out, non_blocking=True)
+        own.stream.synchronize()
+        return own.host_out.numpy().copy()  # the buffer is this stream's next call's

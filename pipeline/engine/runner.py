@@ -93,6 +93,7 @@ class BlockRunner:
     _lanes: Lanes = field(init=False)
     _caller: CallerThreads = field(default_factory=CallerThreads)
     _notify: Callable[[], None] | None = field(default=None, init=False)
+    _narrow: bool = field(default=True, init=False)
 
     def __post_init__(self) -> None:
         ensure_malloc_tuned()  # before the first block: freed buffers are kept for the next one
@@ -101,7 +102,9 @@ class BlockRunner:
     def run(self, inputs: Iterable[BlockInput]) -> None:
         self._notify = getattr(inputs, "retired", None)  # lets a prefetch read once a block is let go
         available = int(getattr(self.predict, "lanes", 1))
-        self._lanes = Lanes(lanes_for(available, self.batch_size * int(np.prod(self.plan.roi))))
+        streams = int(getattr(self.predict, "streams", 0) or 0)  # CUDA: a batch in flight per stream
+        self._narrow = not streams  # the caller's CPU threads blend for the GPU: keep them all
+        self._lanes = Lanes(streams or lanes_for(available, self.batch_size * int(np.prod(self.plan.roi))))
         try:
             self._run(inputs)
         finally:
@@ -138,7 +141,7 @@ class BlockRunner:
         batch, self._batch = self._batch, []
         # torch.stack copies the strided patches on all threads (np.stack uses one)
         stacked = torch.stack([torch.from_numpy(patch) for _, _, patch in batch]).numpy()
-        if self._lanes.count > 1:
+        if self._lanes.count > 1 and self._narrow:
             self._caller.narrow()
         self._in_flight.append((batch, self._lanes.submit(self.predict, stacked)))
         # queued before waiting, so a lane that frees up starts it at once; inline, taken back at once

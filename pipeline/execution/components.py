@@ -7,84 +7,114 @@ largest (ties: the one whose first pixel in raster order comes first). A removed
 most common class among the pixels that touch it (counted once each; nodata never; ties to the lower
 class id), taken from the labels as they were; with no such neighbour it stays.
 
-Block-wise, over the label array's chunks (each chunk one block), memory stays a block plus the
-chunks' faces:
+Block-wise, over the label array's chunks (each chunk one block). The per-block work runs where the
+blocks are: ``clean_components`` hands it to a ``Mapper`` (threads here, or the Dask workers through
+the executor), and only small tables travel back and forth:
 
-1. label each block's components (``scipy.ndimage.label`` per class) and keep its faces (labels and
-   component ids one pixel deep); components on a face are joined across block borders with a
-   connected-components pass over the face pairs (union-find over the seams);
-2. per block again: decide every component (sizes of joined components are summed over blocks), count
-   the neighbour classes of removed components, write the block with its own components settled;
-3. rewrite the blocks holding removed components that cross a border, once their counts are complete.
+1. ``summarise`` (per block): label the block's components (``scipy.ndimage.label`` per class); send
+   back its faces (labels and component ids, one pixel deep), its face components' sizes, classes and
+   first pixels, and per class its largest inner component;
+2. the caller joins face components across block borders with a connected-components pass over the
+   face pairs (union-find over the seams), decides every joined component, and gives each block its
+   own table: its face components' fate and its neighbours' faces as global identities;
+3. ``settle`` (per block): label again, decide the block's own components, write the block, and send
+   back the neighbour-class counts of removed components that cross a border;
+4. ``fix`` (per block holding such a component, once its counts are complete): rewrite it.
 
-The result is identical to the reference for any chunking (property-tested).
+Memory: one block per thread or worker, and the tables (faces and face components) in the caller.
+The result is identical to the reference for any chunking and any mapper (property-tested).
 """
 
 from __future__ import annotations
 
 import itertools
-from collections import defaultdict
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
+from pipeline.execution.component_pixels import (
+    apply_classes,
+    best_per_class,
+    decide,
+    global_first,
+    label_block,
+    ring_counts,
+    slab_rows,
+)
+
 Index = tuple[int, ...]
+Face = tuple[int, int]  # (axis, side): side 0 the low face, -1 the high one
+# (function, its calls' arguments) -> its results, in order; where the calls run is the mapper's business
+Mapper = Callable[[Callable[..., Any], Sequence[tuple[Any, ...]]], list[Any]]
+
+
+def thread_map(threads: int | None = None) -> Mapper:
+    """A mapper over a few threads of this process (one block each in memory; two by default: the
+    labelling holds the GIL much of the time, so more threads would add memory, not speed)."""
+    count = threads or min(2, os.cpu_count() or 1)
+
+    def run(fn: Callable[..., Any], calls: Sequence[tuple[Any, ...]]) -> list[Any]:
+        if count == 1 or len(calls) < 2:
+            return [fn(*args) for args in calls]
+        with ThreadPoolExecutor(count, thread_name_prefix="tilewise-components") as pool:
+            return list(pool.map(lambda args: fn(*args), calls))
+
+    return run
 
 
 @dataclass
-class _Block:
-    """What pass 1 keeps of a block: its faces and its components that touch one."""
+class Summary:
+    """What ``summarise`` sends back of a block: faces, face components, inner winners."""
 
-    slices: tuple[slice, ...]
     count: int  # local components (ids 1..count)
-    faces: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
-    face_ids: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # sorted local ids
+    faces: dict[Face, tuple[np.ndarray, np.ndarray]]  # labels and local ids, one pixel deep
+    face_ids: np.ndarray  # sorted local ids of the components on a face
+    face_size: np.ndarray
+    face_class: np.ndarray
+    face_first: np.ndarray  # global raster index of the first pixel (keep-largest tie-break)
+    best: dict[int, tuple[int, int, int]] = field(default_factory=dict)  # class -> (size, -first, local)
 
 
-def _label(block: np.ndarray, nodata: int) -> tuple[np.ndarray, np.ndarray]:
-    """Local component ids (0: nodata) and the class of each id (index 0 unused)."""
-    from scipy import ndimage
+@dataclass
+class Table:
+    """What ``settle`` and ``fix`` need of the whole scene for one block: small, sent with the call."""
 
-    ids = np.zeros(block.shape, np.int32)
-    classes = [0]
-    for value in np.unique(block):
-        if value == nodata:
-            continue
-        comp, n = ndimage.label(block == value)
-        ids[comp > 0] = comp[comp > 0] + (len(classes) - 1)
-        classes.extend([int(value)] * n)
-    return ids, np.array(classes, np.int64)
+    base: int  # the block's local ids + base = global keys of its inner components
+    own_ids: np.ndarray  # sorted local ids on a face
+    own_root: np.ndarray  # their joined component: -(root + 1)
+    own_removed: np.ndarray
+    halo: list[tuple[int, int, np.ndarray, np.ndarray]]  # (axis, step, identity, removed) of neighbours
+    best: dict[int, int]  # class -> global key of its largest component (keep-largest)
 
+    def luts(self, top: int) -> tuple[np.ndarray, np.ndarray]:
+        """Per local id up to ``top``: its global identity (border roots negative, inner components
+        their key, 0 nodata) and its removal (known here for border roots only)."""
+        top = max(top, int(self.own_ids.max(initial=0)))
+        lut = np.arange(top + 1, dtype=np.int64) + self.base
+        lut[0] = 0
+        lut[self.own_ids] = self.own_root
+        gone = np.zeros(top + 1, bool)
+        gone[self.own_ids] = self.own_removed
+        return lut, gone
 
-def _first_pixels(ids: np.ndarray, count: int, origin: tuple[int, ...], shape: tuple[int, ...]) -> np.ndarray:
-    """Global raster index of each local component's first pixel (for the keep-largest tie-break)."""
-    first = np.full(count + 1, np.iinfo(np.int64).max, np.int64)
-    values, where = np.unique(ids.ravel(), return_index=True)
-    coords = np.unravel_index(where, ids.shape)
-    first[values] = np.ravel_multi_index(tuple(c + o for c, o in zip(coords, origin, strict=True)), shape)
-    return first
+    def ident(self, local: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``luts`` applied to an array of local ids."""
+        lut, gone = self.luts(int(local.max(initial=0)))
+        return lut[local], gone[local]
 
-
-def _best_per_class(
-    best: dict[int, tuple[int, int, int]],
-    cls: np.ndarray,
-    size: np.ndarray,
-    first: np.ndarray,
-    key: np.ndarray,
-) -> None:
-    """Fold candidates into ``best``: per class the largest component, then the earliest first pixel."""
-    if not len(cls):
-        return
-    order = np.lexsort((first, -size, cls))
-    cls, size, first, key = cls[order], size[order], first[order], key[order]
-    lead = np.ones(len(cls), bool)
-    lead[1:] = cls[1:] != cls[:-1]
-    for k, n, f, g in zip(cls[lead], size[lead], first[lead], key[lead], strict=True):
-        cand = (int(n), -int(f), int(g))
-        if int(k) not in best or cand[:2] > best[int(k)][:2]:
-            best[int(k)] = cand
+    def fixed(self, fixes: tuple[np.ndarray, np.ndarray], count: int) -> np.ndarray:
+        """Per local id, the class a fixed border component takes (-1: unchanged)."""
+        fix_ids, fix_cls = fixes
+        out = np.full(count + 1, -1, np.int16)
+        if len(fix_ids) and len(self.own_ids):
+            pos = np.minimum(np.searchsorted(fix_ids, self.own_root), len(fix_ids) - 1)
+            hit = fix_ids[pos] == self.own_root
+            out[self.own_ids[hit]] = fix_cls[pos[hit]]
+        return out
 
 
 def _chunk_grid(labels: Any) -> list[tuple[Index, tuple[slice, ...]]]:
@@ -99,56 +129,126 @@ def _chunk_grid(labels: Any) -> list[tuple[Index, tuple[slice, ...]]]:
     return out
 
 
-def clean_components(labels: Any, out: Any, *, min_size: int, keep_largest: bool, nodata: int) -> int:
+def summarise(
+    labels: Any, sl: tuple[slice, ...], shape: tuple[int, ...], keep_largest: bool, nodata: int
+) -> Summary:
+    """Pass 1 on one block (runs where the blocks are)."""
+    block = np.asarray(labels[sl])
+    ids, classes, local_first = label_block(block, nodata, first=keep_largest)
+    count = len(classes) - 1
+    sizes = np.bincount(ids.ravel(), minlength=count + 1)
+    origin = tuple(s.start for s in sl)
+    first = (
+        global_first(local_first, block.shape, origin, shape)
+        if keep_largest
+        else np.zeros(count + 1, np.int64)
+    )
+    faces: dict[Face, tuple[np.ndarray, np.ndarray]] = {}
+    for axis in range(block.ndim):
+        for side in (0, -1):
+            take = [slice(None)] * block.ndim
+            take[axis] = side
+            faces[(axis, side)] = (block[tuple(take)].copy(), ids[tuple(take)].copy())
+    on_face = np.unique(np.concatenate([f[1].ravel() for f in faces.values()]))
+    face_ids = on_face[on_face > 0].astype(np.int64)
+    best: dict[int, tuple[int, int, int]] = {}
+    if keep_largest:
+        inner = np.setdiff1d(np.arange(1, count + 1), face_ids)
+        best_per_class(best, classes[inner], sizes[inner], first[inner], inner)
+    return Summary(count, faces, face_ids, sizes[face_ids], classes[face_ids], first[face_ids], best)
+
+
+def settle(
+    labels: Any, out: Any, sl: tuple[slice, ...], table: Table, min_size: int, keep_largest: bool, nodata: int
+) -> tuple[int, np.ndarray, np.ndarray, np.ndarray]:
+    """Pass 2 on one block: write it with its own components settled. Returns the number of inner
+    components removed and the (component, neighbour class, count) rows of removed border components."""
+    block = np.asarray(labels[sl])
+    ids, classes, _ = label_block(block, nodata)
+    count = len(classes) - 1
+    inner = np.ones(count + 1, bool)
+    inner[0] = False
+    inner[table.own_ids] = False
+    gone = inner & (np.bincount(ids.ravel(), minlength=count + 1) < min_size)
+    if keep_largest:
+        keys_here = np.arange(count + 1) + table.base
+        gone |= inner & (np.array([table.best.get(int(k), -1) for k in classes]) != keys_here)
+    pad_id, pad_rm = _padded(table, ids, gone, table.halo)
+    result = block.copy()
+    empty = np.zeros(0, np.int64)
+    rows = (empty, empty, empty)
+    if pad_rm.any():
+        comp, cls, counts = ring_counts(block, pad_id, pad_rm, nodata)
+        border = comp < 0
+        rows = (comp[border], cls[border], counts[border])
+        new = np.full(count + 1, -1, np.int16)
+        for i, k in decide(comp[comp > 0], cls[comp > 0], counts[comp > 0]).items():
+            new[i - table.base] = k
+        apply_classes(result, new, ids)
+    out[sl] = result
+    return int(gone.sum()), *rows
+
+
+def fix(
+    labels: Any,
+    out: Any,
+    sl: tuple[slice, ...],
+    table: Table,
+    fixes: tuple[np.ndarray, np.ndarray],
+    nodata: int,
+) -> None:
+    """Pass 3 on one block: give its removed border components their class, now that every block
+    they touch has counted their neighbours."""
+    ids, classes, _ = label_block(np.asarray(labels[sl]), nodata)
+    result = np.asarray(out[sl]).copy()
+    apply_classes(result, table.fixed(fixes, len(classes) - 1), ids)
+    out[sl] = result
+
+
+def clean_components(
+    labels: Any, out: Any, *, min_size: int, keep_largest: bool, nodata: int, mapper: Mapper | None = None
+) -> int:
     """Write ``labels`` (chunked, e.g. zarr) to ``out`` (same shape and chunks) with the components the
-    rule removes relabelled; returns the number of removed components."""
+    rule removes relabelled; returns the number of removed components. ``mapper`` runs the per-block
+    passes (default: a few threads here); ``labels`` and ``out`` must reach wherever it runs them."""
     from scipy.sparse import coo_matrix
     from scipy.sparse.csgraph import connected_components
 
+    mapper = mapper or thread_map()
     shape = tuple(int(n) for n in labels.shape)
     grid = _chunk_grid(labels)
-    blocks: dict[Index, _Block] = {}
+    summaries: dict[Index, Summary] = dict(
+        zip(
+            (index for index, _ in grid),
+            mapper(summarise, [(labels, sl, shape, keep_largest, nodata) for _, sl in grid]),
+            strict=True,
+        )
+    )
     base: dict[Index, int] = {}
     total = 0
-    sizes_f, class_f, first_f, key_f = [], [], [], []  # face components, by global key
-    best: dict[int, tuple[int, int, int]] = {}  # class -> (size, -first, global key) of interior comps
-    for index, sl in grid:  # pass 1
-        block = np.asarray(labels[sl])
-        ids, classes = _label(block, nodata)
-        count = len(classes) - 1
-        origin = tuple(s.start for s in sl)
-        sizes = np.bincount(ids.ravel(), minlength=count + 1)
-        first = _first_pixels(ids, count, origin, shape) if keep_largest else np.zeros(count + 1, np.int64)
-        info = _Block(sl, count)
-        for axis in range(block.ndim):
-            for side in (0, -1):
-                take = [slice(None)] * block.ndim
-                take[axis] = side
-                info.faces[(axis, side)] = (block[tuple(take)].copy(), ids[tuple(take)].copy())
-        on_face = np.unique(np.concatenate([f[1].ravel() for f in info.faces.values()]))
-        info.face_ids = on_face[on_face > 0]
-        base[index], blocks[index] = total, info
-        sizes_f.append(sizes[info.face_ids])
-        class_f.append(classes[info.face_ids])
-        first_f.append(first[info.face_ids])
-        key_f.append(info.face_ids.astype(np.int64) + total)
-        if keep_largest:
-            inner = np.setdiff1d(np.arange(1, count + 1), info.face_ids)
-            _best_per_class(best, classes[inner], sizes[inner], first[inner], inner + total)
-        total += count + 1
-    keys = np.concatenate(key_f) if key_f else np.zeros(0, np.int64)
+    best: dict[int, tuple[int, int, int]] = {}  # class -> (size, -first, global key)
+    for index, _ in grid:
+        base[index], s = total, summaries[index]
+        for k, (n, negf, local) in s.best.items():
+            if k not in best or (n, negf) > best[k][:2]:
+                best[k] = (n, negf, local + total)
+        total += s.count + 1
+    keys = np.concatenate([s.face_ids + base[i] for i, s in summaries.items()] or [np.zeros(0, np.int64)])
     order = np.argsort(keys)
     keys = keys[order]
-    f_size, f_class, f_first = (np.concatenate(a)[order] for a in (sizes_f, class_f, first_f))
+    f_size, f_class, f_first = (
+        np.concatenate([getattr(s, name) for s in summaries.values()] or [np.zeros(0, np.int64)])[order]
+        for name in ("face_size", "face_class", "face_first")
+    )
     # union over the seams: a face pixel and the pixel across the border, same class
     rows, cols = [], []
-    for index, info in blocks.items():
+    for index, s in summaries.items():
         for axis in range(len(shape)):
             upper = tuple(i + (a == axis) for a, i in enumerate(index))
-            if upper not in blocks:
+            if upper not in summaries:
                 continue
-            lab_a, id_a = info.faces[(axis, -1)]
-            lab_b, id_b = blocks[upper].faces[(axis, 0)]
+            lab_a, id_a = s.faces[(axis, -1)]
+            lab_b, id_b = summaries[upper].faces[(axis, 0)]
             same = (lab_a == lab_b) & (lab_a != nodata)
             rows.append(np.searchsorted(keys, id_a[same] + base[index]))
             cols.append(np.searchsorted(keys, id_b[same] + base[upper]))
@@ -165,133 +265,63 @@ def clean_components(labels: Any, out: Any, *, min_size: int, keep_largest: bool
     r_ids = -(np.arange(roots) + 1)  # border roots are -1, -2, ...
     r_removed = r_size < min_size
     if keep_largest:
-        _best_per_class(best, r_class, r_size, r_first, r_ids)
+        best_per_class(best, r_class, r_size, r_first, r_ids)
         winners = np.array([best[int(k)][2] for k in r_class], np.int64)
         r_removed |= winners != r_ids
-
-    def ident(index: Index, local: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Global identity (border roots negative, others their key; 0 nodata) and removal (of border
-        roots only) of local ids."""
-        key = local.astype(np.int64) + base[index]
-        out_id = np.where(local > 0, key, 0)
-        removed = np.zeros(local.shape, bool)
-        if n:
-            pos = np.minimum(np.searchsorted(keys, key), n - 1)
-            border = (local > 0) & (keys[pos] == key)
-            out_id = np.where(border, -(root[pos] + 1), out_id)
-            removed = border & r_removed[root[pos]]
-        return out_id, removed
-
-    hist: dict[int, np.ndarray] = defaultdict(lambda: np.zeros(256, np.int64))
-    revisit: set[Index] = set()
-    removed_count = int(r_removed.sum())
-    for index, sl in grid:  # pass 2
-        block = np.asarray(labels[sl])
-        info = blocks[index]
-        ids, classes = _label(block, nodata)
-        idents, removed = ident(index, ids)
-        inner = np.ones(info.count + 1, bool)
-        inner[0] = False
-        inner[info.face_ids] = False
-        gone = inner & (np.bincount(ids.ravel(), minlength=info.count + 1) < min_size)
-        if keep_largest:
-            keys_here = np.arange(info.count + 1) + base[index]
-            gone |= inner & (np.array([best.get(int(k), (0, 0, 0))[2] for k in classes]) != keys_here)
-        removed_count += int(gone.sum())
-        removed |= gone[ids]
-        if ident(index, info.face_ids)[1].any():
-            revisit.add(index)
-        result = block.copy()
-        if removed.any() or any(ident(o, f[1])[1].any() for o, f in _neighbour_faces(index, blocks)):
-            pad_id, pad_rm = _padded(index, idents, removed, blocks, ident)
-            comp, cls, counts = _ring_counts(block, idents, pad_id, pad_rm, nodata)
-            for i, k, m in zip(comp[comp < 0], cls[comp < 0], counts[comp < 0], strict=True):
-                hist[int(i)][k] += m
-            new = np.full(info.count + 1, -1, np.int64)
-            for i, k in _decide(comp[comp > 0], cls[comp > 0], counts[comp > 0]).items():
-                new[i - base[index]] = k
-            mapped = new[ids]
-            result[mapped >= 0] = mapped[mapped >= 0]
-        out[sl] = result
-    fixes = {i: int(np.argmax(h)) for i, h in hist.items() if h.any()}
-    if fixes:
-        fix_ids = np.array(sorted(fixes), np.int64)
-        fix_cls = np.array([fixes[i] for i in fix_ids], np.uint8)
-        for index, sl in grid:  # pass 3
-            if index not in revisit:
-                continue
-            ids, _ = _label(np.asarray(labels[sl]), nodata)
-            idents, _ = ident(index, ids)
-            result = np.asarray(out[sl]).copy()
-            hit = np.isin(idents, fix_ids)
-            result[hit] = fix_cls[np.searchsorted(fix_ids, idents[hit])]
-            out[sl] = result
+    tables: dict[Index, Table] = {}
+    for index, s in summaries.items():
+        pos = np.searchsorted(keys, s.face_ids + base[index])
+        tables[index] = Table(
+            base[index],
+            s.face_ids,
+            -(root[pos] + 1),
+            r_removed[root[pos]],
+            [],
+            {k: v[2] for k, v in best.items()},
+        )
+    for index, table in tables.items():  # the neighbours' faces, as global identities
+        for axis in range(len(shape)):
+            for step, side in ((-1, -1), (1, 0)):
+                other = tuple(i + step * (a == axis) for a, i in enumerate(index))
+                if other in tables:
+                    table.halo.append(
+                        (axis, step, *tables[other].ident(summaries[other].faces[(axis, side)][1]))
+                    )
+    settled = mapper(settle, [(labels, out, sl, tables[i], min_size, keep_largest, nodata) for i, sl in grid])
+    removed_count = int(r_removed.sum()) + sum(int(s[0]) for s in settled)
+    comp, cls, counts = (np.concatenate([s[k] for s in settled]) for k in (1, 2, 3))
+    if comp.size:  # the neighbour classes of removed border components, summed over the blocks
+        pairs, inverse = np.unique(np.stack([comp, cls]), axis=1, return_inverse=True)
+        totals = np.bincount(inverse.ravel(), weights=counts).astype(np.int64)
+        decided = decide(pairs[0], pairs[1], totals)
+        fix_ids = np.array(sorted(decided), np.int64)
+        fix_cls = np.array([decided[int(i)] for i in fix_ids], np.uint8)
+        calls = []
+        for index, sl in grid:
+            mine = np.intersect1d(fix_ids, tables[index].own_root)
+            if mine.size:
+                pick = np.searchsorted(fix_ids, mine)
+                calls.append((labels, out, sl, tables[index], (mine, fix_cls[pick]), nodata))
+        mapper(fix, calls)
     return removed_count
 
 
-def _neighbour_faces(index: Index, blocks: dict[Index, _Block]) -> list[tuple[Index, Any]]:
-    """The faces of the neighbouring blocks that touch ``index``, with the neighbour's index."""
-    out = []
-    for axis in range(len(index)):
-        for step, side in ((-1, -1), (1, 0)):
-            other = tuple(i + step * (a == axis) for a, i in enumerate(index))
-            if other in blocks:
-                out.append((other, blocks[other].faces[(axis, side)]))
-    return out
-
-
-Ident = Callable[[Index, np.ndarray], tuple[np.ndarray, np.ndarray]]
-
-
 def _padded(
-    index: Index, idents: np.ndarray, removed: np.ndarray, blocks: dict[Index, _Block], ident: Ident
+    table: Table, ids: np.ndarray, gone: np.ndarray, halo: list[tuple[int, int, np.ndarray, np.ndarray]]
 ) -> tuple[np.ndarray, np.ndarray]:
-    """``idents``/``removed`` with a one-pixel halo from the neighbouring blocks' faces (0 / False
-    outside the scene)."""
-    pad_id, pad_rm = np.pad(idents, 1), np.pad(removed, 1)
-    for axis in range(idents.ndim):
-        for step, side in ((-1, -1), (1, 0)):
-            other = tuple(i + step * (a == axis) for a, i in enumerate(index))
-            if other not in blocks:
-                continue
-            where = [slice(1, -1)] * idents.ndim
-            where[axis] = 0 if step < 0 else -1
-            pad_id[tuple(where)], pad_rm[tuple(where)] = ident(other, blocks[other].faces[(axis, side)][1])
+    """Global identities and removal of the block's pixels with a one-pixel halo from the neighbouring
+    blocks' faces (0 / False outside the scene)."""
+    shape = tuple(n + 2 for n in ids.shape)
+    pad_id, pad_rm = np.zeros(shape, np.int64), np.zeros(shape, bool)
+    lut, removed = table.luts(len(gone) - 1)
+    removed[: len(gone)] |= gone
+    step, rest = slab_rows(ids.shape), (slice(1, -1),) * (ids.ndim - 1)
+    for a in range(0, ids.shape[0], step):
+        part = ids[a : a + step]
+        pad_id[(slice(1 + a, 1 + a + len(part)), *rest)] = lut[part]
+        pad_rm[(slice(1 + a, 1 + a + len(part)), *rest)] = removed[part]
+    for axis, step, nb_id, nb_rm in halo:
+        where = [slice(1, -1)] * ids.ndim
+        where[axis] = 0 if step < 0 else -1
+        pad_id[tuple(where)], pad_rm[tuple(where)] = nb_id, nb_rm
     return pad_id, pad_rm
-
-
-def _ring_counts(
-    block: np.ndarray, idents: np.ndarray, pad_id: np.ndarray, pad_rm: np.ndarray, nodata: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(removed component, class of a pixel touching it), each touching pixel once per component."""
-    ndim = block.ndim
-    cands = []
-    for axis in range(ndim):
-        for step in (-1, 1):
-            sl = [slice(1, -1)] * ndim
-            sl[axis] = slice(1 + step, pad_id.shape[axis] - 1 + step)
-            nid, nrm = pad_id[tuple(sl)], pad_rm[tuple(sl)]
-            cands.append(np.where(nrm & (nid != idents), nid, 0))
-    stack = np.stack(cands).reshape(2 * ndim, -1)
-    values = block.ravel()
-    keep = stack.any(axis=0) & (values != nodata)
-    stack, values = np.sort(stack[:, keep], axis=0), values[keep]
-    fresh = np.ones(stack.shape, bool)
-    fresh[1:] = stack[1:] != stack[:-1]
-    fresh &= stack != 0
-    comp = stack[fresh]
-    cls = np.broadcast_to(values, stack.shape)[fresh]
-    if not comp.size:
-        empty = np.zeros(0, np.int64)
-        return empty, empty, empty
-    uniq, counts = np.unique(np.stack([comp, cls.astype(np.int64)]), axis=1, return_counts=True)
-    return uniq[0], uniq[1], counts
-
-
-def _decide(ids: np.ndarray, cls: np.ndarray, counts: np.ndarray) -> dict[int, int]:
-    """Per component, the most frequent class (ties: the lowest)."""
-    order = np.lexsort((cls, -counts, ids))
-    ids, cls = ids[order], cls[order]
-    first = np.ones(len(ids), bool)
-    first[1:] = ids[1:] != ids[:-1]
-    return {int(i): int(k) for i, k in zip(ids[first], cls[first], strict=True)}

@@ -17,16 +17,18 @@ import os
 import platform
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from pipeline.errors import ConfigError, ExecutionError, TilewiseError
 from pipeline.execution.local import Progress, needs_computing
 from pipeline.execution.tasks import SceneTask, TaskStats, compute_blocks, make_predictor, merge_block
 from pipeline.execution.workstore import Index, WorkStore
 from pipeline.formats.source import SceneSource
+
+T = TypeVar("T")
 
 
 def _threads(n: int) -> None:
@@ -158,6 +160,16 @@ def _merge_task(task: SceneTask, indices: list[Index]) -> int:
     return len(indices)
 
 
+def _calls(fn: Any, calls: list[tuple[Any, ...]]) -> Any:
+    """Run on a worker: a group of ``DaskExecutor.map``'s calls, failures sent back as data."""
+    try:
+        return [fn(*args) for args in calls]
+    except TilewiseError as exc:
+        return TaskFailure(type(exc).__name__, str(exc))
+    except Exception as exc:
+        return TaskFailure(type(exc).__name__, f"{type(exc).__name__} on a worker: {exc}")
+
+
 def _result(fut: Any, uri: str) -> Any:
     value = fut.result()
     if isinstance(value, TaskFailure):
@@ -165,7 +177,7 @@ def _result(fut: Any, uri: str) -> Any:
     return value
 
 
-def chunks(items: list[Index], workers: int, per_worker: int = 4, cap: int = 64) -> list[list[Index]]:
+def chunks(items: list[T], workers: int, per_worker: int = 4, cap: int = 64) -> list[list[T]]:
     """Runs of consecutive blocks: about ``per_worker`` tasks per worker, at most ``cap`` blocks each."""
     if not items:
         return []
@@ -193,6 +205,26 @@ class DaskExecutor:
             )
             self.client.register_plugin(plugin)
             self._bundle = task.bundle_hash
+
+    def map(self, fn: Any, calls: Sequence[tuple[Any, ...]]) -> list[Any]:
+        """``fn(*args)`` for each of ``calls``, in order, on the workers (a few groups per worker):
+        per-block post-processing runs where the blocks are, and only its small results come back."""
+        from distributed import wait
+
+        if not calls:
+            return []
+        groups = chunks(list(calls), self.workers)
+        futures = [self.client.submit(_calls, fn, g, pure=False, retries=1) for g in groups]
+        self.tasks_submitted += len(futures)
+        wait(futures)
+        out: list[Any] = []
+        for fut in futures:
+            value = fut.result()
+            if isinstance(value, TaskFailure):
+                raise ExecutionError(value.message)
+            out.extend(value)
+            fut.release()
+        return out
 
     @property
     def workers(self) -> int:

@@ -6,10 +6,11 @@ are byte-identical; they differ only in where the blocks run and who holds the m
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 from pipeline.core.tiling import BlockPlan
+from pipeline.execution.components import thread_map
 from pipeline.execution.stages import Stages
 from pipeline.execution.tasks import (
     SceneTask,
@@ -29,6 +30,10 @@ class Executor(Protocol):
     def run(self, task: SceneTask, progress: Progress | None = None, *, scene: Any = None) -> TaskStats:
         """Run every block of ``task``. ``scene`` is the caller's open scene: an executor in the same
         process reads from it instead of opening the scene again."""
+        ...
+
+    def map(self, fn: Callable[..., Any], calls: Sequence[tuple[Any, ...]]) -> list[Any]:
+        """``fn(*args)`` for each of ``calls``, in order, where the blocks run (post-processing)."""
         ...
 
 
@@ -62,6 +67,10 @@ class LocalExecutor:
         finally:
             if own:
                 scene.close()
+
+    def map(self, fn: Callable[..., Any], calls: Sequence[tuple[Any, ...]]) -> list[Any]:
+        """Per-block post-processing on a few threads of this process."""
+        return thread_map()(fn, calls)
 
     def _predictor(self, task: SceneTask) -> Callable[[Any], Any]:
         if self.model is None and self.build is not None:

@@ -44,7 +44,7 @@ class Stages:
             with self.timed(name):
                 return fn(*args, **kwargs)
 
-        for attr in ("lanes",):
+        for attr in ("lanes", "streams"):
             if hasattr(fn, attr):
                 setattr(timed_call, attr, getattr(fn, attr))
         return timed_call  # type: ignore[return-value]

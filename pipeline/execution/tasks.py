@@ -24,6 +24,7 @@ from pipeline.engine.predictor import Predictor
 from pipeline.engine.prefetch import Prefetch
 from pipeline.engine.runner import BlockInput, BlockRunner
 from pipeline.engine.seams import finish_block, merge_seams
+from pipeline.execution.overlap import WriteBehind, parallel_reads
 from pipeline.execution.preprocess import Preprocessor
 from pipeline.execution.stages import Stages
 from pipeline.execution.thumbnail import put_image_samples, put_label_tally
@@ -137,27 +138,31 @@ def compute_blocks(
     todo = [plan.block(i) for i in indices if not store.has_block(tuple(i))]
     predict = stages.wrap("model", predict)
 
+    writer = WriteBehind()  # the block's file and the merges it makes ready: off the model's path
+
     def done(block_input: BlockInput, acc: Accumulator | None, channels: int) -> None:
         block = block_input.block
         labels, probs, sink = _canvas(task, block)
         with stages.timed("blend"):  # the interior's division and argmax
             pieces = finish_block(plan, block_input, acc, channels, sink)
         inner = block.interior.slices(block.write.start)
-        with stages.timed("write_blocks"):
-            store.put_block(
-                block.index,
-                block.interior,
-                labels[inner],
-                None if probs is None else probs[(slice(None), *inner)],
-                pieces,
-            )
-        stats.blocks += 1
-        if on_block is not None:
-            on_block(block.index)
+        own = labels[inner], None if probs is None else probs[(slice(None), *inner)]
+
+        def write() -> None:
+            with stages.timed("write_blocks"):
+                store.put_block(block.index, block.interior, *own, pieces)
+            stats.blocks += 1
+            if on_block is not None:
+                on_block(block.index)
+
+        writer.submit(write)
+
+    strips = parallel_reads(scene)  # the read ahead on a few threads: feeds the model when input-bound
+    source = scene if strips is None else strips
 
     def timed_read(block: Block) -> BlockInput:
         t = time.perf_counter()
-        out = read_block(task, scene, block)
+        out = read_block(task, source, block)
         stats.read_s += time.perf_counter() - t
         if out.prepare is not None:
             out.prepare = stages.wrap("preprocess", out.prepare)
@@ -172,7 +177,14 @@ def compute_blocks(
         channels=task.classes,
     )
     t0 = time.perf_counter()
-    runner.run(Prefetch(todo, timed_read))
+    try:
+        runner.run(Prefetch(todo, timed_read))
+    finally:
+        try:
+            writer.close()
+        finally:
+            if strips is not None:
+                strips.close()
     stats.compute_s = time.perf_counter() - t0 - stats.read_s
     stats.windows, stats.skipped = runner.windows_run, runner.windows_skipped
     stages.add("read", stats.read_s)

@@ -38,6 +38,36 @@ def peak_rss_mb() -> float:
     return float(peak) / (MB if sys.platform == "darwin" else 1024)
 
 
+def torch_threads() -> int:
+    """The intra-op threads torch will start with, without importing it: ``OMP_NUM_THREADS``, else
+    the physical cores (torch's own default)."""
+    import psutil
+
+    value = os.environ.get("OMP_NUM_THREADS", "").strip()
+    if value.isdigit() and int(value) > 0:
+        return int(value)
+    return int(psutil.cpu_count(logical=False) or os.cpu_count() or 1)
+
+
+def cuda_visible(device: str) -> bool:
+    """Whether a job on ``device`` runs on CUDA, without importing torch: ``auto`` looks for an NVIDIA
+    driver's GPUs, a visible device and a torch build that is not CPU-only."""
+    if device != "auto":
+        return device.startswith("cuda")
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None and visible.strip() in ("", "-1"):
+        return False
+    gpus = "/proc/driver/nvidia/gpus"
+    if not os.path.isdir(gpus) or not os.listdir(gpus):
+        return False
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return "+cpu" not in version("torch")
+    except PackageNotFoundError:
+        return False
+
+
 def gdal_cache_mb() -> float:
     """GDAL's block cache in a job: ``GDAL_CACHEMAX`` (MB, or a percentage of RAM) or 64 MB."""
     value = os.environ.get("GDAL_CACHEMAX", "").strip()
@@ -72,6 +102,7 @@ def estimate_peak_mb(
     architecture: dict[str, Any],
     polygons: bool = False,
     whole_labels: bool = False,
+    clean_up: bool = False,
     probabilities: bool = False,
     gdal_cache_mb: float = 64.0,
 ) -> float:
@@ -88,4 +119,54 @@ def estimate_peak_mb(
         outputs = pixels * 6  # labels, and GDAL's int32 copy for polygonising
     elif dims == 3:
         outputs = pixels * 2 + (pixels * classes * 8 if probabilities else 0)  # reoriented copies
+    if clean_up:  # the block-wise component clean-up: ~16 bytes a pixel of a block, on two threads
+        outputs = max(outputs, 2 * 16 * math.prod(min(b, n) for n, b in zip(spatial, block, strict=True)))
     return baseline_mb + gdal_cache_mb + max(blocks + batches, outputs) / MB
+
+
+def plan_peak_mb(
+    scene: Any,
+    bundle: Any,
+    config: Any,
+    roi: tuple[int, ...],
+    block: tuple[int, ...],
+    *,
+    baseline_mb: float,
+    light: bool = False,
+) -> float:
+    """The peak RSS ``tilewise plan`` promises for this scene in one worker process (``estimate_peak_mb``).
+    ``light``: torch's threads and CUDA are read from the system, not from torch (the plan)."""
+    import numpy as np
+
+    from pipeline.engine.lanes import cpu_lanes, lanes_for
+
+    batch = config.execution.batch_size
+    device = config.execution.device
+    if light:
+        cpu, threads = not cuda_visible(device), torch_threads()
+    else:
+        cpu = device == "cpu" or (device == "auto" and not _has_cuda())
+        threads = cpu_lanes() if cpu else 1
+    lanes = lanes_for(threads, batch * math.prod(roi)) if cpu else 1
+    return estimate_peak_mb(
+        baseline_mb=baseline_mb,
+        spatial=tuple(int(n) for n in scene.shape[1:]),
+        roi=roi,
+        block=block,
+        channels=len(bundle.config.inputs.channels),
+        classes=bundle.num_classes,
+        itemsize=np.dtype(scene.dtype).itemsize,
+        batch_size=batch,
+        lanes=lanes,
+        architecture=dict(bundle.config.architecture),
+        polygons=config.outputs.polygons,
+        clean_up=config.outputs.min_object_size > 0 or config.outputs.keep_largest,
+        probabilities=config.outputs.probabilities,
+        gdal_cache_mb=gdal_cache_mb(),
+    )
+
+
+def _has_cuda() -> bool:
+    import torch
+
+    return bool(torch.cuda.is_available())

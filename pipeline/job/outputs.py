@@ -51,9 +51,11 @@ def remove_small_objects(
     return out
 
 
-def _cleaned(labels: Any, store: WorkStore, config: JobConfig) -> Any:
+def _cleaned(labels: Any, store: WorkStore, config: JobConfig, mapper: Any = None) -> Any:
     """The labels with small (or all but the largest) components relabelled, block by block into the
-    work store (flat memory; identical to ``remove_small_objects`` on the whole array, any chunking)."""
+    work store (flat memory; identical to ``remove_small_objects`` on the whole array, any chunking).
+    ``mapper`` (the executor's ``map``) runs the per-block passes where the blocks are; labels held in
+    this process's memory (an in-memory rule ran first) are cleaned on its own threads."""
     import zarr
 
     from pipeline.execution.components import clean_components
@@ -68,12 +70,15 @@ def _cleaned(labels: Any, store: WorkStore, config: JobConfig) -> Any:
         overwrite=True,
     )
     src = labels if hasattr(labels, "chunks") else _Chunked(labels, out.chunks)
+    if isinstance(labels, np.ndarray):
+        mapper = None
     clean_components(
         src,
         out,
         min_size=config.outputs.min_object_size,
         keep_largest=config.outputs.keep_largest,
         nodata=config.outputs.nodata_label,
+        mapper=mapper,
     )
     return out
 
@@ -126,9 +131,11 @@ def write_outputs(
     source_item: str | None = None,
     canvas: Canvas | None = None,
     timings: dict[str, float] | None = None,
+    mapper: Any = None,
 ) -> None:
     """Write every output; the quicklook comes from ``canvas`` (the block pass's decimated scene) when
-    there is one, so nothing here reads the input again. ``timings`` receives seconds per output."""
+    there is one, so nothing here reads the input again. ``timings`` receives seconds per output;
+    ``mapper`` (the executor's ``map``) runs per-block post-processing where the blocks ran."""
     clock = Stages()
     names, colors = bundle.class_names, bundle.class_colors
     nodata = config.outputs.nodata_label
@@ -147,7 +154,7 @@ def write_outputs(
         processed = True
     if config.outputs.min_object_size > 0 or config.outputs.keep_largest:
         with clock.timed("clean_components"):
-            labels = _cleaned(labels, store, config)
+            labels = _cleaned(labels, store, config, mapper)
         processed = True
     meta = scene.meta
     tags = {"TILEWISE_MODEL": bundle.config.name, "TILEWISE_MODEL_HASH": bundle.hash}

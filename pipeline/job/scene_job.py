@@ -10,7 +10,6 @@ from __future__ import annotations
 import errno
 import hashlib
 import json
-import math
 import os
 import platform
 import time
@@ -29,7 +28,7 @@ from pipeline.formats.source import SceneSource
 from pipeline.job.config import JobConfig
 from pipeline.job.discover import WORK_DIR, mirrored_dir, scene_stem
 from pipeline.job.leasing import scene_lease
-from pipeline.job.memory import estimate_peak_mb, gdal_cache_mb, peak_rss_mb, rss_mb
+from pipeline.job.memory import peak_rss_mb, plan_peak_mb, rss_mb
 from pipeline.job.report import class_counts, class_table, pixel_area_m2, write_report
 from pipeline.job.results import SceneResult, failed_result
 
@@ -111,45 +110,6 @@ def plan_scene(scene: Any, bundle: Any, config: JobConfig) -> tuple[tuple[int, .
         budget = config.tiling.memory_budget_mb * 2**20
         block = default_block_size(spatial, roi, bundle.num_classes, budget)
     return roi, float(overlap), block
-
-
-def plan_peak_mb(
-    scene: Any,
-    bundle: Any,
-    config: JobConfig,
-    roi: tuple[int, ...],
-    block: tuple[int, ...],
-    *,
-    baseline_mb: float,
-) -> float:
-    """The peak RSS ``tilewise plan`` promises for this scene in one worker process (see memory.py)."""
-    from pipeline.engine.lanes import cpu_lanes, lanes_for
-
-    batch = config.execution.batch_size
-    cpu = config.execution.device == "cpu" or (config.execution.device == "auto" and not _has_cuda())
-    lanes = lanes_for(cpu_lanes(), batch * math.prod(roi)) if cpu else 1
-    return estimate_peak_mb(
-        baseline_mb=baseline_mb,
-        spatial=tuple(int(n) for n in scene.shape[1:]),
-        roi=roi,
-        block=block,
-        channels=len(bundle.config.inputs.channels),
-        classes=bundle.num_classes,
-        itemsize=np.dtype(scene.dtype).itemsize,
-        batch_size=batch,
-        lanes=lanes,
-        architecture=dict(bundle.config.architecture),
-        polygons=config.outputs.polygons,
-        whole_labels=config.outputs.min_object_size > 0,
-        probabilities=config.outputs.probabilities,
-        gdal_cache_mb=gdal_cache_mb(),
-    )
-
-
-def _has_cuda() -> bool:
-    import torch
-
-    return bool(torch.cuda.is_available())
 
 
 def _is_bundle_folder(path: Any) -> bool:
@@ -329,7 +289,7 @@ def _run(
         canvas = load_canvas(store.root, task.spatial_shape, scene.shape[0], scene.dtype)
         item_href = source.uri if source.kind == "stac" else None
         write_outputs(scene, store, paths, fmt, bundle, final_cfg, source=source.uri, source_item=item_href,
-                      canvas=canvas, timings=timings)  # fmt: skip
+                      canvas=canvas, timings=timings, mapper=getattr(executor, "map", None))  # fmt: skip
         timings["outputs_s"] = time.perf_counter() - t
         report = _report(source, scene, bundle, config, task, store, stats, resumed, paths, timings, canvas)
         report.update(result.report)  # a lease taken over from a dead run (pipeline.job.leasing)

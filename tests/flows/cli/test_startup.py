@@ -1,5 +1,6 @@
-"""`tilewise --help` and `info` load no torch, Prefect or MONAI; `plan` loads what a run loads (it measures
-that footprint for its memory estimate) but no MONAI: each runs in a fresh process and reports its imports."""
+"""`tilewise --help`, `info` and `plan` load no torch, Prefect or MONAI (nor Dask, zarr, nibabel): each
+runs in a fresh process and reports its imports. The plan's baseline is measured once per install in a
+child process and cached (flows/cli/baseline.py), so a plan never needs the run's modules itself."""
 
 from __future__ import annotations
 
@@ -25,9 +26,10 @@ print("\\nMODULES " + json.dumps({"code": code, "heavy": heavy}))
 """
 
 
-def imported(*args: str) -> dict:
+def imported(*args: str, env: dict[str, str] | None = None) -> dict:
     """Run the ``tilewise`` command in a new interpreter (this worktree first on the path)."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    path = os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])
+    env = {**os.environ, "PYTHONPATH": path, "COLUMNS": "250", **(env or {})}
     code = f"HEAVY = {HEAVY!r}\n{PROBE}"
     done = subprocess.run(
         [sys.executable, "-c", code, *args], capture_output=True, text=True, env=env, cwd=ROOT, timeout=300
@@ -49,12 +51,25 @@ def test_info_on_a_geotiff_imports_only_its_reader(data):
     assert seen["heavy"] == []
 
 
-def test_plan_loads_the_model_but_no_monai(data, bundle_factory):
+def test_plan_imports_nothing_heavy_and_measures_its_baseline_once(data, bundle_factory, tmp_path):
     edge = 32
     bundle = bundle_factory(2, 3, ["a", "b"], edge, [4, 8])
-    seen = imported("plan", str(data / "geo/rasterio/rgb-byte-tenth.tif"), "-m", str(bundle))
+    env = {"TILEWISE_CACHE_DIR": str(tmp_path / "cache")}
+    args = ("plan", str(data / "geo/rasterio/rgb-byte-tenth.tif"), "-m", str(bundle))
+    seen = imported(*args, env=env)
     assert seen["code"] == 0, seen["out"]
     assert f"{edge}x{edge}" in seen["out"]  # the bundle's patch, read from model.yaml
-    roots = {m.split(".")[0] for m in seen["heavy"]}
-    assert "torch" in roots  # the plan's baseline holds the model, as a run does
-    assert "monai" not in roots, seen["heavy"]
+    assert seen["heavy"] == []  # neither torch, nor Prefect, nor MONAI
+    (figure,) = json.loads((tmp_path / "cache" / "baseline.json").read_text()).values()
+    assert 100 < figure < 2000  # a process that loaded torch, Prefect and the job (measured: 309 MB)
+    again = imported(*args, env=env)  # from the cache now: the same table
+    assert again["heavy"] == [] and _peak(again["out"]) == _peak(seen["out"])
+    fixed = imported(*args, env={**env, "TILEWISE_BASELINE_MB": str(figure + 1000)})
+    assert _peak(fixed["out"]) == _peak(seen["out"]) + 1000
+
+
+def _peak(out: str) -> int:
+    """The plan table's peak MB/worker (its row names the scene; COLUMNS is wide enough for one line)."""
+    row = next(line for line in out.splitlines() if "rgb-byte-tenth" in line)
+    cells = [c.strip() for c in row.strip().strip("│").split("│")]
+    return int(cells[6])

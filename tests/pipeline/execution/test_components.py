@@ -67,3 +67,16 @@ def test_real_land_cover_any_cut(data):
         assert (expected != values).any()
         for chunks in ((100, 77), (64, 320)):
             np.testing.assert_array_equal(_blockwise(values, chunks, min_size, keep), expected)
+
+
+def test_slab_by_slab_steps_give_the_same_labels(data, monkeypatch):
+    """The per-pixel steps run a few rows at a time (memory): cut them into slabs of a few pixels."""
+    import pipeline.execution.component_pixels as pixels
+
+    with rasterio.open(data / "geo/derived/S2A_T33UUU_20170216_osm_landcover_10m.tif") as src:
+        values = src.read(1)[:120, :150].copy()
+    monkeypatch.setattr(pixels, "SLAB_PIXELS", 7)  # 1 row at a time
+    for min_size, keep in ((40, False), (10, True)):
+        expected = remove_small_objects(values, min_size, NODATA, keep)
+        assert (expected != values).any()
+        np.testing.assert_array_equal(_blockwise(values, (50, 61), min_size, keep), expected)
