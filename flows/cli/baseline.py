@@ -1,16 +1,18 @@
 """What a run's process holds before its first block, for ``tilewise plan``, without loading it here.
 
-A run holds the modules a tracked run loads (Prefect, torch, the job, GDAL's writers), the model, and
-Prefect's run engine. The modules' footprint depends on the install only: it is measured once per
-install in a child process (so the plan itself imports no torch or Prefect) and cached under
-``$TILEWISE_CACHE_DIR`` (default ``$XDG_CACHE_HOME/tilewise``, else ``~/.cache/tilewise``), keyed by the
-interpreter and the versions of tilewise, torch and Prefect. The model adds its weights as stored
-(float32 in memory as on disk) plus what torch allocates building it. ``TILEWISE_BASELINE_MB`` sets the
-modules' figure outright (a fleet whose workers were measured).
+A run holds the modules it loads (torch, the job, GDAL's writers; Prefect too when it is a tracked
+flow run), the model, and for a tracked run Prefect's run engine. The modules' footprint depends on
+the install only: it is measured once per install and mode (plain or tracked) in a child process (so
+the plan itself imports no torch or Prefect) and cached under ``$TILEWISE_CACHE_DIR`` (default
+``$XDG_CACHE_HOME/tilewise``, else ``~/.cache/tilewise``), keyed by the interpreter and the versions of
+tilewise, torch and Prefect. The model adds its weights as stored (float32 in memory as on disk) plus
+what torch allocates building it. ``TILEWISE_BASELINE_MB`` sets the modules' figure outright (a fleet
+whose workers were measured).
 
-A plain run (flows.oneoff) loads no Prefect, yet measured the same peak (S2 demo: 799 MB run): its
-first forward passes and thread pools cost about what Prefect does, so the tracked figure stands for
-both (benchmarks/bench_plan_memory.py checks the plan against the run).
+A plain one-off run (flows.oneoff) loads no Prefect: measured on the S2 demo, its peak is about
+75 MB below the tracked figure, so the plan asks which run it is planning (``--prefect``, or
+PREFECT_API_URL set, as ``tilewise run`` decides). benchmarks/bench_plan_memory.py checks the plan
+against the run.
 """
 
 from __future__ import annotations
@@ -23,11 +25,11 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
-PROBE = (
-    "import flows.folder, pipeline.job.outputs, torch\n"
-    "from pipeline.job.memory import rss_mb\n"
-    "print(rss_mb())\n"
-)
+_MODULES = {
+    "plain": "flows.oneoff, pipeline.job.skeleton, pipeline.job.scene_job, pipeline.job.outputs, torch",
+    "tracked": "flows.folder, pipeline.job.skeleton, pipeline.job.scene_job, pipeline.job.outputs, torch",
+}
+PROBE = "import {}\nfrom pipeline.job.memory import rss_mb\nprint(rss_mb())\n"
 WEIGHTS = {".safetensors", ".pt", ".pth", ".ts", ".onnx", ".bin", ".ckpt", ".pkl"}
 BUILD_MB = 10.0  # torch's own allocations on a first model build (measured: s2-water, 1.9 MB weights)
 
@@ -52,11 +54,12 @@ def _install_key() -> str:
     return f"{sys.executable}|tilewise {__version__}|torch {ver('torch')}|prefect {ver('prefect')}"
 
 
-def modules_mb() -> float:
+def modules_mb(tracked: bool = False) -> float:
     """The run's modules' footprint: ``TILEWISE_BASELINE_MB``, the cached figure, or measured now."""
     if os.environ.get("TILEWISE_BASELINE_MB"):
         return float(os.environ["TILEWISE_BASELINE_MB"])
-    path, key = cache_file(), _install_key()
+    mode = "tracked" if tracked else "plain"
+    path, key = cache_file(), f"{_install_key()}|{mode}"
     try:
         cached = json.loads(path.read_text())
     except (OSError, ValueError):
@@ -66,7 +69,8 @@ def modules_mb() -> float:
     if isinstance(cached.get(key), (int, float)):
         return float(cached[key])
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
-    done = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True, env=env, timeout=600)
+    probe = [sys.executable, "-c", PROBE.format(_MODULES[mode])]
+    done = subprocess.run(probe, capture_output=True, text=True, env=env, timeout=600)
     if done.returncode != 0:
         raise RuntimeError(f"cannot measure a run's baseline memory: {done.stderr.strip()[-500:]}")
     figure = float(done.stdout.split()[-1])
@@ -88,8 +92,9 @@ def model_mb(bundle: Any) -> float:
     return sum(p.stat().st_size for p in files) / 2**20 + BUILD_MB
 
 
-def run_baseline_mb(bundle: Any) -> float:
-    """What a worker process holds before its first block: modules, model, Prefect's run engine."""
+def run_baseline_mb(bundle: Any, *, tracked: bool = False) -> float:
+    """What a worker process holds before its first block: modules and model, and Prefect's run
+    engine when the run is a tracked flow run."""
     from pipeline.job.memory import FLOW_ENGINE_MB
 
-    return modules_mb() + model_mb(bundle) + FLOW_ENGINE_MB
+    return modules_mb(tracked) + model_mb(bundle) + (FLOW_ENGINE_MB if tracked else 0.0)

@@ -238,15 +238,20 @@ def plan_cmd(
     overlap: Annotated[float | None, typer.Option()] = None,
     block_size: Annotated[str | None, typer.Option()] = None,
     trust_code: TrustCodeOpt = False,
+    prefect: Annotated[
+        bool | None,
+        typer.Option("--prefect/--no-prefect", help="plan a tracked Prefect flow run (as `run --prefect`)"),
+    ] = None,
 ) -> None:
     """Dry run: the scenes, their window grid and blocks, and a memory estimate. Computes nothing."""
     from flows.cli.baseline import run_baseline_mb
+    from flows.oneoff import tracked
     from models.bundle.header import read_header
     from models.bundle.sources import model_kind, open_model
     from pipeline.core.tiling import BlockPlan
     from pipeline.execution.preprocess import Preprocessor
     from pipeline.job.discover import discover
-    from pipeline.job.memory import plan_peak_mb
+    from pipeline.job.memory import plan_peak_mb, unseen_activations
     from pipeline.job.scene_job import open_options, plan_scene
 
     with reported(ctx):
@@ -260,6 +265,7 @@ def plan_cmd(
                 "tiling.patch_size": int_list(patch_size, "--patch-size"),
                 "tiling.overlap": overlap,
                 "tiling.block_size": int_list(block_size, "--block-size"),
+                "execution.orchestrator": None if prefect is None else ("prefect" if prefect else "none"),
             },
         )
         if not cfg.model:
@@ -270,7 +276,8 @@ def plan_cmd(
             bundle: Any = read_header(cfg.model)
         else:  # a model kept as its users keep it: its importer loads its framework
             bundle = open_model(cfg.model, options={"trust_code": True} if trust_code else None)
-        baseline = run_baseline_mb(bundle)
+        baseline = run_baseline_mb(bundle, tracked=tracked(cfg))  # a plain run loads no Prefect
+        note = unseen_activations(dict(bundle.config.architecture))
         out, table = Console(), Table(title=f"plan with {bundle.config.name}")
         for col in ("scene", "shape", "patch", "windows", "blocks", "block", "peak MB/worker", "note"):
             table.add_column(col, overflow="fold")  # wrap, never cut: a name must stay recognisable
@@ -295,7 +302,7 @@ def plan_cmd(
                         str(math.prod(grid.grid_shape)),
                         "x".join(map(str, block)),
                         f"{mb:.0f}",
-                        "",
+                        note,
                     )
                     table.add_row(*row)
                 except TilewiseError as exc:
