@@ -9,8 +9,8 @@ tilewise, torch and Prefect. The model adds its weights as stored (float32 in me
 what torch allocates building it. ``TILEWISE_BASELINE_MB`` sets the modules' figure outright (a fleet
 whose workers were measured).
 
-A plain one-off run (flows.oneoff) loads no Prefect: measured on the S2 demo, its peak is about
-75 MB below the tracked figure, so the plan asks which run it is planning (``--prefect``, or
+A plain one-off run (flows.oneoff) loads no Prefect: its modules measured 265 MB here against a tracked
+run's 309 MB plus the run engine's 110 MB, so the plan asks which run it is planning (``--prefect``, or
 PREFECT_API_URL set, as ``tilewise run`` decides). benchmarks/bench_plan_memory.py checks the plan
 against the run.
 """
