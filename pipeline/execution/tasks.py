@@ -53,6 +53,7 @@ class SceneTask:
     activation: str = "softmax"
     score_activation: str = "none"  # applied to blended scores (probability outputs) instead of windows
     model_options: tuple[tuple[str, Any], ...] = ()  # how a worker reopens the model: trust_code, ...
+    trust_pickle: bool = False  # ... and whether it may unpickle its checkpoint (the job's --trust-pickle)
     probabilities: bool = False
     nodata_label: int = 255
     amp: str = "auto"  # CUDA options (Predictor); the CPU path ignores them

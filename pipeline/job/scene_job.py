@@ -295,6 +295,7 @@ def _run(
             model_options=()
             if _is_bundle_folder(bundle.path)
             else tuple(sorted(config.model_options.items())),
+            trust_pickle=config.trust_pickle and not _is_bundle_folder(bundle.path),
             **window_settings(bundle, config),
             probabilities=config.outputs.probabilities,
             nodata_label=config.outputs.nodata_label,
