@@ -78,6 +78,21 @@ def _cleaned(labels: Any, store: WorkStore, config: JobConfig) -> Any:
     return out
 
 
+def _store_like(labels: Any, store: WorkStore, name: str) -> Any:
+    """A uint8 zarr array in the work store, shaped as ``labels``, chunked as the store's blocks."""
+    import zarr
+
+    chunks = store.labels("r").chunks[-len(labels.shape) :]
+    return zarr.create_array(
+        store=str(store.root / name),
+        shape=labels.shape,
+        dtype="uint8",
+        chunks=tuple(min(c, n) for c, n in zip(chunks, labels.shape, strict=True)),
+        compressors=[zarr.codecs.ZstdCodec(level=3)],
+        overwrite=True,
+    )
+
+
 class _Chunked:
     """A sliceable array (a native-grid view) with the chunk grid the clean-up walks."""
 
@@ -88,29 +103,14 @@ class _Chunked:
         return np.asarray(self.array[key])
 
 
-def keep_largest_components(labels: np.ndarray, post: Any, nodata_label: int) -> np.ndarray:
-    """MONAI's ``KeepLargestConnectedComponent`` on a label array: per applied label (or over their
-    union when not ``independent``) keep the ``num_components`` largest components, the rest become 0.
+def _largest(labels: Any, store: WorkStore, post: Any, nodata: int) -> Any:
+    """A MONAI bundle's ``KeepLargestConnectedComponentd``, block by block into the work store (flat
+    memory; identical to MONAI's transform on the whole array, any chunking)."""
+    from pipeline.execution.largest import Rule, keep_largest
 
-    Limitation: it runs with scipy over the scene's whole label array, so it is meant for volumes that
-    fit in memory (medical scenes); the block-wise version replaces it for scenes that do not.
-    """
-    from scipy import ndimage
-
-    out = np.array(labels, copy=True)
-    applied = post.applied_labels
-    if applied is None:
-        applied = [int(v) for v in np.unique(out) if v not in (0, nodata_label)]
-    structure = ndimage.generate_binary_structure(out.ndim, post.connectivity or out.ndim)
-    groups = [[a] for a in applied] if post.independent else [list(applied)]
-    for group in groups:
-        mask = np.isin(out, group)
-        comp, n = ndimage.label(mask, structure=structure)
-        if n <= post.num_components:
-            continue
-        sizes = np.bincount(comp.ravel())[1:]
-        keep = np.argsort(-sizes, kind="stable")[: post.num_components] + 1
-        out[mask & ~np.isin(comp, keep)] = 0
+    out = _store_like(labels, store, "largest.zarr")
+    src = labels if hasattr(labels, "chunks") else _Chunked(labels, out.chunks)
+    keep_largest(src, out, Rule.of(post, nodata))
     return out
 
 
@@ -141,9 +141,9 @@ def write_outputs(
         probs = None if probs is None else NativeView(probs, scene.native.spatial_shape)
         scene = scene.native
     post = getattr(bundle.config, "postprocess", None)
-    if post is not None and post.keep_largest:  # a MONAI bundle's own rule (whole array, see above)
+    if post is not None and post.keep_largest:  # a MONAI bundle's own rule, block-wise
         with clock.timed("clean_components"):
-            labels = keep_largest_components(np.asarray(labels[...]), post, nodata)
+            labels = _largest(labels, store, post, nodata)
         processed = True
     if config.outputs.min_object_size > 0 or config.outputs.keep_largest:
         with clock.timed("clean_components"):
