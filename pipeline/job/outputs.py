@@ -114,6 +114,21 @@ def _largest(labels: Any, store: WorkStore, post: Any, nodata: int) -> Any:
     return out
 
 
+def _inverted_labels(scene: Any, scores: Any, nearest: np.ndarray, post: Any, nodata: int) -> np.ndarray:
+    """Labels on the input's grid as a MONAI bundle with ``Invertd(nearest_interp=False)`` before
+    ``AsDiscreted`` makes them: the scores interpolated linearly onto the input's grid, then the argmax
+    (voxels no window covered keep ``nodata``). Whole-array, as the NIfTI writer is."""
+    from pipeline.execution.largest import Rule, keep_largest
+
+    labels = scene.to_native_scores(np.asarray(scores[...])).argmax(axis=0).astype(np.uint8)
+    labels[nearest == nodata] = nodata
+    if post is not None and post.keep_largest:
+        out = np.empty_like(labels)
+        keep_largest(labels, out, Rule.of(post, nodata))
+        labels = out
+    return labels
+
+
 def write_outputs(
     scene: Any,
     store: WorkStore,
@@ -134,14 +149,16 @@ def write_outputs(
     nodata = config.outputs.nodata_label
     overwrite = config.outputs.overwrite
     labels: Any = store.labels("r")
-    probs: Any = store.probabilities("r")
+    scores: Any = store.probabilities("r")  # exact (float) when labels are inverted from them
+    probs: Any = scores if config.outputs.probabilities else None
+    invert = bundle.config.invert == "scores" and bool(getattr(scene, "resampled", False))
     engine_scene, processed = scene, False
     if isinstance(scene, ResampledGeoScene):  # engine grid at the bundle's GSD: write on the input's grid
         labels = NativeView(labels, scene.native.spatial_shape)
         probs = None if probs is None else NativeView(probs, scene.native.spatial_shape)
         scene = scene.native
     post = getattr(bundle.config, "postprocess", None)
-    if post is not None and post.keep_largest:  # a MONAI bundle's own rule, block-wise
+    if post is not None and post.keep_largest and not invert:  # a MONAI bundle's own rule, block-wise
         with clock.timed("clean_components"):
             labels = _largest(labels, store, post, nodata)
         processed = True
@@ -178,6 +195,8 @@ def write_outputs(
         write_nifti_probabilities = clock.wrap("probabilities", write_nifti_probabilities)
 
         native = scene.to_native_labels(np.asarray(labels[...]))
+        if invert:  # as MONAI's Invertd then AsDiscreted (and its keep-largest rule, on that grid)
+            native = _inverted_labels(scene, scores, native, post, nodata)
         write_nifti_labels(
             native, paths["labels"], scene=scene, class_names=names, class_colors=colors, overwrite=overwrite
         )
