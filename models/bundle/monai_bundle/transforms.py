@@ -147,7 +147,9 @@ def preprocessing(cfg: Any, dims: int, channels: int) -> dict[str, Any]:
                 raise BundleError(f"{where}: pixdim must be positive, got {spacing}")
             out["target_spacing"] = spacing
             out["spacing_grid"] = "monai"
-            if args.get("scale_extent") or args.get("padding_mode", "border") not in ("border", None):
+            padding = args.get("padding_mode", "border")
+            padding = padding[0] if isinstance(padding, (list, tuple)) else padding
+            if args.get("scale_extent") or padding not in ("border", None):
                 raise BundleError(
                     f"{where}: tilewise lays out MONAI's grid with scale_extent false and border padding"
                 )
