@@ -135,6 +135,12 @@ class BundleConfig(_Strict):
     inputs: Inputs
     orientation: str = "RAS"
     target_spacing: list[float] | None = None
+    # how target_spacing lays out the engine grid: both grids spanning the same extent, or MONAI's
+    # Spacing (first voxel centres aligned, the step exactly the spacing ratio)
+    spacing_grid: Literal["extent", "monai"] = "extent"
+    # how labels go back to the input's grid when it was resampled: nearest labels, or the (activated)
+    # scores interpolated linearly, then argmax (MONAI's Invertd(nearest_interp=False) before AsDiscreted)
+    invert: Literal["labels", "scores"] = "labels"
     patch_size: list[int]
     overlap: float = Field(default=0.25, ge=0.0, lt=1.0)
     output_activation: Literal["softmax", "sigmoid", "none"] = "softmax"

@@ -58,6 +58,27 @@ def net_class_name(target: Any) -> str:
     return name
 
 
+def stored_as_data(network_def: Any) -> bool:
+    """Whether ``network_def`` rebuilds without trusting code: plain data, no ``$``, and a target in
+    ``monai.networks.nets``. A trusted bundle's net that is not (a class in its own ``scripts/``, an
+    expression) can only be rebuilt from the bundle itself, with the user's trust."""
+    if not isinstance(network_def, Mapping) or not _plain(network_def) or find_code(network_def):
+        return False
+    try:
+        net_class_name(network_def.get("_target_"))
+    except BundleError:
+        return False
+    return True
+
+
+def _plain(value: Any) -> bool:
+    if isinstance(value, Mapping):
+        return all(isinstance(k, str) and _plain(v) for k, v in value.items())
+    if isinstance(value, list):
+        return all(_plain(v) for v in value)
+    return value is None or isinstance(value, (str, int, float, bool))
+
+
 def build_network_def(network_def: Mapping[str, Any], *, trust_code: bool = False) -> nn.Module:
     """Instantiate ``network_def`` (reference-free plain data) with ``ConfigParser``."""
     from monai.bundle import ConfigParser

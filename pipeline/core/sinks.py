@@ -110,7 +110,8 @@ def quantise(scores: np.ndarray) -> np.ndarray:
 
 
 class LabelSink:
-    """Writes argmax labels (and optionally uint8 probabilities) without holding the scene's scores.
+    """Writes argmax labels (and optionally probabilities: uint8, or exact when the canvas is float)
+    without holding the scene's scores.
 
     ``origin`` is the scene position of ``out[0, ...]``, so a sink can fill one block's canvas.
     """
@@ -139,4 +140,7 @@ class LabelSink:
                 invalid="ignore", over="ignore"
             ):  # uncovered pixels are NaN; quantise zeroes them
                 scores = activate(scores, self.activation)
-            self.probabilities[(slice(None), *where)] = quantise(scores)
+            if self.probabilities.dtype == np.uint8:
+                self.probabilities[(slice(None), *where)] = quantise(scores)
+            else:  # exact scores (to be interpolated onto the input's grid), 0 where uncovered
+                self.probabilities[(slice(None), *where)] = np.nan_to_num(scores, nan=0.0)

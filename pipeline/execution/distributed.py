@@ -60,8 +60,9 @@ class TilewiseWorker(WorkerPlugin):  # type: ignore[misc,valid-type]
         bundle_hash: str = "",
         device: str = "cpu",
         model_options: tuple[tuple[str, Any], ...] = (),
+        trust_pickle: bool = False,
     ) -> None:
-        self.model_options = model_options
+        self.model_options, self.trust_pickle = model_options, trust_pickle
         self.threads, self.bundle_path, self.bundle_hash, self.device = (
             threads,
             bundle_path,
@@ -82,7 +83,9 @@ class TilewiseWorker(WorkerPlugin):  # type: ignore[misc,valid-type]
             from models.bundle.sources import open_model
             from pipeline.engine.predictor import resolve_device
 
-            bundle = open_model(self.bundle_path, options=dict(self.model_options))
+            bundle = open_model(
+                self.bundle_path, trust_pickle=self.trust_pickle, options=dict(self.model_options)
+            )
             self.model = bundle.build(device=resolve_device(self.device))
 
     def teardown(self, worker: Any) -> None:
@@ -201,7 +204,12 @@ class DaskExecutor:
     def _load_model_on_workers(self, task: SceneTask) -> None:
         if self._bundle != task.bundle_hash:
             plugin = TilewiseWorker(
-                self.threads, task.bundle_path, task.bundle_hash, task.device, task.model_options
+                self.threads,
+                task.bundle_path,
+                task.bundle_hash,
+                task.device,
+                task.model_options,
+                task.trust_pickle,
             )
             self.client.register_plugin(plugin)
             self._bundle = task.bundle_hash

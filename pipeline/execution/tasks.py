@@ -54,7 +54,9 @@ class SceneTask:
     activation: str = "softmax"
     score_activation: str = "none"  # applied to blended scores (probability outputs) instead of windows
     model_options: tuple[tuple[str, Any], ...] = ()  # how a worker reopens the model: trust_code, ...
+    trust_pickle: bool = False  # ... and whether it may unpickle its checkpoint (the job's --trust-pickle)
     probabilities: bool = False
+    scores_dtype: str = "uint8"  # of the stored probabilities: uint8 (p * 255), or float32 when inverted
     nodata_label: int = 255
     amp: str = "auto"  # CUDA options (Predictor); the CPU path ignores them
     channels_last: bool = False
@@ -95,7 +97,7 @@ def read_block(task: SceneTask, scene: Any, block: Block) -> BlockInput:
 
 def _canvas(task: SceneTask, block: Block) -> tuple[np.ndarray, np.ndarray | None, LabelSink]:
     labels = np.full(block.write.shape, task.nodata_label, dtype=np.uint8)
-    probs = np.zeros((task.classes, *block.write.shape), np.uint8) if task.probabilities else None
+    probs = np.zeros((task.classes, *block.write.shape), task.scores_dtype) if task.probabilities else None
     sink = LabelSink(
         labels,
         nodata_label=task.nodata_label,

@@ -3,7 +3,8 @@
 Layout of ``<output>/.tilewise-work/<scene-key>/``:
 - ``state.json``   the plan and hashes the state belongs to (a mismatch wipes the folder);
 - ``labels.zarr``  uint8 labels, one chunk per block write region (so each chunk has one writer);
-- ``probs.zarr``   optional uint8 probabilities ``(K, *spatial)``, chunked the same way;
+- ``probs.zarr``   optional probabilities ``(K, *spatial)``, chunked the same way (uint8 p * 255, or
+                   float32 scores when labels are inverted from them);
 - ``blocks/``      one ``.npz`` per block once computed: its interior canvas and its partial sums;
 - ``merged/``      one empty marker per block once its seams are merged (its chunk is final).
 
@@ -61,6 +62,7 @@ class WorkStore:
         chunks: tuple[int, ...],
         classes: int,
         probabilities: bool,
+        probabilities_dtype: str = "uint8",
     ) -> bool:
         """Create the store, or keep it when it belongs to the same plan. Returns True if resumed."""
         state_file = self.root / "state.json"
@@ -88,7 +90,7 @@ class WorkStore:
             zarr.create_array(
                 store=str(self.root / "probs.zarr"),
                 shape=(classes, *spatial_shape),
-                dtype="uint8",
+                dtype=probabilities_dtype,
                 chunks=(classes, *chunks),
                 compressors=compressors,
                 fill_value=0,

@@ -31,6 +31,9 @@ from pipeline.formats.nifti_files import CACHE_THRESHOLD_BYTES, VoxelSource, sha
 from pipeline.formats.scene import VolumeMeta
 
 NATIVE = "NATIVE"  # orientation: keep the file's voxel axes as they are
+# how a target spacing lays out the engine grid: both grids spanning the same extent (nnU-Net's, and
+# tilewise's default), or MONAI's ``Spacing`` (first voxel centres aligned, the step exactly the ratio)
+SPACING_GRIDS = ("extent", "monai")
 _CHANNEL_FILE = re.compile(r"^(?P<case>.+)_(?P<idx>\d{4})(?P<ext>\.nii(?:\.gz)?)$")
 
 
@@ -85,8 +88,17 @@ class NiftiScene:
         order: int = 1,
         cache_dir: str | None = None,
         cache_threshold_bytes: int = CACHE_THRESHOLD_BYTES,
+        spacing_grid: str = "extent",
     ) -> None:
-        self._args = (uris, orientation, target_spacing, order, cache_dir, cache_threshold_bytes)
+        self._args = (
+            uris,
+            orientation,
+            target_spacing,
+            order,
+            cache_dir,
+            cache_threshold_bytes,
+            spacing_grid,
+        )
         self.uri, self.files = uris[0], list(uris)
         cache = Path(cache_dir or os.environ.get("TILEWISE_CACHE_DIR") or tempfile.gettempdir())
         cache = cache / "tilewise-nifti"
@@ -135,14 +147,21 @@ class NiftiScene:
         self._factor: tuple[float, ...] | None = None
         spatial, spacing = self._native, native_spacing
         self._order = order
+        if spacing_grid not in SPACING_GRIDS:
+            raise ConfigError(f"spacing_grid must be one of {', '.join(SPACING_GRIDS)}, not {spacing_grid!r}")
+        self._monai = spacing_grid == "monai"
         if target_spacing is not None:
             if len(target_spacing) != len(spatial):
                 raise ConfigError(f"target_spacing {tuple(target_spacing)} has not {len(spatial)} values")
-            spatial = tuple(
-                max(1, round(n * s / t)) for n, s, t in zip(spatial, spacing, target_spacing, strict=True)
-            )
-            if spatial != self._native:
-                self._factor = tuple(n / m for n, m in zip(self._native, spatial, strict=True))
+            pairs = list(zip(spatial, spacing, target_spacing, strict=True))
+            if self._monai:  # MONAI's Spacing: first voxel centres aligned, the step exactly t / s
+                spatial = tuple(max(1, int(np.round((n - 1) * s / t + 1.0))) for n, s, t in pairs)
+                factor = tuple(t / s for _, s, t in pairs)
+            else:  # both grids span the same extent
+                spatial = tuple(max(1, round(n * s / t)) for n, s, t in pairs)
+                factor = tuple(n / m for n, m in zip(self._native, spatial, strict=True))
+            if spatial != self._native or (self._monai and any(f != 1.0 for f in factor)):
+                self._factor = factor
                 spacing = tuple(s * f for s, f in zip(native_spacing, self._factor, strict=True))
         dtype = np.result_type(*(s.dtype for s in self._sources))
         self.dtype = np.dtype(np.float32) if self._factor and order > 0 and dtype.kind != "f" else dtype
@@ -169,6 +188,11 @@ class NiftiScene:
     @property
     def spatial_shape(self) -> tuple[int, ...]:
         return self.shape[1:]
+
+    @property
+    def resampled(self) -> bool:
+        """Whether the engine grid differs from the file's (a target spacing resamples it)."""
+        return self._factor is not None
 
     def _read_native(self, box: Box, fill: float) -> np.ndarray:
         """Read ``box`` of the reoriented native grid: the file region, transposed and flipped."""
@@ -199,7 +223,7 @@ class NiftiScene:
         if inside.empty:
             return out
         coords = [
-            np.clip(_src_coords(a, b, f), 0, n - 1)
+            np.clip(self._coords(a, b, f), 0, n - 1)
             for a, b, f, n in zip(inside.start, inside.stop, self._factor, self._native, strict=True)
         ]
         lo = [int(np.floor(c[0])) for c in coords]
@@ -209,6 +233,10 @@ class NiftiScene:
             x = _resample_axis(x, axis + 1, c - a, self._order)
         out[(slice(None), *inside.slices(box.start))] = x
         return out
+
+    def _coords(self, a: int, b: int, f: float) -> np.ndarray:
+        """Source coordinates of target voxels ``a..b-1`` at step ``f`` under the spacing grid rule."""
+        return np.arange(a, b) * f if self._monai else _src_coords(a, b, f)
 
     def read_nodata(self, box: Box) -> np.ndarray | None:
         """NaN voxels (and outside) for float data that has any; ``None`` otherwise."""
@@ -223,7 +251,7 @@ class NiftiScene:
             for axis, (n, f, m) in enumerate(
                 zip(self._native, self._factor, self.spatial_shape, strict=True)
             ):
-                x = _resample_axis(x, lead + axis, np.clip(_src_coords(0, n, 1 / f), 0, m - 1), order)
+                x = _resample_axis(x, lead + axis, np.clip(self._coords(0, n, 1 / f), 0, m - 1), order)
         if self._sq is not None:
             x = np.expand_dims(x, lead + self._sq)
         flips = [lead + e for e in range(3) if self._flip[e]]
@@ -253,10 +281,12 @@ def open_nifti(
     cache_dir: str | None = None,
     order: int = 1,
     cache_threshold_bytes: int = CACHE_THRESHOLD_BYTES,
+    spacing_grid: str = "extent",
 ) -> NiftiScene:
     """Open a NIfTI file, or a list of channel files sharing one grid, as a lazily read scene.
 
-    ``order`` is the interpolation used when ``target_spacing`` resamples (1 for images, 0 for labels).
+    ``order`` is the interpolation used when ``target_spacing`` resamples (1 for images, 0 for labels);
+    ``spacing_grid`` is how the resampled grid is laid out (``SPACING_GRIDS``).
     A ``.nii.gz`` bigger than ``cache_threshold_bytes`` uncompressed is decompressed once into a zarr
     cache under ``cache_dir`` (gzip cannot seek); smaller ones are loaded once and kept.
     """
@@ -265,4 +295,6 @@ def open_nifti(
         raise InputError("no NIfTI file given")
     if order not in (0, 1):
         raise ConfigError(f"order must be 0 or 1, not {order}")
-    return NiftiScene(uris, orientation, target_spacing, order, cache_dir, cache_threshold_bytes)
+    return NiftiScene(
+        uris, orientation, target_spacing, order, cache_dir, cache_threshold_bytes, spacing_grid
+    )

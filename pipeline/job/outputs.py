@@ -56,19 +56,9 @@ def _cleaned(labels: Any, store: WorkStore, config: JobConfig, mapper: Any = Non
     work store (flat memory; identical to ``remove_small_objects`` on the whole array, any chunking).
     ``mapper`` (the executor's ``map``) runs the per-block passes where the blocks are; labels held in
     this process's memory (an in-memory rule ran first) are cleaned on its own threads."""
-    import zarr
-
     from pipeline.execution.components import clean_components
 
-    chunks = store.labels("r").chunks[-len(labels.shape) :]
-    out = zarr.create_array(
-        store=str(store.root / "cleaned.zarr"),
-        shape=labels.shape,
-        dtype="uint8",
-        chunks=tuple(min(c, n) for c, n in zip(chunks, labels.shape, strict=True)),
-        compressors=[zarr.codecs.ZstdCodec(level=3)],
-        overwrite=True,
-    )
+    out = _store_like(labels, store, "cleaned.zarr")
     src = labels if hasattr(labels, "chunks") else _Chunked(labels, out.chunks)
     if isinstance(labels, np.ndarray):
         mapper = None
@@ -83,6 +73,21 @@ def _cleaned(labels: Any, store: WorkStore, config: JobConfig, mapper: Any = Non
     return out
 
 
+def _store_like(labels: Any, store: WorkStore, name: str) -> Any:
+    """A uint8 zarr array in the work store, shaped as ``labels``, chunked as the store's blocks."""
+    import zarr
+
+    chunks = store.labels("r").chunks[-len(labels.shape) :]
+    return zarr.create_array(
+        store=str(store.root / name),
+        shape=labels.shape,
+        dtype="uint8",
+        chunks=tuple(min(c, n) for c, n in zip(chunks, labels.shape, strict=True)),
+        compressors=[zarr.codecs.ZstdCodec(level=3)],
+        overwrite=True,
+    )
+
+
 class _Chunked:
     """A sliceable array (a native-grid view) with the chunk grid the clean-up walks."""
 
@@ -93,30 +98,31 @@ class _Chunked:
         return np.asarray(self.array[key])
 
 
-def keep_largest_components(labels: np.ndarray, post: Any, nodata_label: int) -> np.ndarray:
-    """MONAI's ``KeepLargestConnectedComponent`` on a label array: per applied label (or over their
-    union when not ``independent``) keep the ``num_components`` largest components, the rest become 0.
+def _largest(labels: Any, store: WorkStore, post: Any, nodata: int, mapper: Any = None) -> Any:
+    """A MONAI bundle's ``KeepLargestConnectedComponentd``, block by block into the work store (flat
+    memory; identical to MONAI's transform on the whole array, any chunking); ``mapper`` runs the
+    per-block passes where the blocks are, as for ``_cleaned``."""
+    from pipeline.execution.largest import Rule, keep_largest
 
-    Limitation: it runs with scipy over the scene's whole label array, so it is meant for volumes that
-    fit in memory (medical scenes); the block-wise version replaces it for scenes that do not.
-    """
-    from scipy import ndimage
-
-    out = np.array(labels, copy=True)
-    applied = post.applied_labels
-    if applied is None:
-        applied = [int(v) for v in np.unique(out) if v not in (0, nodata_label)]
-    structure = ndimage.generate_binary_structure(out.ndim, post.connectivity or out.ndim)
-    groups = [[a] for a in applied] if post.independent else [list(applied)]
-    for group in groups:
-        mask = np.isin(out, group)
-        comp, n = ndimage.label(mask, structure=structure)
-        if n <= post.num_components:
-            continue
-        sizes = np.bincount(comp.ravel())[1:]
-        keep = np.argsort(-sizes, kind="stable")[: post.num_components] + 1
-        out[mask & ~np.isin(comp, keep)] = 0
+    out = _store_like(labels, store, "largest.zarr")
+    src = labels if hasattr(labels, "chunks") else _Chunked(labels, out.chunks)
+    keep_largest(src, out, Rule.of(post, nodata), mapper=None if isinstance(labels, np.ndarray) else mapper)
     return out
+
+
+def _inverted_labels(scene: Any, scores: Any, nearest: np.ndarray, post: Any, nodata: int) -> np.ndarray:
+    """Labels on the input's grid as a MONAI bundle with ``Invertd(nearest_interp=False)`` before
+    ``AsDiscreted`` makes them: the scores interpolated linearly onto the input's grid, then the argmax
+    (voxels no window covered keep ``nodata``). Whole-array, as the NIfTI writer is."""
+    from pipeline.execution.largest import Rule, keep_largest
+
+    labels = scene.to_native_scores(np.asarray(scores[...])).argmax(axis=0).astype(np.uint8)
+    labels[nearest == nodata] = nodata
+    if post is not None and post.keep_largest:
+        out = np.empty_like(labels)
+        keep_largest(labels, out, Rule.of(post, nodata))
+        labels = out
+    return labels
 
 
 def write_outputs(
@@ -141,16 +147,18 @@ def write_outputs(
     nodata = config.outputs.nodata_label
     overwrite = config.outputs.overwrite
     labels: Any = store.labels("r")
-    probs: Any = store.probabilities("r")
+    scores: Any = store.probabilities("r")  # exact (float) when labels are inverted from them
+    probs: Any = scores if config.outputs.probabilities else None
+    invert = bundle.config.invert == "scores" and bool(getattr(scene, "resampled", False))
     engine_scene, processed = scene, False
     if isinstance(scene, ResampledGeoScene):  # engine grid at the bundle's GSD: write on the input's grid
         labels = NativeView(labels, scene.native.spatial_shape)
         probs = None if probs is None else NativeView(probs, scene.native.spatial_shape)
         scene = scene.native
     post = getattr(bundle.config, "postprocess", None)
-    if post is not None and post.keep_largest:  # a MONAI bundle's own rule (whole array, see above)
+    if post is not None and post.keep_largest and not invert:  # a MONAI bundle's own rule, block-wise
         with clock.timed("clean_components"):
-            labels = keep_largest_components(np.asarray(labels[...]), post, nodata)
+            labels = _largest(labels, store, post, nodata, mapper)
         processed = True
     if config.outputs.min_object_size > 0 or config.outputs.keep_largest:
         with clock.timed("clean_components"):
@@ -185,6 +193,8 @@ def write_outputs(
         write_nifti_probabilities = clock.wrap("probabilities", write_nifti_probabilities)
 
         native = scene.to_native_labels(np.asarray(labels[...]))
+        if invert:  # as MONAI's Invertd then AsDiscreted (and its keep-largest rule, on that grid)
+            native = _inverted_labels(scene, scores, native, post, nodata)
         write_nifti_labels(
             native, paths["labels"], scene=scene, class_names=names, class_colors=colors, overwrite=overwrite
         )

@@ -85,6 +85,8 @@ def open_options(
     if source.kind != "nifti":
         return source
     options = (("orientation", cfg.orientation), ("target_spacing", spacing), ("cache_dir", str(work_dir)))
+    if spacing and cfg.spacing_grid != "extent":
+        options += (("spacing_grid", cfg.spacing_grid),)
     return SceneSource(source.kind, source.uris, options)
 
 
@@ -110,6 +112,12 @@ def plan_scene(scene: Any, bundle: Any, config: JobConfig) -> tuple[tuple[int, .
         budget = config.tiling.memory_budget_mb * 2**20
         block = default_block_size(spatial, roi, bundle.num_classes, budget)
     return roi, float(overlap), block
+
+
+def inverts_scores(bundle: Any, scene: Any) -> bool:
+    """Labels on the input's grid from its scores interpolated linearly, then the argmax (a MONAI
+    bundle's ``Invertd`` before ``AsDiscreted``), rather than nearest labels: only when resampled."""
+    return bundle.config.invert == "scores" and bool(getattr(scene, "resampled", False))
 
 
 def _is_bundle_folder(path: Any) -> bool:
@@ -233,6 +241,7 @@ def _run(
             return
         roi, overlap, block = plan_scene(scene, bundle, config)  # dimensionality first: the deeper mismatch
         pre = Preprocessor.from_bundle(bundle, scene)
+        invert = inverts_scores(bundle, scene)
         timings["open_s"] = time.perf_counter() - t
         task = SceneTask(
             source=source,
@@ -255,8 +264,10 @@ def _run(
             model_options=()
             if _is_bundle_folder(bundle.path)
             else tuple(sorted(config.model_options.items())),
+            trust_pickle=config.trust_pickle and not _is_bundle_folder(bundle.path),
             **window_settings(bundle, config),
-            probabilities=config.outputs.probabilities,
+            probabilities=config.outputs.probabilities or invert,
+            scores_dtype="float32" if invert else "uint8",
             nodata_label=config.outputs.nodata_label,
             grid=bundle.config.grid,
         )
@@ -269,8 +280,12 @@ def _run(
             "block": block,
             "shape": task.spatial_shape,
         }
+        if invert:
+            state["scores"] = task.scores_dtype
         store = WorkStore(work_dir)
-        resumed = store.prepare(state, task.spatial_shape, block, task.classes, task.probabilities)
+        resumed = store.prepare(
+            state, task.spatial_shape, block, task.classes, task.probabilities, task.scores_dtype
+        )
         estimate = plan_peak_mb(scene, bundle, config, roi, block, baseline_mb=rss_mb())
         t = time.perf_counter()
         stats = executor.run(task, progress, scene=scene)

@@ -62,12 +62,14 @@ def prepare_job(config: JobConfig, *, sources: list[SceneSource] | None = None) 
 def as_saved_bundle(bundle: Any, out_dir: Path) -> Any:
     """A model of another kind (an nnU-Net folder, ...) saved once as a tilewise bundle under the work
     folder, so that Dask workers load it from its path as safetensors: they never unpickle, and they
-    build exactly the folds and settings the job chose."""
+        build exactly the folds and settings the job chose. A net that needs the bundle's own code (trusted
+    with ``--trust-code``) cannot be saved as data: workers then open the bundle itself, with the
+    job's ``model_options`` and ``trust_pickle``."""
     from models.bundle import CONFIG_NAME, load_bundle, save_bundle
     from pipeline.job.discover import WORK_DIR
 
-    if (Path(bundle.path) / CONFIG_NAME).is_file():
-        return bundle
+    if (Path(bundle.path) / CONFIG_NAME).is_file() or getattr(bundle, "needs_its_code", False):
+        return bundle  # a trusted bundle's own code: workers reopen it with the job's model_options
     saved = out_dir / WORK_DIR / "models" / bundle.hash[:16]
     if not (saved / CONFIG_NAME).is_file():
         model = bundle.build()

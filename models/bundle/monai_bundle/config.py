@@ -10,6 +10,7 @@ runs. A subtree that still needs an expression fails with its id, unless the use
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -96,7 +97,13 @@ class MonaiConfig:
         return value
 
     def network(self) -> Any:
-        """The network built by MONAI (trusted code only; otherwise ``network_def`` is built by name)."""
+        """The network built by MONAI (trusted code only; otherwise ``network_def`` is built by name).
+
+        As ``monai.bundle run`` does, the bundle's folder goes on ``sys.path`` first, so a target in
+        the bundle's own ``scripts/`` package resolves."""
+        root = str(self.folder.resolve())
+        if root not in sys.path:
+            sys.path.insert(1, root)
         try:
             return self.parser.get_parsed_content("network_def", instantiate=True, eval_expr=True)
         except Exception as exc:

@@ -2,7 +2,8 @@
 
 The network's weights become ``weights.safetensors`` and its ``network_def`` stays plain data in
 ``model.yaml`` (architecture ``monai_config``); a TorchScript bundle keeps its archive. A
-``network_def`` that needed code cannot be written as data: import the bundle's TorchScript instead.
+``network_def`` that needed code (an expression, a class from the bundle's ``scripts/``) cannot be
+written as data: import the bundle's TorchScript instead.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from models.bundle.load import Bundle, load_bundle
 from models.bundle.monai_bundle.load import load_monai_bundle
 from models.bundle.save import config_yaml, save_bundle
 from models.bundle.schema import CONFIG_NAME
-from models.nets.monai_config import find_code
+from models.nets.monai_config import stored_as_data
 from pipeline.atomic import atomic_path
 from pipeline.errors import BundleError
 
@@ -41,19 +42,11 @@ def import_monai(
             shutil.copyfile(archive, tmp / archive.name)
         return load_bundle(out)
     net_def = cfg.architecture.get("network_def")
-    if trust_code and (find_code(net_def) or not _plain(net_def)):
+    if not stored_as_data(net_def):
         raise BundleError(
-            "network_def needs code, so it cannot be stored as data; import a TorchScript export "
-            "(models/model.ts) of this bundle instead",
+            "network_def needs code (a $ expression, or a class outside monai.networks.nets), so it "
+            "cannot be stored as data; import a TorchScript export (models/model.ts) of this bundle instead",
             path=str(path),
         )
     state = source.build("cpu").state_dict()
     return save_bundle(out, cfg.model_copy(update={"card": card}), state, overwrite=overwrite)
-
-
-def _plain(value: object) -> bool:
-    if isinstance(value, dict):
-        return all(isinstance(k, str) and _plain(v) for k, v in value.items())
-    if isinstance(value, list):
-        return all(_plain(v) for v in value)
-    return value is None or isinstance(value, (str, int, float, bool))

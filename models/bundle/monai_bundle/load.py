@@ -22,6 +22,7 @@ from models.bundle.monai_bundle import transforms
 from models.bundle.monai_bundle.config import MonaiConfig
 from models.bundle.schema import default_color, validate_config
 from models.bundle.shapes import check_shapes, meta_shapes, tensor_shapes
+from models.nets.monai_config import stored_as_data
 from models.nets.registry import MONAI_CONFIG, set_eval
 from pipeline.errors import BundleError
 
@@ -33,6 +34,16 @@ class MonaiBundle(Bundle):
 
     trust_code: bool = False
     kind = "monai"
+
+    @property
+    def needs_its_code(self) -> bool:
+        """A trusted net that cannot be saved as data (a class from the bundle's ``scripts/``, an
+        expression): only the bundle folder itself, opened with the user's trust, rebuilds it."""
+        return (
+            self.trust_code
+            and self.archive is None
+            and not stored_as_data(self.config.architecture.get("network_def"))
+        )
 
     def build(self, device: str | torch.device = "cpu") -> nn.Module:
         if not self.trust_code or self.archive is not None:

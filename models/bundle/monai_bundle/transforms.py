@@ -50,7 +50,8 @@ def transform_list(cfg: Any, id: str, used: Sequence[str]) -> list[tuple[str, di
     """(name, arguments) of each enabled transform of the ``Compose`` (or list) at ``id``.
 
     Names come from the raw config; only the transforms in ``used`` are resolved (references followed,
-    no code run), so a ``SaveImaged`` whose ``output_dir`` is an expression costs nothing.
+    no code run), so a ``SaveImaged`` whose ``output_dir`` is an expression costs nothing; the others'
+    arguments are as written.
     """
     raw, base = cfg.raw(id), id
     if isinstance(raw, Mapping) and target_name(raw, id) == "Compose":
@@ -67,7 +68,7 @@ def transform_list(cfg: Any, id: str, used: Sequence[str]) -> list[tuple[str, di
         name = target_name(spec, f"{id}#{i}")
         if name in used and base:
             spec = cfg.get(f"{base}#{i}")
-        args = {k: v for k, v in spec.items() if not k.startswith("_")} if name in used else {}
+        args = {k: v for k, v in spec.items() if not k.startswith("_")}  # unresolved unless used
         out.append((name, args))
     return out
 
@@ -145,6 +146,13 @@ def preprocessing(cfg: Any, dims: int, channels: int) -> dict[str, Any]:
             if any(s <= 0 for s in spacing):
                 raise BundleError(f"{where}: pixdim must be positive, got {spacing}")
             out["target_spacing"] = spacing
+            out["spacing_grid"] = "monai"
+            padding = args.get("padding_mode", "border")
+            padding = padding[0] if isinstance(padding, (list, tuple)) else padding
+            if args.get("scale_extent") or padding not in ("border", None):
+                raise BundleError(
+                    f"{where}: tilewise lays out MONAI's grid with scale_extent false and border padding"
+                )
         elif name in ("ScaleIntensityRanged", "NormalizeIntensityd"):
             if "normalization" in out:
                 raise BundleError(f"{where}: a second intensity transform; tilewise applies one")
@@ -187,13 +195,17 @@ def inferer(value: Any, dims: int) -> dict[str, Any]:
 
 
 def postprocessing(cfg: Any) -> dict[str, Any]:
-    """Activation (run on the blended scores, as MONAI does) and label clean-up."""
+    """Activation (run on the blended scores, as MONAI does), how labels return to the input's grid
+    (``Invertd`` with ``nearest_interp`` false before ``AsDiscreted``: scores interpolated, then the
+    argmax) and label clean-up."""
     out: dict[str, Any] = {"output_activation": "none", "activation_stage": "blended"}
     used = ("Activationsd", "AsDiscreted", "KeepLargestConnectedComponentd")
+    discrete = False  # labels made (AsDiscreted) by this point
     for i, (name, args) in enumerate(transform_list(cfg, "postprocessing", used)):
         where = f"postprocessing#{i} ({name})"
         if name not in POSTPROCESSING:
             raise _refuse(name, f"postprocessing#{i}", POSTPROCESSING)
+        discrete = discrete or name == "AsDiscreted"
         if name == "Activationsd":
             if args.get("other") is not None:
                 raise BundleError(f"{where}: a custom activation ('other') is not supported")
@@ -202,6 +214,12 @@ def postprocessing(cfg: Any) -> dict[str, Any]:
             out["output_activation"] = (
                 "softmax" if args.get("softmax") else "sigmoid" if args.get("sigmoid") else "none"
             )
+        elif name == "Invertd":
+            nearest = args.get("nearest_interp", True)
+            if not isinstance(nearest, bool):
+                raise BundleError(f"{where}: nearest_interp must be true or false, got {nearest!r}")
+            if not nearest and not discrete:  # MONAI interpolates the scores, then takes the argmax
+                out["invert"] = "scores"
         elif name == "AsDiscreted" and not args.get("argmax") and args.get("threshold") is not None:
             raise BundleError(f"{where}: only argmax labels are supported (threshold is not)")
         elif name == "KeepLargestConnectedComponentd":

@@ -182,3 +182,27 @@ def test_pickles_as_a_reopen_and_reads_remote_uris(tmp_path: Path) -> None:
     assert remote.uri == "memory://bucket/mr.nii.gz"
     assert np.array_equal(whole(remote), whole(open_nifti(MR)))
     fs.rm("/bucket/mr.nii.gz")
+
+
+@pytest.mark.parametrize("name", ["example_ct_sm.nii.gz", "example_mr_sm.nii.gz"])  # RAS and LPS files
+@pytest.mark.parametrize("pixdim", [(2.5, 2.5, 2.0), (4.0, 3.5, 5.0)])
+def test_monai_spacing_grid_reads_what_monai_spacingd_makes(data: Path, name: str, pixdim: tuple) -> None:
+    """``spacing_grid="monai"``: the engine grid and its voxels are MONAI's Orientationd + Spacingd
+    (bilinear, border), and a bundle's target spacing yields the same spacing in the scene's metadata."""
+    from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged, Orientationd, Spacingd
+
+    path = data / "medical" / "totalsegmentator" / name
+    pre = Compose(
+        [
+            LoadImaged("image"),
+            EnsureChannelFirstd("image"),
+            Orientationd("image", axcodes="RAS"),
+            Spacingd("image", pixdim=pixdim, mode="bilinear"),
+        ]
+    )
+    theirs = np.asarray(pre({"image": str(path)})["image"])
+    scene = open_nifti(str(path), orientation="RAS", target_spacing=pixdim, spacing_grid="monai")
+    assert scene.resampled and scene.spatial_shape == theirs.shape[1:]
+    mine = scene.read(Box.from_shape(scene.spatial_shape))
+    np.testing.assert_allclose(mine, theirs, rtol=1e-5, atol=1e-3)
+    np.testing.assert_allclose(scene.meta.spacing, pixdim)

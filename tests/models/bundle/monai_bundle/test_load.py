@@ -220,6 +220,44 @@ def test_keep_largest_component_is_recorded(tmp_path: Path) -> None:
     assert post is not None and post.keep_largest and post.applied_labels == [2] and not post.independent
 
 
+@pytest.mark.parametrize(
+    ("post", "invert"),
+    [
+        (["Activationsd", "Invertd", "AsDiscreted"], "scores"),  # the zoo's: scores back, then the argmax
+        (["Activationsd", "AsDiscreted", "Invertd"], "labels"),  # labels back (nearest, as MONAI would)
+        (["Activationsd", "Invertd(nearest)", "AsDiscreted"], "labels"),
+    ],
+)
+def test_spacingd_lays_out_monais_grid_and_invertd_says_how_labels_go_back(
+    tmp_path: Path, post: list[str], invert: str
+) -> None:
+    def edit(c: dict) -> None:
+        c["preprocessing"]["transforms"].insert(
+            3, {"_target_": "Spacingd", "keys": "image", "pixdim": [2, 2, 2]}
+        )
+        specs = {
+            "Activationsd": {"_target_": "Activationsd", "keys": "pred", "softmax": True},
+            "AsDiscreted": {"_target_": "AsDiscreted", "keys": "pred", "argmax": True},
+            "Invertd": {"_target_": "Invertd", "keys": "pred", "transform": "@preprocessing",
+                        "orig_keys": "image", "nearest_interp": False},
+            "Invertd(nearest)": {"_target_": "Invertd", "keys": "pred", "transform": "@preprocessing",
+                                 "orig_keys": "image"},
+        }  # fmt: skip
+        c["postprocessing"]["transforms"] = [specs[name] for name in post]
+
+    cfg = open_model(make(tmp_path, edit)).config
+    assert (cfg.target_spacing, cfg.spacing_grid, cfg.invert) == ([2.0, 2.0, 2.0], "monai", invert)
+
+
+def test_a_spacingd_grid_tilewise_cannot_lay_out_is_refused(tmp_path: Path) -> None:
+    def edit(c: dict) -> None:
+        spacing = {"_target_": "Spacingd", "keys": "image", "pixdim": [2, 2, 2], "scale_extent": True}
+        c["preprocessing"]["transforms"].insert(3, spacing)
+
+    with pytest.raises(BundleError, match=r"inference\.json: preprocessing#3 \(Spacingd\): .*scale_extent"):
+        open_model(make(tmp_path, edit))
+
+
 def test_the_metadata_json_must_be_json(tmp_path: Path) -> None:
     folder = make(tmp_path)
     (folder / "configs" / "metadata.json").write_text("{not json")
