@@ -198,6 +198,11 @@ class DaskExecutor:
     def workers(self) -> int:
         return max(1, len(self.client.scheduler_info().get("workers", {})))
 
+    def map(self, fn: Any, items: Any) -> list[Any]:
+        """Run ``fn`` over small items on the workers (the outputs' overview tiles: paths and boxes
+        in, nothing back), retrying a tile whose worker died."""
+        return list(self.client.gather(self.client.map(fn, list(items), pure=False, retries=1)))
+
     def run(self, task: SceneTask, progress: Progress | None = None, *, scene: Any = None) -> TaskStats:
         """Run the scene's blocks on the workers (each opens the scene itself: ``scene`` stays here),
         then close the scene on every worker."""

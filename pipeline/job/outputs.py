@@ -14,7 +14,7 @@ import numpy as np
 from pipeline.errors import redact
 from pipeline.execution.stages import Stages
 from pipeline.execution.thumbnail import Canvas, CanvasScene, sample_labels
-from pipeline.execution.workstore import WorkStore
+from pipeline.execution.workstore import WorkStore, gdal_name
 from pipeline.formats.resample import NativeView, ResampledGeoScene
 from pipeline.formats.scene import GeoMeta, VolumeMeta
 from pipeline.job.config import JobConfig
@@ -54,19 +54,11 @@ def remove_small_objects(
 def _cleaned(labels: Any, store: WorkStore, config: JobConfig) -> Any:
     """The labels with small (or all but the largest) components relabelled, block by block into the
     work store (flat memory; identical to ``remove_small_objects`` on the whole array, any chunking)."""
-    import zarr
-
     from pipeline.execution.components import clean_components
+    from pipeline.execution.workstore import gdal_zarr
 
     chunks = store.labels("r").chunks[-len(labels.shape) :]
-    out = zarr.create_array(
-        store=str(store.root / "cleaned.zarr"),
-        shape=labels.shape,
-        dtype="uint8",
-        chunks=tuple(min(c, n) for c, n in zip(chunks, labels.shape, strict=True)),
-        compressors=[zarr.codecs.ZstdCodec(level=3)],
-        overwrite=True,
-    )
+    out = gdal_zarr(tuple(labels.shape), tuple(chunks), store.root / "cleaned.zarr")
     src = labels if hasattr(labels, "chunks") else _Chunked(labels, out.chunks)
     clean_components(
         src,
@@ -114,6 +106,22 @@ def keep_largest_components(labels: np.ndarray, post: Any, nodata_label: int) ->
     return out
 
 
+def _label_sources(labels: Any, store: WorkStore, nodata: int, clock: Stages, mapper: Any) -> dict[str, Any]:
+    """What the COG writer reads the labels from: GDAL straight from the work store's Zarr, with the
+    MODE levels built tile by tile on every core when each level halves exactly (``overviews``),
+    else GDAL builds them on every core; a view or an older (Zarr v3) store streams as before."""
+    from pipeline.execution.pyramid import build_label_pyramid, halves_exactly, level_sources
+
+    source = gdal_name(labels)
+    if source is None:
+        return {}
+    if not halves_exactly(tuple(labels.shape)):
+        return {"gdal_source": source}
+    with clock.timed("overviews"):
+        levels = build_label_pyramid(labels, store.root / "overviews", nodata, mapper)
+    return {"gdal_source": source, "overview_sources": level_sources(levels)}
+
+
 def write_outputs(
     scene: Any,
     store: WorkStore,
@@ -126,9 +134,11 @@ def write_outputs(
     source_item: str | None = None,
     canvas: Canvas | None = None,
     timings: dict[str, float] | None = None,
+    mapper: Any = None,
 ) -> None:
     """Write every output; the quicklook comes from ``canvas`` (the block pass's decimated scene) when
-    there is one, so nothing here reads the input again. ``timings`` receives seconds per output."""
+    there is one, so nothing here reads the input again. ``timings`` receives seconds per output.
+    ``mapper(fn, items)`` runs tile tasks (a Dask executor's workers); else this machine's cores."""
     clock = Stages()
     names, colors = bundle.class_names, bundle.class_colors
     nodata = config.outputs.nodata_label
@@ -166,10 +176,17 @@ def write_outputs(
             nodata=nodata,
             overwrite=overwrite,
             tags=tags,
+            **_label_sources(labels, store, nodata, clock, mapper),
         )
         if probs is not None:
             write_cog_probabilities(
-                probs, paths["probabilities"], meta=meta, class_names=names, overwrite=overwrite, tags=tags
+                probs,
+                paths["probabilities"],
+                meta=meta,
+                class_names=names,
+                overwrite=overwrite,
+                tags=tags,
+                gdal_source=gdal_name(probs),
             )
     elif fmt == "nifti":
         from pipeline.formats.nifti_writer import write_nifti_labels, write_nifti_probabilities
@@ -230,19 +247,26 @@ def write_outputs(
                 out[...] = probs[...]
                 out.attrs["class_names"] = list(names)
     if "polygons" in paths and isinstance(meta, GeoMeta):
+        from pipeline.execution.mappers import ProcessMap
         from pipeline.formats.vector import write_polygons
 
         write_polygons = clock.wrap("polygons", write_polygons)
-
-        write_polygons(
-            labels,
-            paths["polygons"],
-            meta=meta,
-            class_names=names,
-            class_colors=colors,
-            nodata=nodata,
-            overwrite=overwrite,
-        )
+        # strips go to other processes only when the labels travel as a path (a Zarr array), never pixels
+        local = ProcessMap() if mapper is None else None
+        try:
+            write_polygons(
+                labels,
+                paths["polygons"],
+                meta=meta,
+                class_names=names,
+                class_colors=colors,
+                nodata=nodata,
+                overwrite=overwrite,
+                mapper=(mapper or local) if gdal_name(labels) is not None else None,
+            )
+        finally:
+            if local is not None:
+                local.close()
     if "item" in paths and isinstance(meta, GeoMeta):
         from pipeline import __version__
         from pipeline.formats.stac_item import build_item, model_card, write_stac_item
