@@ -189,9 +189,10 @@ def test_overviews_built_from_the_work_store_are_gdals_for_any_block_size(tmp_pa
     bundle = bundle_factory(2, 4, ["land", "water"], 64, [8, 16])
     over = {"outputs.probabilities": True, "outputs.keep_work": True}
     runs = [
-        _job(tmp_path / str(i), src, bundle, **{"tiling.block_size": block, **over})
+        _job(tmp_path / str(i), src, bundle, **{"tiling.block_size": block, **over})[0]
         for i, block in enumerate([[128], [192, 320]])
     ]
+    assert all(r.status == "ok" for r in runs), [r.reason for r in runs]
     for key in ("labels", "probabilities"):
         assert Path(runs[0].outputs[key]).read_bytes() == Path(runs[1].outputs[key]).read_bytes()
     for i, r in enumerate(runs):
