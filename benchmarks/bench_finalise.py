@@ -1,7 +1,7 @@
 """Issue-18 figures: finalisation (labels COG with overviews, probability COG, polygons) from a finished
 work store, before (rows streamed through this process into a staging GTiff, GDAL building the MODE
 overviews in one pass) and after (GDAL reading the work store's Zarr itself; MODE levels built tile by
-tile on every core; polygon strips on worker processes).
+tile on every core, probability AVERAGE levels too; polygon strips on worker processes).
 
     .venv/bin/python benchmarks/bench_finalise.py [--edges 8192 16384] [--pairs 2] [--probabilities]
         [--polygons]
@@ -110,8 +110,13 @@ def finalise(root: Path, side: str, probabilities: bool, polygons: bool) -> dict
     if probabilities:
         probs = zarr.open_array(store=str(root / "probs.zarr"), mode="r")
         t = time.perf_counter()
-        source = gdal_name(probs) if side == "after" else None
-        write_cog_probabilities(probs, out / "probs.tif", gdal_source=source, **kw)
+        psources: dict[str, object] = {}
+        if side == "after":
+            psources["gdal_source"] = gdal_name(probs)
+            if halves_exactly(labels.shape):
+                levels = build_label_pyramid(probs, root / "overviews-probs", None)
+                psources["overview_sources"] = level_sources(levels)
+        write_cog_probabilities(probs, out / "probs.tif", **psources, **kw)
         times["probabilities"] = time.perf_counter() - t
     if polygons:
         pool = ProcessMap() if side == "after" else None

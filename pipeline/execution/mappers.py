@@ -29,10 +29,13 @@ def thread_map(workers: int | None = None) -> Mapper:
 class ProcessMap:
     """On this machine's cores in fresh (spawned) processes, for work that holds the GIL (GDAL's
     polygonize, scipy's labelling). The pool starts on first use and lives until ``close``; spawned,
-    not forked, because the job process runs threads (torch, GDAL) a fork would copy mid-lock."""
+    not forked, because the job process runs threads (torch, GDAL) a fork would copy mid-lock. At most
+    ``MAX_PROCESSES`` by default: each holds a strip and its int32 component labels (~150 MB at 16 Mpx)."""
+
+    MAX_PROCESSES = 4
 
     def __init__(self, workers: int | None = None) -> None:
-        self.workers = workers or os.cpu_count() or 1
+        self.workers = workers or min(self.MAX_PROCESSES, os.cpu_count() or 1)
         self._pool: ProcessPoolExecutor | None = None
 
     def __call__(self, fn: Callable[[Any], Any], items: Iterable[Any]) -> list[Any]:

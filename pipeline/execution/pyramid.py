@@ -20,7 +20,7 @@ import zarr
 
 from pipeline.execution.mappers import Mapper, thread_map
 from pipeline.execution.workstore import gdal_zarr
-from pipeline.formats.overviews import level_shapes, mode_tile, source_span
+from pipeline.formats.overviews import average_tile, level_shapes, mode_tile, source_span
 
 TILE_EDGE = 1024  # destination pixels per tile edge: a few MB of windows per task
 
@@ -34,11 +34,15 @@ def _tiles(shape: tuple[int, int]) -> list[tuple[int, int, int, int]]:
 
 
 def build_tile(src_path: str, dst_path: str, box: tuple[int, int, int, int], *, nodata: int | None) -> None:
-    """One tile of a level from the level below it (both paths to Zarr arrays); picklable for Dask."""
+    """One tile of a level from the level below it (both paths to Zarr arrays); picklable for Dask.
+    A 2-D array is labels (MODE), a 3-D one ``(K, y, x)`` probabilities (AVERAGE, exact halvings only)."""
     src = zarr.open_array(store=src_path, mode="r")
     dst = zarr.open_array(store=dst_path, mode="r+")
-    src_shape, dst_shape = tuple(src.shape), tuple(dst.shape)
     y0, y1, x0, x1 = box
+    if src.ndim == 3:
+        dst[:, y0:y1, x0:x1] = average_tile(np.asarray(src[:, 2 * y0 : 2 * y1, 2 * x0 : 2 * x1]))
+        return
+    src_shape, dst_shape = tuple(src.shape), tuple(dst.shape)
     ya, yb = source_span(src_shape[0], dst_shape[0], y0, y1)
     xa, xb = source_span(src_shape[1], dst_shape[1], x0, x1)
     window = np.asarray(src[ya:yb, xa:xb])
@@ -48,16 +52,17 @@ def build_tile(src_path: str, dst_path: str, box: tuple[int, int, int, int], *, 
 def build_label_pyramid(
     labels: zarr.Array, folder: Path, nodata: int | None, mapper: Mapper | None = None
 ) -> list[Path]:
-    """Write every overview level of ``labels`` (a GDAL-readable Zarr array) under ``folder``; returns
-    the levels' paths, largest first. ``mapper`` runs one level's tiles (a thread pool by default; a
-    Dask client's ``map`` + ``gather`` fits the same shape)."""
+    """Write every overview level of ``labels`` (a GDAL-readable Zarr array, ``(y, x)`` labels or
+    ``(K, y, x)`` probabilities) under ``folder``; returns the levels' paths, largest first.
+    ``mapper`` runs one level's tiles (a thread pool by default; ``DaskExecutor.map`` on workers)."""
     run = mapper or thread_map()
     folder.mkdir(parents=True, exist_ok=True)
     src = str(labels.store.root)  # type: ignore[attr-defined]
+    lead = tuple(labels.shape[:-2])
     paths: list[Path] = []
-    for k, shape in enumerate(level_shapes(tuple(labels.shape))):  # type: ignore[arg-type]
+    for k, shape in enumerate(level_shapes(tuple(labels.shape[-2:]))):  # type: ignore[arg-type]
         path = folder / f"level{k + 1}.zarr"
-        gdal_zarr(shape, (TILE_EDGE, TILE_EDGE), path)
+        gdal_zarr((*lead, *shape), (*lead, TILE_EDGE, TILE_EDGE), path)
         dst = str(path)
         list(run(partial(build_tile, src, dst, nodata=nodata), _tiles(shape)))
         paths.append(path)

@@ -292,6 +292,7 @@ def write_cog_probabilities(
     compress: str = "DEFLATE",
     tags: dict[str, str] | None = None,
     gdal_source: str | None = None,
+    overview_sources: Sequence[str] = (),
 ) -> Path:
     """Write ``(K, H, W)`` probabilities as a K-band uint8 COG (band k = class k, scale 1/255).
 
@@ -328,4 +329,5 @@ def write_cog_probabilities(
         compress=compress,
         setup=setup,
         gdal_source=gdal_source,
+        overview_sources=overview_sources,
     )

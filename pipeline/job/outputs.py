@@ -106,19 +106,20 @@ def keep_largest_components(labels: np.ndarray, post: Any, nodata_label: int) ->
     return out
 
 
-def _label_sources(labels: Any, store: WorkStore, nodata: int, clock: Stages, mapper: Any) -> dict[str, Any]:
-    """What the COG writer reads the labels from: GDAL straight from the work store's Zarr, with the
-    MODE levels built tile by tile on every core when each level halves exactly (``overviews``),
-    else GDAL builds them on every core; a view or an older (Zarr v3) store streams as before."""
+def _cog_sources(array: Any, folder: Path, nodata: int | None, clock: Stages, mapper: Any) -> dict[str, Any]:
+    """What the COG writer reads an array from: GDAL straight from the work store's Zarr, with the
+    overview levels (MODE labels, AVERAGE probabilities) built tile by tile on the workers or every
+    core when each level halves exactly, else GDAL builds them on every core; a view or an older
+    (Zarr v3) store streams through this process as before."""
     from pipeline.execution.pyramid import build_label_pyramid, halves_exactly, level_sources
 
-    source = gdal_name(labels)
+    source = gdal_name(array)
     if source is None:
         return {}
-    if not halves_exactly(tuple(labels.shape)):
+    if not halves_exactly(tuple(array.shape[-2:])):
         return {"gdal_source": source}
     with clock.timed("overviews"):
-        levels = build_label_pyramid(labels, store.root / "overviews", nodata, mapper)
+        levels = build_label_pyramid(array, folder, nodata, mapper)
     return {"gdal_source": source, "overview_sources": level_sources(levels)}
 
 
@@ -176,7 +177,7 @@ def write_outputs(
             nodata=nodata,
             overwrite=overwrite,
             tags=tags,
-            **_label_sources(labels, store, nodata, clock, mapper),
+            **_cog_sources(labels, store.root / "overviews" / "labels", nodata, clock, mapper),
         )
         if probs is not None:
             write_cog_probabilities(
@@ -186,7 +187,7 @@ def write_outputs(
                 class_names=names,
                 overwrite=overwrite,
                 tags=tags,
-                gdal_source=gdal_name(probs),
+                **_cog_sources(probs, store.root / "overviews" / "probs", None, clock, mapper),
             )
     elif fmt == "nifti":
         from pipeline.formats.nifti_writer import write_nifti_labels, write_nifti_probabilities

@@ -96,3 +96,21 @@ def test_only_local_zarr_v2_arrays_are_handed_to_gdal(tmp_path):
     v2 = gdal_zarr((4, 4), (4, 4), tmp_path / "v2.zarr")
     assert gdal_name(v3) is None and gdal_name(np.zeros((4, 4))) is None
     assert gdal_name(v2) == f'ZARR:"{tmp_path / "v2.zarr"}"'
+
+
+def test_probability_levels_built_tile_wise_are_gdals_average(tmp_path):
+    """1300² halves exactly: the AVERAGE levels are built tile by tile ((sum + 2) // 4, cascaded) and
+    the COG is byte for byte the one GDAL builds from the streamed rows."""
+    with rasterio.open(PAN_VEGAS_4326) as ds:
+        band = ds.read(1).astype(np.float64)
+    scaled = np.clip(band / np.percentile(band, 99) * 255, 0, 255).astype(np.uint8)
+    probs = np.stack([scaled, 255 - scaled, scaled[::-1]])  # real texture: gradients, edges, flats
+    kw = {"meta": open_geotiff(str(PAN_VEGAS_4326)).meta, "class_names": NAMES}
+    write_cog_probabilities(probs, tmp_path / "streamed.tif", **kw)
+    store = gdal_zarr(probs.shape, (3, 256, 384), tmp_path / "probs.zarr")
+    store[...] = probs
+    levels = build_label_pyramid(store, tmp_path / "ov", None, thread_map(2))
+    assert len(levels) == 2
+    sources = {"gdal_source": gdal_name(store), "overview_sources": level_sources(levels)}
+    write_cog_probabilities(store, tmp_path / "store.tif", **sources, **kw)
+    assert (tmp_path / "store.tif").read_bytes() == (tmp_path / "streamed.tif").read_bytes()
