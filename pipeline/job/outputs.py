@@ -106,6 +106,21 @@ def keep_largest_components(labels: np.ndarray, post: Any, nodata_label: int) ->
     return out
 
 
+def _copy_by_chunks(src: Any, dst: Any) -> None:
+    """Copy chunk by chunk on every core (each chunk has one writer): a chunk per thread is held, not
+    the whole array (``dst[...] = src[...]`` held all of it)."""
+    import itertools
+
+    from pipeline.execution.mappers import thread_map
+
+    def one(starts: tuple[int, ...]) -> None:
+        key = tuple(slice(s, s + c) for s, c in zip(starts, dst.chunks, strict=True))
+        dst[key] = np.asarray(src[key])
+
+    grid = itertools.product(*(range(0, n, c) for n, c in zip(dst.shape, dst.chunks, strict=True)))
+    thread_map()(one, list(grid))
+
+
 def _cog_sources(array: Any, folder: Path, nodata: int | None, clock: Stages, mapper: Any) -> dict[str, Any]:
     """What the COG writer reads an array from: GDAL straight from the work store's Zarr, with the
     overview levels (MODE labels, AVERAGE probabilities) built tile by tile on the workers or every
@@ -245,7 +260,7 @@ def write_outputs(
                 atomic_path(paths["probabilities"], overwrite=overwrite) as tmp,
             ):
                 out = zarr.create_array(store=str(tmp), shape=probs.shape, dtype="uint8", chunks=probs.chunks)
-                out[...] = probs[...]
+                _copy_by_chunks(probs, out)
                 out.attrs["class_names"] = list(names)
     if "polygons" in paths and isinstance(meta, GeoMeta):
         from pipeline.execution.mappers import ProcessMap

@@ -210,3 +210,18 @@ def test_overviews_built_from_the_work_store_are_gdals_for_any_block_size(tmp_pa
         opened = rasterio.open(out, overview_level=level), rasterio.open(streamed, overview_level=level)
         with opened[0] as a, opened[1] as b:
             assert a.shape == b.shape and (a.read(1) == b.read(1)).all()
+
+
+def test_zarr_probabilities_are_the_work_stores_copied_chunk_by_chunk(tmp_path, data, bundle_factory):
+    import zarr
+
+    src = data / "geo/rasterio/RGB.byte.tif"
+    bundle = bundle_factory(2, 3, ["a", "b", "c"], 128, [8, 16])
+    over = {"outputs.format": "zarr", "outputs.probabilities": True, "outputs.keep_work": True}
+    (r,) = _job(tmp_path, src, bundle, **{"tiling.block_size": [256], **over})
+    assert r.status == "ok", r.reason
+    out = zarr.open_array(store=r.outputs["probabilities"], mode="r")
+    (work,) = (tmp_path / ".tilewise-work").glob("*/probs.zarr")
+    stored = zarr.open_array(store=str(work), mode="r")
+    assert out.shape == stored.shape == (3, 718, 791) and out.chunks == stored.chunks
+    assert np.array_equal(out[...], stored[...]) and out.attrs["class_names"] == ["a", "b", "c"]
