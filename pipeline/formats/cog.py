@@ -173,20 +173,22 @@ def _write_cog(
     return dest
 
 
-def _gtiff_colorinterp(count: int) -> list[str]:
-    """The band colours GDAL gives a new GTiff of ``count`` uint8 bands (RGB for three, ...), which the
-    staging GTiff had: the COG records any other colours as tags."""
+def _band_colours(count: int) -> list[str]:
+    """The band colours GDAL gives a new GTiff of ``count`` uint8 bands (RGB for three, ...), as the
+    staging GTiff had them, except that no band is alpha: with four probability bands GDAL made the
+    fourth an alpha band, so readers hid pixels where that class's probability was 0, and GDAL's
+    AVERAGE overviews zeroed every band there (fixed deliberately; full-resolution pixels unchanged)."""
     from rasterio.io import MemoryFile
 
     with MemoryFile() as mem, mem.open(driver="GTiff", width=1, height=1, count=count, dtype="uint8") as ds:
-        return [c.name.capitalize() for c in ds.colorinterp]
+        return ["Undefined" if c.name == "alpha" else c.name.capitalize() for c in ds.colorinterp]
 
 
 def _vrt(shape: tuple[int, int, int], source: str, overviews: Sequence[str], pam: str | None) -> str:
     """A VRT of ``source``'s bands in 512² blocks (the staging GTiff's, so GDAL walks it the same way),
     with ``overviews`` as explicit overview levels and the PAM band items (categories, RAT) inline."""
     count, height, width = shape
-    interp = _gtiff_colorinterp(count)
+    interp = _band_colours(count)
     root = ET.Element("VRTDataset", rasterXSize=str(width), rasterYSize=str(height))
     items = ET.fromstring(pam).find("PAMRasterBand") if pam is not None else None
     extra = list(items) if items is not None else []
@@ -308,6 +310,9 @@ def write_cog_probabilities(
         raise ConfigError(f"{count} probability bands for {len(class_names)} classes", path=str(dest))
 
     def setup(dst: Any) -> None:
+        from rasterio.enums import ColorInterp
+
+        dst.colorinterp = [ColorInterp[c.lower()] for c in _band_colours(count)]
         for k, name in enumerate(class_names, start=1):
             dst.set_band_description(k, name)
         dst.scales = [1.0 / 255.0] * count

@@ -114,3 +114,28 @@ def test_probability_levels_built_tile_wise_are_gdals_average(tmp_path):
     sources = {"gdal_source": gdal_name(store), "overview_sources": level_sources(levels)}
     write_cog_probabilities(store, tmp_path / "store.tif", **sources, **kw)
     assert (tmp_path / "store.tif").read_bytes() == (tmp_path / "streamed.tif").read_bytes()
+
+
+def test_four_probability_bands_have_no_alpha_band(tmp_path):
+    """A new 4-band GTiff makes band 4 alpha; a probability COG must not (readers would hide pixels
+    where class 3 has probability 0, and GDAL's AVERAGE levels zeroed every band there). Both paths
+    write the same file and plain averages."""
+    with rasterio.open(PAN_VEGAS_4326) as ds:
+        band = ds.read(1).astype(np.float64)
+    p = np.clip(band / np.percentile(band, 99) * 255, 0, 255).astype(np.uint8)
+    probs = np.stack([p, 255 - p, p[::-1], np.where(p > 128, 0, p)])  # class 3: zero in places
+    kw = {"meta": open_geotiff(str(PAN_VEGAS_4326)).meta, "class_names": [*NAMES, "fourth"]}
+    write_cog_probabilities(probs, tmp_path / "streamed.tif", **kw)
+    store = gdal_zarr(probs.shape, (4, 512, 512), tmp_path / "probs.zarr")
+    store[...] = probs
+    sources = {"gdal_source": gdal_name(store)}
+    sources["overview_sources"] = level_sources(build_label_pyramid(store, tmp_path / "ov", None))
+    write_cog_probabilities(store, tmp_path / "store.tif", **sources, **kw)
+    assert (tmp_path / "store.tif").read_bytes() == (tmp_path / "streamed.tif").read_bytes()
+    with rasterio.open(tmp_path / "streamed.tif") as ds:
+        assert "alpha" not in [c.name for c in ds.colorinterp]
+    with rasterio.open(tmp_path / "streamed.tif", overview_level=0) as ds:
+        level = ds.read().astype(np.int32)
+    s = probs.astype(np.int32)
+    expect = (s[:, 0::2, 0::2] + s[:, 0::2, 1::2] + s[:, 1::2, 0::2] + s[:, 1::2, 1::2] + 2) // 4
+    assert np.array_equal(level, expect)
