@@ -238,6 +238,11 @@ class DaskExecutor:
     def workers(self) -> int:
         return max(1, len(self.client.scheduler_info().get("workers", {})))
 
+    def map_items(self, fn: Any, items: Any) -> list[Any]:
+        """``fn(item)`` for each small item on the workers, one task each (the outputs' overview tiles
+        and polygon strips: paths and boxes in), retrying an item whose worker died."""
+        return list(self.client.gather(self.client.map(fn, list(items), pure=False, retries=1)))
+
     def run(self, task: SceneTask, progress: Progress | None = None, *, scene: Any = None) -> TaskStats:
         """Run the scene's blocks on the workers (each opens the scene itself: ``scene`` stays here),
         then close the scene on every worker."""

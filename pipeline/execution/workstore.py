@@ -2,7 +2,8 @@
 
 Layout of ``<output>/.tilewise-work/<scene-key>/``:
 - ``state.json``   the plan and hashes the state belongs to (a mismatch wipes the folder);
-- ``labels.zarr``  uint8 labels, one chunk per block write region (so each chunk has one writer);
+- ``labels.zarr``  uint8 labels, one chunk per block write region (so each chunk has one writer), in
+                   Zarr v2 so GDAL reads it straight into the COG (``gdal_zarr``);
 - ``probs.zarr``   optional probabilities ``(K, *spatial)``, chunked the same way (uint8 p * 255, or
                    float32 scores when labels are inverted from them);
 - ``blocks/``      one ``.npz`` per block once computed: its interior canvas and its partial sums;
@@ -44,6 +45,35 @@ def _atomic_bytes(path: Path, write: Any) -> None:
         raise
 
 
+def gdal_zarr(
+    shape: tuple[int, ...], chunks: tuple[int, ...], path: Path, dtype: str = "uint8"
+) -> zarr.Array:
+    """A Zarr v2 array (uint8 unless told) with zstd chunks: the layout GDAL 3.10's Zarr driver reads
+    (its Zarr v3 reader knows no ``bytes`` codec, which zarr-python 3 writes into every v3 array)."""
+    import numcodecs
+
+    return zarr.create_array(
+        store=str(path),
+        shape=shape,
+        dtype=dtype,
+        chunks=tuple(min(c, max(1, n)) for c, n in zip(chunks, shape, strict=True)),
+        zarr_format=2,
+        compressors=numcodecs.Zstd(level=3),
+        fill_value=0,
+        overwrite=True,
+    )
+
+
+def gdal_name(array: Any) -> str | None:
+    """The GDAL dataset name of a Zarr v2 array on local disk, or None when GDAL cannot read it (a
+    work store from before v2, a view, an in-memory array)."""
+    meta = getattr(array, "metadata", None)
+    root = getattr(getattr(array, "store", None), "root", None)
+    if getattr(meta, "zarr_format", None) != 2 or root is None:
+        return None
+    return f'ZARR:"{root}"'
+
+
 class WorkStore:
     """Intermediate arrays, per-block results and completion markers of one scene."""
 
@@ -76,25 +106,10 @@ class WorkStore:
             shutil.rmtree(self.root)
         (self.root / "blocks").mkdir(parents=True, exist_ok=True)
         (self.root / "merged").mkdir(exist_ok=True)
-        compressors = [zarr.codecs.ZstdCodec(level=3)]
-        zarr.create_array(
-            store=str(self.root / "labels.zarr"),
-            shape=spatial_shape,
-            dtype="uint8",
-            chunks=chunks,
-            compressors=compressors,
-            fill_value=0,
-            overwrite=True,
-        )
+        gdal_zarr(spatial_shape, chunks, self.root / "labels.zarr")
         if probabilities:
-            zarr.create_array(
-                store=str(self.root / "probs.zarr"),
-                shape=(classes, *spatial_shape),
-                dtype=probabilities_dtype,
-                chunks=(classes, *chunks),
-                compressors=compressors,
-                fill_value=0,
-                overwrite=True,
+            gdal_zarr(
+                (classes, *spatial_shape), (classes, *chunks), self.root / "probs.zarr", probabilities_dtype
             )
         _atomic_bytes(state_file, lambda fh: fh.write(json.dumps(state, sort_keys=True).encode()))
         return False

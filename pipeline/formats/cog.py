@@ -1,7 +1,9 @@
 """Label and probability COGs that open correctly in QGIS, written without holding the scene in memory.
 
-Rows are streamed into a tiled staging GTiff, then GDAL's COG driver builds the overviews and the final
-layout in one copy; the result appears at its final name only by atomic rename.
+Either rows are streamed into a tiled staging GTiff, or (``gdal_source=``) a small VRT points GDAL at
+arrays it reads itself (the work store's Zarr v2 labels and, for labels, overview levels the workers
+built). GDAL's COG driver then writes the final layout in one copy, compressing on every core; the
+result appears at its final name only by atomic rename.
 """
 
 from __future__ import annotations
@@ -92,8 +94,15 @@ def _write_cog(
     compress: str,
     setup: Callable[[Any], None],
     pam: str | None = None,
+    gdal_source: str | None = None,
+    overview_sources: Sequence[str] = (),
 ) -> Path:
     """Stream ``read_rows(r0, r1) -> (count, r1-r0, W) uint8`` into a staging GTiff, then COG-copy it.
+
+    With ``gdal_source`` (a GDAL dataset name of ``count`` uint8 bands) the stage is a VRT over it
+    instead, with ``overview_sources`` as its overview levels: the COG driver then copies those levels
+    (``OVERVIEWS=FORCE_USE_EXISTING``) rather than computing them; without levels it computes them on
+    ``COPY_THREADS`` threads (GDAL's threaded overviews give the same pixels for any thread count).
 
     The COG and its PAM ``.aux.xml`` (if GDAL wrote one) are moved into place together: sidecar first,
     the COG last, so the final name never points at a half-written file.
@@ -133,16 +142,24 @@ def _write_cog(
         with atomic_path(dest, overwrite=overwrite) as tmp:
             stage = temp_sibling(dest)
             try:
-                with rasterio.open(stage, "w", **profile) as dst:
+                if gdal_source is not None:
+                    stage.write_text(_vrt(shape, gdal_source, overview_sources, pam), encoding="utf-8")
+                    if overview_sources:
+                        options["OVERVIEWS"] = "FORCE_USE_EXISTING"
+                opened = rasterio.open(stage, "r+") if gdal_source else rasterio.open(stage, "w", **profile)
+                with opened as dst:
+                    if gdal_source is not None:
+                        dst.crs, dst.transform, dst.nodata = meta.crs, meta.transform, nodata
                     if "AREA_OR_POINT" in meta.tags:  # keeps the input's GeoTIFF tie-point convention
                         dst.update_tags(AREA_OR_POINT=meta.tags["AREA_OR_POINT"])
                     setup(dst)
-                    for r0 in range(0, height, block_rows):
+                    for r0 in range(0, height, block_rows) if gdal_source is None else ():
                         r1 = min(height, r0 + block_rows)
                         dst.write(read_rows(r0, r1), window=Window(0, r0, width, r1 - r0))
-                if pam is not None:
+                if pam is not None and gdal_source is None:
                     _aux(stage).write_text(pam, encoding="utf-8")
-                rasterio.shutil.copy(stage, tmp, driver="COG", **options)
+                with rasterio.Env(GDAL_NUM_THREADS=COPY_THREADS):
+                    rasterio.shutil.copy(stage, tmp, driver="COG", **options)
                 if _aux(tmp).exists():
                     os.replace(_aux(tmp), _aux(dest))
                 elif _aux(dest).exists():
@@ -154,6 +171,41 @@ def _write_cog(
     except RasterioError as exc:  # GDAL errors that are not OSErrors (those atomic_path already maps)
         raise OutputError(f"cannot write COG: {_reason(exc)}", path=str(dest)) from exc
     return dest
+
+
+def _band_colours(count: int) -> list[str]:
+    """The band colours GDAL gives a new GTiff of ``count`` uint8 bands (RGB for three, ...), as the
+    staging GTiff had them, except that no band is alpha: with four probability bands GDAL made the
+    fourth an alpha band, so readers hid pixels where that class's probability was 0, and GDAL's
+    AVERAGE overviews zeroed every band there (fixed deliberately; full-resolution pixels unchanged)."""
+    from rasterio.io import MemoryFile
+
+    with MemoryFile() as mem, mem.open(driver="GTiff", width=1, height=1, count=count, dtype="uint8") as ds:
+        return ["Undefined" if c.name == "alpha" else c.name.capitalize() for c in ds.colorinterp]
+
+
+def _vrt(shape: tuple[int, int, int], source: str, overviews: Sequence[str], pam: str | None) -> str:
+    """A VRT of ``source``'s bands in 512² blocks (the staging GTiff's, so GDAL walks it the same way),
+    with ``overviews`` as explicit overview levels and the PAM band items (categories, RAT) inline."""
+    count, height, width = shape
+    interp = _band_colours(count)
+    root = ET.Element("VRTDataset", rasterXSize=str(width), rasterYSize=str(height))
+    items = ET.fromstring(pam).find("PAMRasterBand") if pam is not None else None
+    extra = list(items) if items is not None else []
+    for b in range(1, count + 1):
+        band = ET.SubElement(
+            root, "VRTRasterBand", dataType="Byte", band=str(b), blockXSize="512", blockYSize="512"
+        )
+        ET.SubElement(band, "ColorInterp").text = interp[b - 1]
+        band.extend(extra)
+        src = ET.SubElement(band, "SimpleSource")
+        ET.SubElement(src, "SourceFilename", relativeToVRT="0").text = source
+        ET.SubElement(src, "SourceBand").text = str(b)
+        for level in overviews:
+            ov = ET.SubElement(band, "Overview")
+            ET.SubElement(ov, "SourceFilename", relativeToVRT="0").text = level
+            ET.SubElement(ov, "SourceBand").text = str(b)
+    return ET.tostring(root, encoding="unicode")
 
 
 def _check_classes(class_names: Sequence[str], nodata: int | None, dest: Path) -> None:
@@ -177,8 +229,13 @@ def write_cog_labels(
     block_rows: int = 1024,
     compress: str = "DEFLATE",
     tags: dict[str, str] | None = None,
+    gdal_source: str | None = None,
+    overview_sources: Sequence[str] = (),
 ) -> Path:
     """Write ``(H, W)`` class ids (numpy, zarr, anything sliceable) as a paletted COG, atomically.
+
+    ``gdal_source`` names the same labels as GDAL reads them (a Zarr v2 array) and ``overview_sources``
+    their MODE levels (``pipeline.formats.overviews``): then nothing streams through this process.
 
     Overviews use MODE so they hold only class ids or nodata. Class names land three ways so every
     reader finds them: a ``CLASS_NAMES`` JSON tag in the TIFF, and category names + a RAT in the PAM
@@ -219,6 +276,8 @@ def write_cog_labels(
         compress=compress,
         setup=setup,
         pam=_pam_xml(class_names, colors),
+        gdal_source=gdal_source,
+        overview_sources=overview_sources,
     )
     write_raster_style(dest, class_names, colors, overwrite=True)  # the COG is this run's: so is its style
     return dest
@@ -234,6 +293,8 @@ def write_cog_probabilities(
     block_rows: int = 1024,
     compress: str = "DEFLATE",
     tags: dict[str, str] | None = None,
+    gdal_source: str | None = None,
+    overview_sources: Sequence[str] = (),
 ) -> Path:
     """Write ``(K, H, W)`` probabilities as a K-band uint8 COG (band k = class k, scale 1/255).
 
@@ -249,6 +310,9 @@ def write_cog_probabilities(
         raise ConfigError(f"{count} probability bands for {len(class_names)} classes", path=str(dest))
 
     def setup(dst: Any) -> None:
+        from rasterio.enums import ColorInterp
+
+        dst.colorinterp = [ColorInterp[c.lower()] for c in _band_colours(count)]
         for k, name in enumerate(class_names, start=1):
             dst.set_band_description(k, name)
         dst.scales = [1.0 / 255.0] * count
@@ -269,4 +333,6 @@ def write_cog_probabilities(
         resampling="AVERAGE",
         compress=compress,
         setup=setup,
+        gdal_source=gdal_source,
+        overview_sources=overview_sources,
     )

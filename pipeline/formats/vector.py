@@ -6,14 +6,16 @@ joined across strips by union-find on the cut rows (scipy connected components) 
 from their bounding box. shapely is not a dependency, so there is no geometric union: the polygons are
 the same GDAL (4-connected) polygons the whole-array path gives. One limit: a region spanning many
 strips is read through its whole bounding box (a class region spanning the scene costs about 6 bytes
-per scene pixel, like the whole-array path).
+per scene pixel, like the whole-array path). Strips and joined regions can run on other processes
+(``mapper``): only the union-find and the writing stay serial, in strip order.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import suppress
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +33,7 @@ from pipeline.formats.scene import GeoMeta
 
 WHOLE_ARRAY_MAX_PX = 64 * 1024 * 1024
 STRIP_PX = 16 * 1024 * 1024  # default strip size (pixels) for rasters above WHOLE_ARRAY_MAX_PX
+STRIP_BATCH = 8  # strips handed to a mapper at once: what is held is their polygons, not the scene's
 _FOUR = ndimage.generate_binary_structure(2, 1)  # 4-connectivity, as GDAL polygonize is called here
 _SCHEMA = {"geometry": "Polygon", "properties": {"class_id": "int", "class_name": "str", "area": "float"}}
 _SHAPES_DTYPES = {np.dtype(t) for t in ("uint8", "uint16", "int16", "int32")}
@@ -128,47 +131,88 @@ class _UnionFind:
         return [(g[0], g[1], g[2], g[3], g[4], g[5], g[6]) for g in merged.values()]
 
 
-def _polygonize_strips(labels: Any, skip: np.ndarray, rows: int, sink: _Sink) -> None:
+StripCuts = dict[int, tuple[np.ndarray, np.ndarray, list[tuple[int, tuple[int, ...]]]]]
+
+
+def strip_pass(
+    labels: Any, span: tuple[int, int], *, height: int, skip: np.ndarray
+) -> tuple[list[tuple[int, Rings]], StripCuts]:
+    """One strip on its own (any worker): the polygons of regions touching no strip cut, and per class
+    the component labels of the strip's top and bottom rows with the cut components' bbox and seed."""
+    s0, s1 = span
+    strip = _as_source(labels[s0:s1])
+    valid = ~np.isin(strip, skip)
+    interior = valid.copy()
+    cuts: StripCuts = {}
+    for cls in np.unique(strip[valid]).tolist():
+        lab, n = ndimage.label(strip == cls, structure=_FOUR)
+        cut_rows = ([0] if s0 > 0 else []) + ([lab.shape[0] - 1] if s1 < height else [])
+        ids = np.setdiff1d(np.unique(lab[cut_rows]), [0]) if cut_rows else np.empty(0, int)
+        if ids.size == 0:
+            continue
+        on_cut = np.zeros(n + 1, dtype=bool)
+        on_cut[ids] = True
+        interior &= ~on_cut[lab]
+        objects = ndimage.find_objects(lab)
+        nodes = []
+        for i in ids.tolist():
+            rs, cs = objects[i - 1]
+            r = cut_rows[0] if (lab[cut_rows[0]] == i).any() else cut_rows[-1]
+            seed_c = int(np.argmax(lab[r] == i))
+            nodes.append((i, (cls, s0 + rs.start, cs.start, s0 + rs.stop, cs.stop, s0 + r, seed_c)))
+        cuts[cls] = (lab[0].copy(), lab[-1].copy(), nodes)
+    return list(_shapes(strip, interior, s0, 0)), cuts
+
+
+def region_pass(labels: Any, group: tuple[int, ...]) -> list[Rings]:
+    """The polygons of one region joined across strips, from its bounding box and a seed pixel."""
+    cls, r0, c0, r1, c1, seed_r, seed_c = group
+    window = _as_source(labels[r0:r1, c0:c1])
+    lab, _ = ndimage.label(window == cls, structure=_FOUR)
+    region = lab == lab[seed_r - r0, seed_c - c0]
+    return [rings for _, rings in _shapes(region.astype(np.uint8), region, r0, c0)]
+
+
+Mapper = Callable[[Callable[[Any], Any], list[Any]], Iterable[Any]]
+
+
+def _serial(fn: Callable[[Any], Any], items: list[Any]) -> list[Any]:
+    return [fn(i) for i in items]
+
+
+def _polygonize_strips(labels: Any, skip: np.ndarray, rows: int, sink: _Sink, mapper: Mapper | None) -> None:
+    """Strips (and then the joined regions) run through ``mapper`` a batch at a time, so polygons of a
+    few batches are held, not the scene's; the union-find over the cut rows and the writing stay here,
+    in strip order, so the file is the same for any mapper."""
+    run = mapper or _serial
+    batch = STRIP_BATCH if mapper is not None else 1
     height = int(labels.shape[0])
+    spans = [(s0, min(height, s0 + rows)) for s0 in range(0, height, rows)]
     uf = _UnionFind()
     prev: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # class -> (bottom-row labels, label -> node)
-    for s0 in range(0, height, rows):
-        s1 = min(height, s0 + rows)
-        strip = _as_source(labels[s0:s1])
-        valid = ~np.isin(strip, skip)
-        interior = valid.copy()
-        cur: dict[int, tuple[np.ndarray, np.ndarray]] = {}
-        for cls in np.unique(strip[valid]).tolist():
-            lab, n = ndimage.label(strip == cls, structure=_FOUR)
-            cut_rows = ([0] if s0 > 0 else []) + ([lab.shape[0] - 1] if s1 < height else [])
-            ids = np.setdiff1d(np.unique(lab[cut_rows]), [0]) if cut_rows else np.empty(0, int)
-            if ids.size == 0:
-                continue
-            on_cut = np.zeros(n + 1, dtype=bool)
-            on_cut[ids] = True
-            interior &= ~on_cut[lab]
-            objects = ndimage.find_objects(lab)
-            node = np.full(n + 1, -1, dtype=np.int64)
-            for i in ids.tolist():
-                rs, cs = objects[i - 1]
-                r = cut_rows[0] if (lab[cut_rows[0]] == i).any() else cut_rows[-1]
-                seed_c = int(np.argmax(lab[r] == i))
-                node[i] = uf.add((cls, s0 + rs.start, cs.start, s0 + rs.stop, cs.stop, s0 + r, seed_c))
-            if cls in prev:
-                above, above_node = prev[cls]
-                touching = (above > 0) & (lab[0] > 0)
-                for a, b in np.unique(np.stack([above[touching], lab[0][touching]]), axis=1).T.tolist():
-                    uf.union(int(above_node[a]), int(node[b]))
-            cur[cls] = (lab[-1].copy(), node)
-        prev = cur
-        for value, rings in _shapes(strip, interior, s0, 0):
-            sink.add(value, rings)
-    for cls, r0, c0, r1, c1, seed_r, seed_c in uf.groups():
-        window = _as_source(labels[r0:r1, c0:c1])
-        lab, _ = ndimage.label(window == cls, structure=_FOUR)
-        region = lab == lab[seed_r - r0, seed_c - c0]
-        for _, rings in _shapes(region.astype(np.uint8), region, r0, c0):
-            sink.add(cls, rings)
+    one_strip = partial(strip_pass, labels, height=height, skip=skip)
+    for b0 in range(0, len(spans), batch):
+        for shapes, cuts in run(one_strip, spans[b0 : b0 + batch]):
+            cur: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+            for cls, (top, bottom, nodes) in cuts.items():
+                node = np.full(int(max(top.max(), bottom.max(), *(i for i, _ in nodes))) + 1, -1, np.int64)
+                for i, info in nodes:
+                    node[i] = uf.add(info)  # type: ignore[arg-type]
+                if cls in prev:
+                    above, above_node = prev[cls]
+                    touching = (above > 0) & (top > 0)
+                    for a, b in np.unique(np.stack([above[touching], top[touching]]), axis=1).T.tolist():
+                        uf.union(int(above_node[a]), int(node[b]))
+                cur[cls] = (bottom, node)
+            prev = cur
+            for value, rings in shapes:
+                sink.add(value, rings)
+    groups = uf.groups()
+    for g0 in range(0, len(groups), batch * 16):
+        part = groups[g0 : g0 + batch * 16]
+        for (cls, *_), polygons in zip(part, run(partial(region_pass, labels), part), strict=True):
+            for rings in polygons:
+                sink.add(cls, rings)
 
 
 def write_polygons(
@@ -184,6 +228,7 @@ def write_polygons(
     overwrite: bool = False,
     block_rows: int | None = None,
     layer: str = "classes",
+    mapper: Mapper | None = None,
 ) -> int:
     """Write one polygon per 4-connected class region of ``(H, W)`` labels; returns the feature count.
 
@@ -191,6 +236,8 @@ def write_polygons(
     ``skip_classes`` (pass ``[0]`` to drop background) make no polygons. ``block_rows`` forces strips
     of that height; by default strips are used only above ``WHOLE_ARRAY_MAX_PX`` pixels. The file keeps
     a default QGIS style (categorised by class, in ``class_colors``) in its ``layer_styles`` table.
+    ``mapper(fn, items)`` runs strips side by side (worker processes: GDAL's polygonize and scipy's
+    labelling hold the GIL); the file is the same with or without it.
     """
     dest = Path(dest_gpkg)
     if len(labels.shape) != 2:
@@ -214,7 +261,7 @@ def write_polygons(
                     for value, rings in _shapes(source, ~np.isin(source, skip), 0, 0):
                         sink.add(value, rings)
                 else:
-                    _polygonize_strips(labels, skip, rows, sink)
+                    _polygonize_strips(labels, skip, rows, sink, mapper)
                 sink.flush()
             style_schema, rows = style_records(layer, vector_qml(class_names, colors))
             with fiona.open(

@@ -10,6 +10,7 @@ import os
 import shutil
 import warnings
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from math import ceil, log2
 from pathlib import Path
 from typing import Any
@@ -132,7 +133,8 @@ def write_geo_zarr(
 ) -> Path:
     """A plain ``(y, x)`` uint8 zarr array for geo outputs with attributes ``crs`` (WKT), ``transform``
     (GDAL order), ``nodata``, ``class_names``, ``class_colors``, ``_ARRAY_DIMENSIONS`` (xarray) and
-    ``_CRS`` (GDAL's Zarr driver). Copied in chunk-row bands (bounded memory), then renamed into place.
+    ``_CRS`` (GDAL's Zarr driver). Copied in chunk-row bands, a few at once on every core (memory: a
+    band per core), then renamed into place.
     Zarr v2 by default: the format GDAL, xarray and older tools all read."""
     shape = tuple(int(n) for n in labels.shape)
     lead: tuple[int, ...] = ()
@@ -173,6 +175,10 @@ def write_geo_zarr(
             attributes=attrs,
             **extra,
         )
-        for r0 in range(0, shape[0], chunk[0]):
+
+        def band(r0: int) -> None:  # one row of whole chunks: its own writer
             arr[r0 : r0 + chunk[0]] = np.asarray(labels[(*lead, slice(r0, r0 + chunk[0]))], dtype=np.uint8)
+
+        with ThreadPoolExecutor(os.cpu_count() or 1) as pool:  # zstd and zarr's I/O release the GIL
+            list(pool.map(band, range(0, shape[0], chunk[0])))
     return dest

@@ -14,7 +14,7 @@ import numpy as np
 from pipeline.errors import redact
 from pipeline.execution.stages import Stages
 from pipeline.execution.thumbnail import Canvas, CanvasScene, sample_labels
-from pipeline.execution.workstore import WorkStore
+from pipeline.execution.workstore import WorkStore, gdal_name
 from pipeline.formats.resample import NativeView, ResampledGeoScene
 from pipeline.formats.scene import GeoMeta, VolumeMeta
 from pipeline.job.config import JobConfig
@@ -74,18 +74,12 @@ def _cleaned(labels: Any, store: WorkStore, config: JobConfig, mapper: Any = Non
 
 
 def _store_like(labels: Any, store: WorkStore, name: str) -> Any:
-    """A uint8 zarr array in the work store, shaped as ``labels``, chunked as the store's blocks."""
-    import zarr
+    """A uint8 array in the work store, shaped as ``labels``, chunked as the store's blocks, in the
+    Zarr v2 layout GDAL reads straight into the COG (``workstore.gdal_zarr``)."""
+    from pipeline.execution.workstore import gdal_zarr
 
     chunks = store.labels("r").chunks[-len(labels.shape) :]
-    return zarr.create_array(
-        store=str(store.root / name),
-        shape=labels.shape,
-        dtype="uint8",
-        chunks=tuple(min(c, n) for c, n in zip(chunks, labels.shape, strict=True)),
-        compressors=[zarr.codecs.ZstdCodec(level=3)],
-        overwrite=True,
-    )
+    return gdal_zarr(tuple(labels.shape), tuple(chunks), store.root / name)
 
 
 class _Chunked:
@@ -125,6 +119,38 @@ def _inverted_labels(scene: Any, scores: Any, nearest: np.ndarray, post: Any, no
     return labels
 
 
+def _copy_by_chunks(src: Any, dst: Any) -> None:
+    """Copy chunk by chunk on every core (each chunk has one writer): a chunk per thread is held, not
+    the whole array (``dst[...] = src[...]`` held all of it)."""
+    import itertools
+
+    from pipeline.execution.mappers import thread_map
+
+    def one(starts: tuple[int, ...]) -> None:
+        key = tuple(slice(s, s + c) for s, c in zip(starts, dst.chunks, strict=True))
+        dst[key] = np.asarray(src[key])
+
+    grid = itertools.product(*(range(0, n, c) for n, c in zip(dst.shape, dst.chunks, strict=True)))
+    thread_map()(one, list(grid))
+
+
+def _cog_sources(array: Any, folder: Path, nodata: int | None, clock: Stages, mapper: Any) -> dict[str, Any]:
+    """What the COG writer reads an array from: GDAL straight from the work store's Zarr, with the
+    overview levels (MODE labels, AVERAGE probabilities) built tile by tile on the workers or every
+    core when each level halves exactly, else GDAL builds them on every core; a view or an older
+    (Zarr v3) store streams through this process as before."""
+    from pipeline.execution.pyramid import build_label_pyramid, halves_exactly, level_sources
+
+    source = gdal_name(array)
+    if source is None:
+        return {}
+    if not halves_exactly(tuple(array.shape[-2:])):
+        return {"gdal_source": source}
+    with clock.timed("overviews"):
+        levels = build_label_pyramid(array, folder, nodata, mapper)
+    return {"gdal_source": source, "overview_sources": level_sources(levels)}
+
+
 def write_outputs(
     scene: Any,
     store: WorkStore,
@@ -138,10 +164,13 @@ def write_outputs(
     canvas: Canvas | None = None,
     timings: dict[str, float] | None = None,
     mapper: Any = None,
+    tile_mapper: Any = None,
 ) -> None:
     """Write every output; the quicklook comes from ``canvas`` (the block pass's decimated scene) when
     there is one, so nothing here reads the input again. ``timings`` receives seconds per output;
-    ``mapper`` (the executor's ``map``) runs per-block post-processing where the blocks ran."""
+    ``mapper(fn, calls)`` (the executor's ``map``: ``fn(*args)`` per call) runs per-block post-processing
+    where the blocks ran; ``tile_mapper(fn, items)`` (a Dask executor's ``map_items``: ``fn(item)``) runs
+    overview tiles and polygon strips on the workers, else this machine's cores or processes do."""
     clock = Stages()
     names, colors = bundle.class_names, bundle.class_colors
     nodata = config.outputs.nodata_label
@@ -181,10 +210,17 @@ def write_outputs(
             nodata=nodata,
             overwrite=overwrite,
             tags=tags,
+            **_cog_sources(labels, store.root / "overviews" / "labels", nodata, clock, tile_mapper),
         )
         if probs is not None:
             write_cog_probabilities(
-                probs, paths["probabilities"], meta=meta, class_names=names, overwrite=overwrite, tags=tags
+                probs,
+                paths["probabilities"],
+                meta=meta,
+                class_names=names,
+                overwrite=overwrite,
+                tags=tags,
+                **_cog_sources(probs, store.root / "overviews" / "probs", None, clock, tile_mapper),
             )
     elif fmt == "nifti":
         from pipeline.formats.nifti_writer import write_nifti_labels, write_nifti_probabilities
@@ -244,22 +280,29 @@ def write_outputs(
                 atomic_path(paths["probabilities"], overwrite=overwrite) as tmp,
             ):
                 out = zarr.create_array(store=str(tmp), shape=probs.shape, dtype="uint8", chunks=probs.chunks)
-                out[...] = probs[...]
+                _copy_by_chunks(probs, out)
                 out.attrs["class_names"] = list(names)
     if "polygons" in paths and isinstance(meta, GeoMeta):
+        from pipeline.execution.mappers import ProcessMap
         from pipeline.formats.vector import write_polygons
 
         write_polygons = clock.wrap("polygons", write_polygons)
-
-        write_polygons(
-            labels,
-            paths["polygons"],
-            meta=meta,
-            class_names=names,
-            class_colors=colors,
-            nodata=nodata,
-            overwrite=overwrite,
-        )
+        # strips go to other processes only when the labels travel as a path (a Zarr array), never pixels
+        local = ProcessMap() if tile_mapper is None else None
+        try:
+            write_polygons(
+                labels,
+                paths["polygons"],
+                meta=meta,
+                class_names=names,
+                class_colors=colors,
+                nodata=nodata,
+                overwrite=overwrite,
+                mapper=(tile_mapper or local) if gdal_name(labels) is not None else None,
+            )
+        finally:
+            if local is not None:
+                local.close()
     if "item" in paths and isinstance(meta, GeoMeta):
         from pipeline import __version__
         from pipeline.formats.stac_item import build_item, model_card, write_stac_item

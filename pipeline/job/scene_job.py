@@ -304,7 +304,8 @@ def _run(
         canvas = load_canvas(store.root, task.spatial_shape, scene.shape[0], scene.dtype)
         item_href = source.uri if source.kind == "stac" else None
         write_outputs(scene, store, paths, fmt, bundle, final_cfg, source=source.uri, source_item=item_href,
-                      canvas=canvas, timings=timings, mapper=getattr(executor, "map", None))  # fmt: skip
+                      canvas=canvas, timings=timings, mapper=getattr(executor, "map", None),
+                      tile_mapper=getattr(executor, "map_items", None))  # fmt: skip
         timings["outputs_s"] = time.perf_counter() - t
         report = _report(source, scene, bundle, config, task, store, stats, resumed, paths, timings, canvas)
         report.update(result.report)  # a lease taken over from a dead run (pipeline.job.leasing)

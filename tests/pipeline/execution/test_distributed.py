@@ -250,3 +250,42 @@ def test_compose_file_gives_every_tilewise_service_the_worker_environment():
         assert all(isinstance(v, str) for v in env.values()), name
         if service["image"].startswith("tilewise") and name != "prefect-server":
             assert env.get("MALLOC_ARENA_MAX") == "2", name
+
+
+def test_output_tiles_and_polygon_strips_run_on_the_workers(tmp_path, data, cluster):
+    """Overview tiles and polygon strips go to the workers as paths and boxes (the Zarr array travels
+    by its path): same levels and the same features, in the same order, as in this process."""
+    import fiona
+    import numpy as np
+    import rasterio
+    import zarr
+
+    from pipeline.execution.distributed import DaskExecutor
+    from pipeline.execution.pyramid import build_label_pyramid
+    from pipeline.execution.workstore import gdal_zarr
+    from pipeline.formats.geotiff import open_geotiff
+    from pipeline.formats.vector import write_polygons
+
+    client, _ = cluster
+    src = data / "geo/derived/S2A_T33UUU_20170216_osm_landcover_10m.tif"
+    with rasterio.open(src) as ds:
+        cover = ds.read(1)
+    labels = gdal_zarr(cover.shape, (128, 256), tmp_path / "labels.zarr")
+    labels[...] = cover
+    workers = DaskExecutor(client)
+    here = build_label_pyramid(labels, tmp_path / "here", 255, lambda fn, items: [fn(i) for i in items])
+    there = build_label_pyramid(labels, tmp_path / "there", 255, workers.map_items)
+    for a, b in zip(here, there, strict=True):
+        assert np.array_equal(
+            zarr.open_array(store=str(a), mode="r")[...], zarr.open_array(store=str(b), mode="r")[...]
+        )
+    kw = {"meta": open_geotiff(str(src)).meta, "class_names": [f"c{i}" for i in range(9)], "nodata": 0}
+    n_here = write_polygons(labels, tmp_path / "here.gpkg", block_rows=70, **kw)
+    n_there = write_polygons(labels, tmp_path / "there.gpkg", block_rows=70, mapper=workers.map_items, **kw)
+
+    def features(path):
+        with fiona.open(path, layer="classes") as layer:
+            return [(f.properties["class_id"], f.geometry) for f in layer]
+
+    assert n_here == n_there > 100
+    assert features(tmp_path / "here.gpkg") == features(tmp_path / "there.gpkg")

@@ -113,3 +113,23 @@ def test_existing_output_is_protected(tmp_path):
         write_polygons(mask, dest, meta=meta, class_names=["bg", "b"])
     assert dest.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b.gpkg"]
+
+
+def test_strips_on_other_processes_write_the_same_features_in_the_same_order(tmp_path):
+    """The strips and the joined regions run on spawned processes (a Zarr array travels as its path);
+    the union-find and the writing stay in order, so the features are the serial run's, one by one."""
+    from pipeline.execution.mappers import ProcessMap
+
+    meta, cover = _load(S2_LANDCOVER)
+    z = zarr.create_array(store=str(tmp_path / "c.zarr"), shape=cover.shape, chunks=(128, 256), dtype="uint8")
+    z[...] = cover
+    kwargs = {"meta": meta, "class_names": LANDCOVER, "nodata": 0, "block_rows": 70}
+    serial = write_polygons(z, tmp_path / "serial.gpkg", **kwargs)
+    pool = ProcessMap(2)
+    try:
+        parallel = write_polygons(z, tmp_path / "parallel.gpkg", mapper=pool, **kwargs)
+        assert pool._pool is not None  # the strips really went to the pool
+    finally:
+        pool.close()
+    assert serial == parallel > 100
+    assert _features(tmp_path / "serial.gpkg") == _features(tmp_path / "parallel.gpkg")

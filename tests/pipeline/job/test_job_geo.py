@@ -177,3 +177,51 @@ def test_resume_after_sigkill_is_byte_identical(tmp_path, data, bundle_factory):
     assert report["windows_computed"] == expected
     assert (out / "s2_labels.tif").read_bytes() == (tmp_path / "clean" / "s2_labels.tif").read_bytes()
     assert not [p for p in out.iterdir() if ".tw-tmp-" in p.name]
+
+
+def test_overviews_built_from_the_work_store_are_gdals_for_any_block_size(tmp_path, data, bundle_factory):
+    """S2 (768 x 1536) halves exactly down to one tile, so its MODE levels are built tile by tile from
+    the work store; the COGs are byte-identical across block sizes and their levels are the ones GDAL
+    builds itself from the same labels (the streamed path)."""
+    from pipeline.formats.cog import write_cog_labels
+
+    src = data / GEO[3][0]
+    bundle = bundle_factory(2, 4, ["land", "water"], 64, [8, 16])
+    over = {"outputs.probabilities": True, "outputs.keep_work": True}
+    runs = [
+        _job(tmp_path / str(i), src, bundle, **{"tiling.block_size": block, **over})[0]
+        for i, block in enumerate([[128], [192, 320]])
+    ]
+    assert all(r.status == "ok" for r in runs), [r.reason for r in runs]
+    for key in ("labels", "probabilities"):
+        assert Path(runs[0].outputs[key]).read_bytes() == Path(runs[1].outputs[key]).read_bytes()
+    for i, r in enumerate(runs):
+        report = json.loads(Path(r.outputs["report"]).read_text())
+        assert report["timings_s"]["overviews_s"] > 0
+        assert len(list((tmp_path / str(i) / ".tilewise-work").glob("*/overviews/*/level2.zarr"))) == 2
+    out = Path(runs[0].outputs["labels"])
+    assert cog_validate(str(out))[0]
+    with rasterio.open(out) as ds:
+        labels, names = ds.read(1), json.loads(ds.tags()["CLASS_NAMES"])
+    streamed = tmp_path / "streamed.tif"
+    meta = open_geotiff(str(src)).meta
+    write_cog_labels(labels, streamed, meta=meta, class_names=names, class_colors=[(0, 0, 0)] * len(names))
+    for level in (0, 1):
+        opened = rasterio.open(out, overview_level=level), rasterio.open(streamed, overview_level=level)
+        with opened[0] as a, opened[1] as b:
+            assert a.shape == b.shape and (a.read(1) == b.read(1)).all()
+
+
+def test_zarr_probabilities_are_the_work_stores_copied_chunk_by_chunk(tmp_path, data, bundle_factory):
+    import zarr
+
+    src = data / "geo/rasterio/RGB.byte.tif"
+    bundle = bundle_factory(2, 3, ["a", "b", "c"], 128, [8, 16])
+    over = {"outputs.format": "zarr", "outputs.probabilities": True, "outputs.keep_work": True}
+    (r,) = _job(tmp_path, src, bundle, **{"tiling.block_size": [256], **over})
+    assert r.status == "ok", r.reason
+    out = zarr.open_array(store=r.outputs["probabilities"], mode="r")
+    (work,) = (tmp_path / ".tilewise-work").glob("*/probs.zarr")
+    stored = zarr.open_array(store=str(work), mode="r")
+    assert out.shape == stored.shape == (3, 718, 791) and out.chunks == stored.chunks
+    assert np.array_equal(out[...], stored[...]) and out.attrs["class_names"] == ["a", "b", "c"]
