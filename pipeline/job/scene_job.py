@@ -254,7 +254,9 @@ def _run(
         raise ConfigError(f"cannot write {source.kind} input as {fmt}", path=source.uri)
     timings: dict[str, float] = {}
     t = time.perf_counter()
-    scene = source.open()
+    from pipeline.execution.preprocess import open_cropped
+
+    source, scene = open_cropped(source, bundle.config)
     try:
         geo = isinstance(scene.meta, GeoMeta)
         if fmt == "geotiff" and not geo:

@@ -2,7 +2,9 @@
 
 Both run here, on the CPU, on the real CT cases of ``conftest.unseen``; nothing is precomputed. Labels
 must agree voxel by voxel (>= 99.95 %) and per class (Dice >= 0.997: nnU-Net's float16 logits flip
-near-ties); tilewise's own results must not depend on block size or worker count.
+near-ties); with nnU-Net's float16 sums made float32 (``reference.nnunet_predict(float32_sums=True)``)
+they must be the same but for at most 2 voxels. tilewise's own results must not depend on block size
+or worker count.
 """
 
 from __future__ import annotations
@@ -21,7 +23,9 @@ from tests.models.bundle.nnunet.reference import nnunet_predict
 CASES = ("ts_a", "ts_b")
 
 
-def _tilewise(model: Path, cases: Path, out: Path, **options) -> dict[str, np.ndarray]:
+def _tilewise(
+    model: Path, cases: Path, out: Path, names: tuple[str, ...] = CASES, **options
+) -> dict[str, np.ndarray]:
     """Labels per case from an in-process job (the CLI's own path below the Prefect flow)."""
     execution = {"device": "cpu"}
     for key in ("workers", "batch_size"):
@@ -40,8 +44,8 @@ def _tilewise(model: Path, cases: Path, out: Path, **options) -> dict[str, np.nd
         }
     )
     results = run_job(config)
-    assert [r.status for r in results] == ["ok"] * len(CASES), [r.reason for r in results]
-    return {case: np.asanyarray(nib.load(out / f"{case}_0000_labels.nii.gz").dataobj) for case in CASES}
+    assert [r.status for r in results] == ["ok"] * len(names), [r.reason for r in results]
+    return {case: np.asanyarray(nib.load(out / f"{case}_0000_labels.nii.gz").dataobj) for case in names}
 
 
 def _assert_agrees(
@@ -75,6 +79,12 @@ def test_labels_equal_nnunet_predictor(config, folds, mirroring, request, unseen
         model, [[unseen / f"{c}_0000.nii.gz"] for c in CASES], folds=folds, mirroring=mirroring
     )
     ours = _tilewise(model, unseen, tmp_path / "out", folds=list(folds), mirroring=mirroring)
+    exact = nnunet_predict(model, [[unseen / f"{c}_0000.nii.gz"] for c in CASES], folds=folds,
+                           mirroring=mirroring, float32_sums=True)  # fmt: skip
+    for case, ref in zip(CASES, exact, strict=True):
+        # the gap below is all float16: with float32 sums, nnU-Net's labels are tilewise's (the
+        # ensemble's fold average rounds differently in float32: 1 voxel of 312480 measured)
+        assert int((ours[case] != ref).sum()) <= 2, (case, int((ours[case] != ref).sum()))
     # two folds: nnU-Net adds the folds' float16 logits too; kidney Dice measured 0.9951 (not yet
     # shown to be near-ties only, see docs/models.md), voxel agreement still >= 99.95 %
     _assert_agrees(ours, theirs, classes=6, min_dice=0.995 if len(folds) > 1 else 0.997)
@@ -90,3 +100,27 @@ def test_blocks_and_workers_give_the_one_block_result(model3d, unseen, tmp_path)
     for case in CASES:
         np.testing.assert_array_equal(cut[case], one[case])
         np.testing.assert_array_equal(dask[case], one[case])
+
+
+@pytest.mark.parametrize(
+    ("scheme", "mask"), [("ZScoreNormalization", True), ("RescaleTo01Normalization", False)]
+)
+def test_cropped_mr_case_labels_equal_nnunet_predictor(scheme, mask, model3d, data, tmp_path):
+    """The MNI T1 (zero border: nnU-Net crops it, normalises the crop, pads labels back with 0)."""
+    from tests.models.bundle.nnunet.cases import write_mr
+    from tests.models.bundle.nnunet.test_preprocess import with_scheme
+
+    model = with_scheme(model3d, tmp_path / "model", scheme, mask)
+    cases = tmp_path / "cases"
+    cases.mkdir()
+    case = write_mr(data, cases)[0]
+    (theirs,) = nnunet_predict(model, [[case]], folds=(0,), mirroring=False)
+    (exact,) = nnunet_predict(model, [[case]], folds=(0,), mirroring=False, float32_sums=True)
+    job = _tilewise(model, cases, tmp_path / "out", folds=[0], mirroring=False, names=("mni", "mr"))
+    ours = job["mni"]
+    assert ours.shape == theirs.shape == nib.load(case).shape
+    assert len(np.unique(theirs)) >= 3, "nnU-Net's labels lack structure"
+    # crop, masked z-score and padding back are exact: nnU-Net with float32 sums gives the same labels
+    np.testing.assert_array_equal(ours, exact)
+    # stock nnU-Net's float16 sums flip near-ties: 0.99903 measured on this CT net fed MR
+    assert float((ours == theirs).mean()) >= 0.999
