@@ -14,8 +14,9 @@ What nnU-Net does to a case, and where it lives here:
   per-case statistics come from an exact pass over the case's own voxels before the block pass;
 - the configuration's spacing is the bundle's ``target_spacing`` (3-D configurations);
 - the window grid and gaussian are nnU-Net's (``grid: nnunet``, ``blend: nnunet``), the step
-  ``tile_step_size`` (overlap ``1 - step``), logits blended (activation ``none``) so that labels are the
-  argmax of nnU-Net's blended logits; the folds and mirroring run inside :class:`NnUNetNet`.
+  ``tile_step_size`` (overlap ``1 - step``), logits blended so that labels are the argmax of nnU-Net's
+  blended logits, and probabilities their softmax (``activation_stage: blended``); the folds and
+  mirroring run inside :class:`NnUNetNet`.
 
 What is not yet faithful is refused with a message that says so, rather than run differently.
 """
@@ -173,7 +174,8 @@ def bundle_config(folder: NnUNetFolder, options: Mapping[str, Any], mirror_axes:
             "target_spacing": spacing_scene if slice_axis is None else None,
             "patch_size": patch_scene,
             "overlap": 1.0 - step,
-            "output_activation": "none",
+            "output_activation": "softmax",  # of the blended logits, for --probabilities only:
+            "activation_stage": "blended",  # labels are the argmax of the blended logits, as nnU-Net's
             "grid": "nnunet",
             "blend": "nnunet",
             "classes": [{"name": c, "color": default_color(i)} for i, c in enumerate(classes)],

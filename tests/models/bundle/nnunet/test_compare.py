@@ -32,6 +32,7 @@ def _tilewise(
         if key in options:
             execution[key] = options.pop(key)
     tiling = {"block_size": options.pop("block_size")} if "block_size" in options else {}
+    outputs = {"format": "nifti", "quicklook": False, "probabilities": options.pop("probabilities", False)}
     config = JobConfig.model_validate(
         {
             "input": str(cases),
@@ -40,7 +41,7 @@ def _tilewise(
             "model_options": options,
             "execution": execution,
             "tiling": tiling,
-            "outputs": {"format": "nifti", "quicklook": False},
+            "outputs": outputs,
         }
     )
     results = run_job(config)
@@ -124,3 +125,16 @@ def test_cropped_mr_case_labels_equal_nnunet_predictor(scheme, mask, model3d, da
     np.testing.assert_array_equal(ours, exact)
     # stock nnU-Net's float16 sums flip near-ties: 0.99903 measured on this CT net fed MR
     assert float((ours == theirs).mean()) >= 0.999
+
+
+def test_probabilities_equal_nnunet_save_probabilities(model3d, unseen, tmp_path):
+    """``--probabilities``: the softmax of the blended logits on the input's grid, as nnU-Net saves it."""
+    theirs = nnunet_predict(model3d, [[unseen / f"{c}_0000.nii.gz"] for c in CASES], mirroring=False,
+                            probabilities=True, float32_sums=True)  # fmt: skip
+    _tilewise(model3d, unseen, tmp_path / "out", folds=[0], mirroring=False, probabilities=True)
+    for case, (_, ref) in zip(CASES, theirs, strict=True):
+        img = nib.load(tmp_path / "out" / f"{case}_0000_probabilities.nii.gz")
+        ours = np.moveaxis(np.asarray(img.dataobj, dtype=np.float32), -1, 0)  # (K, x, y, z), p = q / 255
+        assert ours.shape == ref.shape, case
+        # stored as round(p * 255): within 1/510 of nnU-Net's (float32-sum) probabilities
+        assert float(np.abs(ours - ref).max()) <= 1 / 510 + 1e-4, (case, float(np.abs(ours - ref).max()))

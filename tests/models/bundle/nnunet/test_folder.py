@@ -48,12 +48,14 @@ def test_the_folder_is_an_nnunet_kind_and_reads_its_plans(model3d):
         "vertebra",
         "back_muscle",
     ]
-    assert (cfg.grid, cfg.blend, cfg.orientation, cfg.output_activation) == (
+    assert (cfg.grid, cfg.blend, cfg.orientation, cfg.output_activation, cfg.activation_stage) == (
         "nnunet",
         "nnunet",
         "NATIVE",
-        "none",
+        "softmax",
+        "blended",
     )
+    assert cfg.inputs.crop_nonzero
     assert cfg.patch_size == [48, 48, 16]  # plans' (z, y, x) patch in the file's (x, y, z) voxel axes
     assert cfg.card["nnunet"]["folds"] == ["0"]
 
