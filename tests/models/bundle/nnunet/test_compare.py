@@ -127,13 +127,24 @@ def test_cropped_mr_case_labels_equal_nnunet_predictor(scheme, mask, model3d, da
     assert float((ours == theirs).mean()) >= 0.999
 
 
-def test_probabilities_equal_nnunet_save_probabilities(model3d, unseen, tmp_path):
-    """``--probabilities``: the softmax of the blended logits on the input's grid, as nnU-Net saves it."""
+def test_probabilities_and_names_equal_nnunet(model3d, unseen, tmp_path):
+    """``run --probabilities --nnunet-names``: the softmax of the blended logits on the input's grid,
+    as nnU-Net saves it, and labels named ``CASE.nii.gz`` as nnU-Net names them."""
+    from typer.testing import CliRunner
+
+    from flows.cli.app import app
+
     theirs = nnunet_predict(model3d, [[unseen / f"{c}_0000.nii.gz"] for c in CASES], mirroring=False,
                             probabilities=True, float32_sums=True)  # fmt: skip
-    _tilewise(model3d, unseen, tmp_path / "out", folds=[0], mirroring=False, probabilities=True)
-    for case, (_, ref) in zip(CASES, theirs, strict=True):
-        img = nib.load(tmp_path / "out" / f"{case}_0000_probabilities.nii.gz")
+    out = tmp_path / "out"
+    args = ["run", str(unseen), str(out), "--model", str(model3d), "--folds", "0", "--no-mirroring",
+            "--probabilities", "--nnunet-names", "--device", "cpu", "--no-prefect"]  # fmt: skip
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.output
+    assert not list(out.glob("*_labels*")) and not list(out.glob("*_0000*")), sorted(out.iterdir())
+    for case, (seg, ref) in zip(CASES, theirs, strict=True):
+        np.testing.assert_array_equal(np.asanyarray(nib.load(out / f"{case}.nii.gz").dataobj), seg)
+        img = nib.load(out / f"{case}_probabilities.nii.gz")
         ours = np.moveaxis(np.asarray(img.dataobj, dtype=np.float32), -1, 0)  # (K, x, y, z), p = q / 255
         assert ours.shape == ref.shape, case
         # stored as round(p * 255): within 1/510 of nnU-Net's (float32-sum) probabilities
