@@ -120,6 +120,9 @@ class Preprocessor:
     scene_mean: np.ndarray | None = None  # scene_zscore: per channel (all equal unless channel_wise)
     scene_std: np.ndarray | None = None
     scene_min: np.ndarray | None = None  # scene_rescale: per channel
+    # scene_zscore with an "any" non-zero mask: the zero voxels nnU-Net's binary_fill_holes adds to
+    # the mask, as (N, D) scene coordinates (few: holes enclosed by non-zero voxels)
+    holes: np.ndarray | None = None
     scene_max: np.ndarray | None = None
 
     @classmethod
@@ -148,6 +151,8 @@ class Preprocessor:
         norm = pre.normalization
         if stats and norm.kind in ("scene_zscore", "scene_rescale"):
             on = scene.unresampled() if norm.native_stats and hasattr(scene, "unresampled") else scene
+            if norm.nonzero and norm.nonzero_mask == "any" and on is scene:
+                pre.compute_holes(scene, sample_budget)
             pre.compute_moments(on, sample_budget)
         return pre
 
@@ -203,6 +208,31 @@ class Preprocessor:
                 lo[c], hi[c] = np.percentile(v, [self.normalization.lower, self.normalization.upper])
         self.lower_values, self.upper_values = lo, hi
 
+    def compute_holes(self, scene: Scene, slab_budget: int = SAMPLE_BUDGET) -> None:
+        """nnU-Net's non-zero mask is ``binary_fill_holes`` of "non-zero in any channel": the zero
+        voxels it encloses count as inside. Filling holes needs the whole mask at once, so this pass
+        holds one byte per voxel of the (cropped) scene while it runs and keeps only the holes."""
+        from scipy.ndimage import binary_fill_holes
+
+        mask = np.zeros(tuple(int(n) for n in scene.shape[1:]), bool)
+        for box in slabs(mask.shape, slab_budget):
+            mask[box.slices()] = (self.select(scene.read(box)) != 0).any(axis=0)
+        filled = binary_fill_holes(mask)
+        self.holes = np.argwhere(filled & ~mask).astype(np.int32) if filled.sum() > mask.sum() else None
+
+    def norm_mask(self, selected_raw: np.ndarray, box: Box) -> np.ndarray | None:
+        """Where an "any" non-zero mask normalises over the scene region ``box``: non-zero in any
+        channel, or a hole in that (None for every other normalisation)."""
+        norm = self.normalization
+        if not (norm.kind == "scene_zscore" and norm.nonzero and norm.nonzero_mask == "any"):
+            return None
+        mask = (selected_raw != 0).any(axis=0)
+        if self.holes is not None and len(self.holes):
+            start, stop = np.asarray(box.start), np.asarray(box.stop)
+            inside = self.holes[((self.holes >= start) & (self.holes < stop)).all(axis=1)] - start
+            mask[tuple(inside.T)] = True
+        return mask
+
     def compute_moments(self, scene: Scene, slab_budget: int = SAMPLE_BUDGET) -> None:
         """Exact mean and (population) standard deviation of valid values, over every voxel of the
         scene, read in slabs of about ``slab_budget`` voxels and combined in float64 (Chan et al.)."""
@@ -216,7 +246,7 @@ class Preprocessor:
             keep = np.ones(values.shape, bool) if nodata is None else ~np.broadcast_to(nodata, values.shape)
             keep &= np.isfinite(values)
             if norm.nonzero and norm.nonzero_mask == "any":
-                keep &= (values != 0).any(axis=0)
+                keep &= self.norm_mask(values, box)  # type: ignore[operator]
             elif norm.nonzero:
                 keep &= values != 0
             for g in range(groups):
@@ -236,8 +266,11 @@ class Preprocessor:
         self.scene_min = np.resize(np.where(count > 0, low, 0.0), self.in_channels)
         self.scene_max = np.resize(np.where(count > 0, high, 0.0), self.in_channels)
 
-    def _normalise(self, x: np.ndarray, channel: int | None = None) -> np.ndarray:
-        """Normalise ``x`` in place: all channels, or the one plane ``channel`` (shaped ``(1, ...)``)."""
+    def _normalise(
+        self, x: np.ndarray, channel: int | None = None, mask: np.ndarray | None = None
+    ) -> np.ndarray:
+        """Normalise ``x`` in place: all channels, or the one plane ``channel`` (shaped ``(1, ...)``);
+        ``mask`` is :meth:`norm_mask` of ``x`` where it applies."""
         norm = self.normalization
         pick = slice(None) if channel is None else slice(channel, channel + 1)
         per_channel = (x.shape[0],) + (1,) * (x.ndim - 1)
@@ -280,7 +313,8 @@ class Preprocessor:
             mean = self.scene_mean.astype(np.float32)[pick].reshape(per_channel)
             std = self.scene_std.astype(np.float32)[pick].reshape(per_channel)
             if norm.nonzero and norm.nonzero_mask == "any" and channel is None:
-                np.copyto(x, (x - mean) / std, where=(x != 0).any(axis=0, keepdims=True))
+                where = (x != 0).any(axis=0) if mask is None else mask
+                np.copyto(x, (x - mean) / std, where=where[None])
             elif norm.nonzero and norm.nonzero_mask == "channel":
                 np.copyto(x, (x - mean) / std, where=x != 0)
             else:  # (one plane of an "any" mask: only its finiteness is asked, which is the same)
@@ -317,7 +351,9 @@ class Preprocessor:
             invalid |= mask
         return invalid
 
-    def prepare(self, selected_raw: np.ndarray, invalid: np.ndarray | None = None) -> np.ndarray:
+    def prepare(
+        self, selected_raw: np.ndarray, invalid: np.ndarray | None = None, mask: np.ndarray | None = None
+    ) -> np.ndarray:
         """Normalised float32 model input for raw pixels of the model's channels; ``invalid`` ones 0.
 
         Elementwise, so normalising a window of a block gives the same values as normalising the
@@ -326,13 +362,18 @@ class Preprocessor:
         """
         x = selected_raw.astype(np.float32, copy=True)
         with np.errstate(invalid="ignore", over="ignore"):
-            x = self._normalise(x)
+            x = self._normalise(x, mask=mask)
         if invalid is not None:
             x[:, invalid] = 0.0
         return x
 
     def apply(
-        self, raw: np.ndarray, nodata_mask: np.ndarray | None = None, *, selected: bool = False
+        self,
+        raw: np.ndarray,
+        nodata_mask: np.ndarray | None = None,
+        *,
+        selected: bool = False,
+        box: Box | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Normalised float32 ``(C_model, *box)`` and the boolean ``box`` mask of invalid pixels.
 
@@ -341,8 +382,12 @@ class Preprocessor:
         """
         x = raw if selected else self.select(raw)
         invalid = self.invalid(x, nodata_mask, selected=True)
-        return self.prepare(x, invalid if invalid.any() else None), invalid
+        mask = None if box is None else self.norm_mask(x, box)
+        return self.prepare(x, invalid if invalid.any() else None, mask), invalid
 
-    def __call__(self, raw: np.ndarray, nodata_mask: np.ndarray | None = None) -> np.ndarray:
-        """Normalised float32 model input for a raw scene read; see :meth:`apply` for the mask."""
-        return self.apply(raw, nodata_mask)[0]
+    def __call__(
+        self, raw: np.ndarray, nodata_mask: np.ndarray | None = None, box: Box | None = None
+    ) -> np.ndarray:
+        """Normalised float32 model input for a raw scene read (of ``box``, which an nnU-Net mask with
+        holes needs); see :meth:`apply` for the mask."""
+        return self.apply(raw, nodata_mask, box=box)[0]

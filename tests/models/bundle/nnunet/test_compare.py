@@ -106,25 +106,32 @@ def test_blocks_and_workers_give_the_one_block_result(model3d, unseen, tmp_path)
 @pytest.mark.parametrize(
     ("scheme", "mask"), [("ZScoreNormalization", True), ("RescaleTo01Normalization", False)]
 )
-def test_cropped_mr_case_labels_equal_nnunet_predictor(scheme, mask, model3d, data, tmp_path):
-    """The MNI T1 (zero border: nnU-Net crops it, normalises the crop, pads labels back with 0)."""
+def test_cropped_mr_cases_labels_equal_nnunet_predictor(scheme, mask, model3d, data, tmp_path):
+    """Real MR volumes with zero borders (nnU-Net crops them, normalises the crop, pads labels back
+    with 0); the TotalSegmentator MR has holes in its non-zero mask, which nnU-Net fills."""
     from tests.models.bundle.nnunet.cases import write_mr
     from tests.models.bundle.nnunet.test_preprocess import with_scheme
 
     model = with_scheme(model3d, tmp_path / "model", scheme, mask)
     cases = tmp_path / "cases"
     cases.mkdir()
-    case = write_mr(data, cases)[0]
-    (theirs,) = nnunet_predict(model, [[case]], folds=(0,), mirroring=False)
-    (exact,) = nnunet_predict(model, [[case]], folds=(0,), mirroring=False, float32_sums=True)
-    job = _tilewise(model, cases, tmp_path / "out", folds=[0], mirroring=False, names=("mni", "mr"))
-    ours = job["mni"]
-    assert ours.shape == theirs.shape == nib.load(case).shape
-    assert len(np.unique(theirs)) >= 3, "nnU-Net's labels lack structure"
-    # crop, masked z-score and padding back are exact: nnU-Net with float32 sums gives the same labels
-    np.testing.assert_array_equal(ours, exact)
-    # stock nnU-Net's float16 sums flip near-ties: 0.99903 measured on this CT net fed MR
-    assert float((ours == theirs).mean()) >= 0.999
+    files = write_mr(data, cases)
+    names = ("mni", "mr")
+    theirs = nnunet_predict(model, [[f] for f in files], folds=(0,), mirroring=False)
+    exact = nnunet_predict(model, [[f] for f in files], folds=(0,), mirroring=False, float32_sums=True)
+    ours = _tilewise(model, cases, tmp_path / "out", names=names, folds=[0], mirroring=False)
+    for name, file, ref, ref32 in zip(names, files, theirs, exact, strict=True):
+        assert ours[name].shape == ref.shape == nib.load(file).shape
+        assert len(np.unique(ref)) >= 3, "nnU-Net's labels lack structure"
+        # crop, normalisation and padding back are exact: nnU-Net with float32 sums gives the same labels
+        np.testing.assert_array_equal(ours[name], ref32, err_msg=name)
+        # stock nnU-Net's float16 sums flip near-ties: 0.99903 measured on the MNI case (CT net, MR input)
+        assert float((ours[name] == ref).mean()) >= 0.999, name
+    if mask:  # the filled mask's holes reach every block and worker: the one-block result
+        cut = _tilewise(model, cases, tmp_path / "cut", names=names, folds=[0], mirroring=False,
+                        workers=2, block_size=[40, 37, 9])  # fmt: skip
+        for name in names:
+            np.testing.assert_array_equal(cut[name], ours[name])
 
 
 def test_probabilities_and_names_equal_nnunet(model3d, unseen, tmp_path):
