@@ -50,7 +50,7 @@ class Normalization(_Strict):
     nonzero: bool = False  # scene_zscore: statistics over (and applied to) non-zero values only
     channel_wise: bool = True  # scene_zscore: per channel, or one mean/std over all channels
     # scene_zscore with nonzero: a voxel counts where its own channel is non-zero (MONAI's rule), or
-    # where any channel is (nnU-Net's use_mask_for_norm mask, without its hole filling)
+    # where any channel is, holes filled (nnU-Net's use_mask_for_norm mask; Preprocessor.compute_holes)
     nonzero_mask: Literal["channel", "any"] = "channel"
     # scene_zscore, scene_rescale: statistics over the file's own voxels, before any resampling to
     # target_spacing (nnU-Net normalises, then resamples); else over the model's grid (MONAI)
