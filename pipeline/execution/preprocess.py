@@ -120,10 +120,10 @@ class Preprocessor:
     scene_mean: np.ndarray | None = None  # scene_zscore: per channel (all equal unless channel_wise)
     scene_std: np.ndarray | None = None
     scene_min: np.ndarray | None = None  # scene_rescale: per channel
+    scene_max: np.ndarray | None = None
     # scene_zscore with an "any" non-zero mask: the zero voxels nnU-Net's binary_fill_holes adds to
     # the mask, as (N, D) scene coordinates (few: holes enclosed by non-zero voxels)
     holes: np.ndarray | None = None
-    scene_max: np.ndarray | None = None
 
     @classmethod
     def from_bundle(
