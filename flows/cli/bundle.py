@@ -76,6 +76,8 @@ def render(bundle: Bundle) -> Table:
     bands = f" (bands {cfg.inputs.band_indexes})" if cfg.inputs.band_indexes else ""
     table.add_row("channels", ", ".join(cfg.inputs.channels) + bands)
     table.add_row("normalization", f"{cfg.inputs.normalization.kind} {json.dumps(norm) if norm else ''}")
+    if cfg.inputs.crop_nonzero:
+        table.add_row("crop", "each case to its non-zero box (nnU-Net), labels padded back")
     table.add_row("patch size", " x ".join(str(p) for p in cfg.patch_size))
     table.add_row("overlap", f"{cfg.overlap:g}")
     if cfg.spatial_dims == 3:

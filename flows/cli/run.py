@@ -116,6 +116,9 @@ def run_cmd(
     bands: BandsOpt = None,
     format: Annotated[str | None, typer.Option(help="auto|geotiff|nifti|zarr")] = None,
     probabilities: Annotated[bool | None, typer.Option("--probabilities/--no-probabilities")] = None,
+    nnunet_names: Annotated[
+        bool | None, typer.Option("--nnunet-names", help="labels named CASE.nii.gz as nnU-Net names them")
+    ] = None,
     polygons: Annotated[bool | None, typer.Option("--polygons/--no-polygons")] = None,
     patch_size: Annotated[str | None, typer.Option(help="e.g. 256 or 96,96,96")] = None,
     overlap: Annotated[float | None, typer.Option()] = None,
@@ -181,6 +184,7 @@ def run_cmd(
                 "inputs.bands": band_map(bands),
                 "outputs.format": format,
                 "outputs.probabilities": probabilities,
+                "outputs.nnunet_names": nnunet_names,
                 "outputs.polygons": polygons,
                 "tiling.patch_size": int_list(patch_size, "--patch-size"),
                 "tiling.overlap": overlap,

@@ -29,6 +29,7 @@ _NORM_KEYS = {
     "scale": ("factor", "offset"),
     "clip_zscore": ("mean", "std", "clip_lower", "clip_upper"),
     "scene_zscore": ("nonzero", "channel_wise"),
+    "scene_rescale": ("native_stats",),
 }
 _OPTIONAL = {
     "grid": "monai",
@@ -60,6 +61,10 @@ def _yaml_data(cfg: BundleConfig) -> dict[str, Any]:
         "kind": norm["kind"],
         **{k: norm[k] for k in _NORM_KEYS.get(norm["kind"], ())},
     }
+    if norm["kind"] == "scene_zscore":
+        for key, default in (("nonzero_mask", "channel"), ("native_stats", False)):
+            if norm[key] != default:
+                data["inputs"]["normalization"][key] = norm[key]
     if norm["kind"] == "ct_window" and (norm["out_min"], norm["out_max"]) != (0.0, 1.0):
         data["inputs"]["normalization"].update(out_min=norm["out_min"], out_max=norm["out_max"])
     for key, default in _OPTIONAL.items():  # fields older bundles never had stay out of their YAML
@@ -67,6 +72,8 @@ def _yaml_data(cfg: BundleConfig) -> dict[str, Any]:
             del data[key]
     if data["inputs"]["band_indexes"] is None:
         del data["inputs"]["band_indexes"]
+    if not data["inputs"]["crop_nonzero"]:
+        del data["inputs"]["crop_nonzero"]
     return data
 
 

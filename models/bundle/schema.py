@@ -32,9 +32,9 @@ class _Strict(BaseModel):
 class Normalization(_Strict):
     """How raw pixel values become model input; which fields matter depends on ``kind``."""
 
-    kind: Literal["none", "zscore", "percentile", "ct_window", "scale", "clip_zscore", "scene_zscore"] = (
-        "none"
-    )
+    kind: Literal[
+        "none", "zscore", "percentile", "ct_window", "scale", "clip_zscore", "scene_zscore", "scene_rescale"
+    ] = "none"
     mean: list[float] | None = None
     std: list[float] | None = None
     lower: float = 2.0  # percentile: percent, computed per scene
@@ -49,6 +49,12 @@ class Normalization(_Strict):
     clip_upper: list[float] | None = None  # (nnU-Net's CT normalisation)
     nonzero: bool = False  # scene_zscore: statistics over (and applied to) non-zero values only
     channel_wise: bool = True  # scene_zscore: per channel, or one mean/std over all channels
+    # scene_zscore with nonzero: a voxel counts where its own channel is non-zero (MONAI's rule), or
+    # where any channel is, holes filled (nnU-Net's use_mask_for_norm mask; Preprocessor.compute_holes)
+    nonzero_mask: Literal["channel", "any"] = "channel"
+    # scene_zscore, scene_rescale: statistics over the file's own voxels, before any resampling to
+    # target_spacing (nnU-Net normalises, then resamples); else over the model's grid (MONAI)
+    native_stats: bool = False
 
     @model_validator(mode="after")
     def _by_kind(self) -> Normalization:
@@ -82,6 +88,7 @@ class Inputs(_Strict):
     channels: list[str] = Field(min_length=1)
     band_indexes: list[int] | None = None  # 1-based source bands / channels
     normalization: Normalization = Field(default_factory=Normalization)
+    crop_nonzero: bool = False  # NIfTI: run on the box of voxels non-zero in any channel (nnU-Net)
 
     @model_validator(mode="after")
     def _consistent(self) -> Inputs:

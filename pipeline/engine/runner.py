@@ -37,7 +37,8 @@ class BlockInput:
     block: Block
     image: np.ndarray  # (C, *read.shape): model input, or raw pixels for ``prepare``
     nodata: np.ndarray | None = None  # (*read.shape) bool, True = no data
-    prepare: Callable[[np.ndarray, np.ndarray | None], np.ndarray] | None = None
+    prepare: Callable[..., np.ndarray] | None = None
+    mask: np.ndarray | None = None  # (*read.shape) bool, for ``prepare``: where a masked norm applies
 
     def patch(self, window: Box) -> np.ndarray:
         """The model input over ``window`` (a view when ``image`` is already the model input)."""
@@ -45,6 +46,8 @@ class BlockInput:
         if self.prepare is None:
             return self.image[(slice(None), *where)]
         nodata = None if self.nodata is None else self.nodata[where]
+        if self.mask is not None:
+            return self.prepare(self.image[(slice(None), *where)], nodata, self.mask[where])
         return self.prepare(self.image[(slice(None), *where)], nodata)
 
 

@@ -7,7 +7,10 @@ producing confident garbage. Per-scene statistics (percentile normalisation) com
 of small windows over the whole scene: representative, bounded in memory and I/O whatever the
 scene size, and identical for every block, so blocks stay seam-free. A per-scene z-score
 (``scene_zscore``, MONAI's ``NormalizeIntensityd`` without fixed statistics) must equal the peer's,
-so its mean and standard deviation come from one exact pass over the scene in slabs instead.
+so its mean and standard deviation come from one exact pass over the scene in slabs instead; so do
+the minimum and maximum of ``scene_rescale`` (nnU-Net's ``RescaleTo01Normalization``), and the box of
+non-zero voxels nnU-Net crops a case to (:func:`nonzero_box`). These passes read the scene once each
+before the block pass and keep only a few numbers, so every block normalises alike.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import numpy as np
 from pipeline.core.box import Box
 from pipeline.errors import InputError
 from pipeline.formats.scene import GeoMeta, Scene
+from pipeline.formats.source import SceneSource
 
 if TYPE_CHECKING:
     from models.bundle import Normalization
@@ -55,6 +59,53 @@ def sample_boxes(spatial_shape: Sequence[int], budget: int = SAMPLE_BUDGET) -> l
     ]
 
 
+def slabs(spatial: Sequence[int], budget: int = SAMPLE_BUDGET) -> list[Box]:
+    """The scene cut along its first axis into slabs of about ``budget`` voxels: an exact pass."""
+    step = max(1, budget // max(1, math.prod(spatial[1:])))
+    rest = tuple(int(n) for n in spatial[1:])
+    return [
+        Box((a, *(0,) * len(rest)), (min(a + step, int(spatial[0])), *rest))
+        for a in range(0, int(spatial[0]), step)
+    ]
+
+
+def nonzero_box(scene: Scene, budget: int = SAMPLE_BUDGET) -> Box | None:
+    """The bounding box of voxels non-zero in any channel (nnU-Net's ``crop_to_nonzero``; filling
+    holes, as it does, cannot grow a bounding box), or None when it is the whole scene or empty."""
+    spatial = tuple(int(n) for n in scene.shape[1:])
+    lo, hi = [None] * len(spatial), [None] * len(spatial)
+    for box in slabs(spatial, budget):
+        hit = (scene.read(box) != 0).any(axis=0)
+        for axis in range(len(spatial)):
+            along = np.flatnonzero(hit.any(axis=tuple(a for a in range(hit.ndim) if a != axis)))
+            if along.size:
+                a, b = int(along[0]) + box.start[axis], int(along[-1]) + 1 + box.start[axis]
+                lo[axis] = a if lo[axis] is None else min(lo[axis], a)
+                hi[axis] = b if hi[axis] is None else max(hi[axis], b)
+    if lo[0] is None:
+        return None
+    found = Box(tuple(lo), tuple(hi))  # type: ignore[arg-type]
+    return None if found == Box.from_shape(spatial) else found
+
+
+def open_cropped(source: SceneSource, bundle_config: Any) -> tuple[SceneSource, Any]:
+    """The scene ``source`` names, cropped to its non-zero box where the bundle asks (a NIfTI
+    ``crop`` option, so Dask workers reopen it cropped too), and the source that reopens it."""
+    scene = source.open()
+    if not (bundle_config.inputs.crop_nonzero and hasattr(scene, "unresampled")):
+        return source, scene
+    try:
+        box = nonzero_box(scene.unresampled())
+    except BaseException:
+        scene.close()
+        raise
+    if box is None:
+        return source, scene
+    scene.close()
+    cropped = SceneSource(source.kind, source.uris, (*source.options, ("crop", (box.start, box.stop))))
+    return cropped, cropped.open()
+
+
 @dataclass
 class Preprocessor:
     """Channel selection + normalisation for one (bundle, scene) pair; cheap to pickle to workers."""
@@ -68,6 +119,11 @@ class Preprocessor:
     upper_values: np.ndarray | None = None
     scene_mean: np.ndarray | None = None  # scene_zscore: per channel (all equal unless channel_wise)
     scene_std: np.ndarray | None = None
+    scene_min: np.ndarray | None = None  # scene_rescale: per channel
+    scene_max: np.ndarray | None = None
+    # scene_zscore with an "any" non-zero mask: the zero voxels nnU-Net's binary_fill_holes adds to
+    # the mask, as (N, D) scene coordinates (few: holes enclosed by non-zero voxels)
+    holes: np.ndarray | None = None
 
     @classmethod
     def from_bundle(
@@ -92,8 +148,12 @@ class Preprocessor:
         pre.check_scene(scene)
         if stats and pre.normalization.kind == "percentile":
             pre.compute_percentiles(scene, sample_budget)
-        if stats and pre.normalization.kind == "scene_zscore":
-            pre.compute_moments(scene, sample_budget)
+        norm = pre.normalization
+        if stats and norm.kind in ("scene_zscore", "scene_rescale"):
+            on = scene.unresampled() if norm.native_stats and hasattr(scene, "unresampled") else scene
+            if norm.nonzero and norm.nonzero_mask == "any" and on is scene:
+                pre.compute_holes(scene, sample_budget)
+            pre.compute_moments(on, sample_budget)
         return pre
 
     @property
@@ -148,26 +208,52 @@ class Preprocessor:
                 lo[c], hi[c] = np.percentile(v, [self.normalization.lower, self.normalization.upper])
         self.lower_values, self.upper_values = lo, hi
 
+    def compute_holes(self, scene: Scene, slab_budget: int = SAMPLE_BUDGET) -> None:
+        """nnU-Net's non-zero mask is ``binary_fill_holes`` of "non-zero in any channel": the zero
+        voxels it encloses count as inside. Filling holes needs the whole mask at once, so this pass
+        holds one byte per voxel of the (cropped) scene while it runs and keeps only the holes."""
+        from scipy.ndimage import binary_fill_holes
+
+        mask = np.zeros(tuple(int(n) for n in scene.shape[1:]), bool)
+        for box in slabs(mask.shape, slab_budget):
+            mask[box.slices()] = (self.select(scene.read(box)) != 0).any(axis=0)
+        filled = binary_fill_holes(mask)
+        self.holes = np.argwhere(filled & ~mask).astype(np.int32) if filled.sum() > mask.sum() else None
+
+    def norm_mask(self, selected_raw: np.ndarray, box: Box) -> np.ndarray | None:
+        """Where an "any" non-zero mask normalises over the scene region ``box``: non-zero in any
+        channel, or a hole in that (None for every other normalisation)."""
+        norm = self.normalization
+        if not (norm.kind == "scene_zscore" and norm.nonzero and norm.nonzero_mask == "any"):
+            return None
+        mask = (selected_raw != 0).any(axis=0)
+        if self.holes is not None and len(self.holes):
+            start, stop = np.asarray(box.start), np.asarray(box.stop)
+            inside = self.holes[((self.holes >= start) & (self.holes < stop)).all(axis=1)] - start
+            mask[tuple(inside.T)] = True
+        return mask
+
     def compute_moments(self, scene: Scene, slab_budget: int = SAMPLE_BUDGET) -> None:
         """Exact mean and (population) standard deviation of valid values, over every voxel of the
         scene, read in slabs of about ``slab_budget`` voxels and combined in float64 (Chan et al.)."""
         norm = self.normalization
-        spatial = tuple(int(n) for n in scene.shape[1:])
         groups = self.in_channels if norm.channel_wise else 1
         count, mean, m2 = np.zeros(groups), np.zeros(groups), np.zeros(groups)
-        step = max(1, slab_budget // max(1, math.prod(spatial[1:])))
-        for a in range(0, spatial[0], step):
-            box = Box((a, *(0,) * (len(spatial) - 1)), (min(a + step, spatial[0]), *spatial[1:]))
+        low, high = np.full(groups, np.inf), np.full(groups, -np.inf)
+        for box in slabs(tuple(int(n) for n in scene.shape[1:]), slab_budget):
             values = self.select(scene.read(box)).astype(np.float64)
             nodata = scene.read_nodata(box)
             keep = np.ones(values.shape, bool) if nodata is None else ~np.broadcast_to(nodata, values.shape)
             keep &= np.isfinite(values)
-            if norm.nonzero:
+            if norm.nonzero and norm.nonzero_mask == "any":
+                keep &= self.norm_mask(values, box)  # type: ignore[operator]
+            elif norm.nonzero:
                 keep &= values != 0
             for g in range(groups):
                 v = values[g][keep[g]] if norm.channel_wise else values[keep]
                 if not v.size:
                     continue
+                low[g], high[g] = min(low[g], float(v.min())), max(high[g], float(v.max()))
                 n, mu = v.size, float(v.mean())
                 delta, total = mu - mean[g], count[g] + n
                 m2[g] += float(((v - mu) ** 2).sum()) + delta**2 * count[g] * n / total
@@ -177,9 +263,14 @@ class Preprocessor:
         std[std == 0] = 1.0  # a constant scene is shifted, not divided by zero (as MONAI does)
         self.scene_mean = np.resize(mean, self.in_channels)
         self.scene_std = np.resize(std, self.in_channels)
+        self.scene_min = np.resize(np.where(count > 0, low, 0.0), self.in_channels)
+        self.scene_max = np.resize(np.where(count > 0, high, 0.0), self.in_channels)
 
-    def _normalise(self, x: np.ndarray, channel: int | None = None) -> np.ndarray:
-        """Normalise ``x`` in place: all channels, or the one plane ``channel`` (shaped ``(1, ...)``)."""
+    def _normalise(
+        self, x: np.ndarray, channel: int | None = None, mask: np.ndarray | None = None
+    ) -> np.ndarray:
+        """Normalise ``x`` in place: all channels, or the one plane ``channel`` (shaped ``(1, ...)``);
+        ``mask`` is :meth:`norm_mask` of ``x`` where it applies."""
         norm = self.normalization
         pick = slice(None) if channel is None else slice(channel, channel + 1)
         per_channel = (x.shape[0],) + (1,) * (x.ndim - 1)
@@ -221,11 +312,23 @@ class Preprocessor:
                 )
             mean = self.scene_mean.astype(np.float32)[pick].reshape(per_channel)
             std = self.scene_std.astype(np.float32)[pick].reshape(per_channel)
-            if norm.nonzero:
+            if norm.nonzero and norm.nonzero_mask == "any" and channel is None:
+                where = (x != 0).any(axis=0) if mask is None else mask
+                np.copyto(x, (x - mean) / std, where=where[None])
+            elif norm.nonzero and norm.nonzero_mask == "channel":
                 np.copyto(x, (x - mean) / std, where=x != 0)
-            else:
+            else:  # (one plane of an "any" mask: only its finiteness is asked, which is the same)
                 x -= mean
                 x /= std
+        elif norm.kind == "scene_rescale":  # nnU-Net's RescaleTo01: (x - min) / max(max - min, 1e-8)
+            if self.scene_min is None or self.scene_max is None:
+                raise InputError(
+                    "scene statistics were not computed (use from_bundle)", path=self.uri or None
+                )
+            low = self.scene_min.astype(np.float32)[pick].reshape(per_channel)
+            span = np.maximum(self.scene_max - self.scene_min, 1e-8).astype(np.float32)[pick]
+            x -= low
+            x /= span.reshape(per_channel)
         return x
 
     def invalid(
@@ -248,7 +351,9 @@ class Preprocessor:
             invalid |= mask
         return invalid
 
-    def prepare(self, selected_raw: np.ndarray, invalid: np.ndarray | None = None) -> np.ndarray:
+    def prepare(
+        self, selected_raw: np.ndarray, invalid: np.ndarray | None = None, mask: np.ndarray | None = None
+    ) -> np.ndarray:
         """Normalised float32 model input for raw pixels of the model's channels; ``invalid`` ones 0.
 
         Elementwise, so normalising a window of a block gives the same values as normalising the
@@ -257,13 +362,18 @@ class Preprocessor:
         """
         x = selected_raw.astype(np.float32, copy=True)
         with np.errstate(invalid="ignore", over="ignore"):
-            x = self._normalise(x)
+            x = self._normalise(x, mask=mask)
         if invalid is not None:
             x[:, invalid] = 0.0
         return x
 
     def apply(
-        self, raw: np.ndarray, nodata_mask: np.ndarray | None = None, *, selected: bool = False
+        self,
+        raw: np.ndarray,
+        nodata_mask: np.ndarray | None = None,
+        *,
+        selected: bool = False,
+        box: Box | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Normalised float32 ``(C_model, *box)`` and the boolean ``box`` mask of invalid pixels.
 
@@ -272,8 +382,12 @@ class Preprocessor:
         """
         x = raw if selected else self.select(raw)
         invalid = self.invalid(x, nodata_mask, selected=True)
-        return self.prepare(x, invalid if invalid.any() else None), invalid
+        mask = None if box is None else self.norm_mask(x, box)
+        return self.prepare(x, invalid if invalid.any() else None, mask), invalid
 
-    def __call__(self, raw: np.ndarray, nodata_mask: np.ndarray | None = None) -> np.ndarray:
-        """Normalised float32 model input for a raw scene read; see :meth:`apply` for the mask."""
-        return self.apply(raw, nodata_mask)[0]
+    def __call__(
+        self, raw: np.ndarray, nodata_mask: np.ndarray | None = None, box: Box | None = None
+    ) -> np.ndarray:
+        """Normalised float32 model input for a raw scene read (of ``box``, which an nnU-Net mask with
+        holes needs); see :meth:`apply` for the mask."""
+        return self.apply(raw, nodata_mask, box=box)[0]

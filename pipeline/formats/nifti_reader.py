@@ -89,6 +89,7 @@ class NiftiScene:
         cache_dir: str | None = None,
         cache_threshold_bytes: int = CACHE_THRESHOLD_BYTES,
         spacing_grid: str = "extent",
+        crop: tuple[tuple[int, ...], tuple[int, ...]] | None = None,
     ) -> None:
         self._args = (
             uris,
@@ -98,6 +99,7 @@ class NiftiScene:
             cache_dir,
             cache_threshold_bytes,
             spacing_grid,
+            crop,
         )
         self.uri, self.files = uris[0], list(uris)
         cache = Path(cache_dir or os.environ.get("TILEWISE_CACHE_DIR") or tempfile.gettempdir())
@@ -141,7 +143,14 @@ class NiftiScene:
         self._sq = self._perm.index(2) if len(self.native_shape) == 2 else None
         keep = [e for e in range(3) if e != self._sq]
         zooms = np.linalg.norm(np.asarray(img0.affine)[:3, :3], axis=0)
-        self._native = tuple(self._pad3[self._perm[e]] for e in keep)
+        self._uncropped = tuple(self._pad3[self._perm[e]] for e in keep)
+        self.crop: Box | None = None  # the region of the reoriented native grid this scene shows
+        if crop is not None:
+            self.crop = Box(tuple(int(v) for v in crop[0]), tuple(int(v) for v in crop[1]))
+            if self.crop.ndim != len(keep) or self.crop.empty or self.crop.intersect(
+                Box.from_shape(self._uncropped)) != self.crop:  # fmt: skip
+                raise ConfigError(f"crop {crop} does not lie inside the volume {self._uncropped}")
+        self._native = self._uncropped if self.crop is None else self.crop.shape
         native_spacing = tuple(float(zooms[self._perm[e]]) for e in keep)
         codes = "".join(orientation.upper()[e] for e in keep)
         self._factor: tuple[float, ...] | None = None
@@ -194,15 +203,25 @@ class NiftiScene:
         """Whether the engine grid differs from the file's (a target spacing resamples it)."""
         return self._factor is not None
 
+    def unresampled(self) -> NiftiScene:
+        """This scene (cropped alike) on its own voxel grid: where nnU-Net takes per-case statistics."""
+        if self._factor is None:
+            return self
+        uris, orientation, _, order, cache_dir, threshold, grid, crop = self._args
+        return NiftiScene(uris, orientation, None, order, cache_dir, threshold, grid, crop)
+
     def _read_native(self, box: Box, fill: float) -> np.ndarray:
         """Read ``box`` of the reoriented native grid: the file region, transposed and flipped."""
-        start, stop = list(box.start), list(box.stop)
+        crop = self.crop or Box.from_shape(self._uncropped)
+        start = [a + c for a, c in zip(box.start, crop.start, strict=True)]
+        stop = [b + c for b, c in zip(box.stop, crop.start, strict=True)]
+        lo, hi = list(crop.start), list(crop.stop)  # voxels outside the crop read as ``fill``
         if self._sq is not None:
-            start.insert(self._sq, 0)
-            stop.insert(self._sq, 1)
+            for v, at in ((start, 0), (stop, 1), (lo, 0), (hi, 1)):
+                v.insert(self._sq, at)
         full = Box(tuple(start), tuple(stop))
         out = np.full((self.channels, *full.shape), fill, dtype=self.dtype)
-        inside = full.intersect(Box.from_shape([self._pad3[p] for p in self._perm]))
+        inside = full.intersect(Box(tuple(lo), tuple(hi)))
         if not inside.empty:
             sl: list[slice] = [slice(0)] * 3
             for e, (a, b) in enumerate(zip(inside.start, inside.stop, strict=True)):
@@ -252,6 +271,12 @@ class NiftiScene:
                 zip(self._native, self._factor, self.spatial_shape, strict=True)
             ):
                 x = _resample_axis(x, lead + axis, np.clip(self._coords(0, n, 1 / f), 0, m - 1), order)
+        if self.crop is not None:  # nnU-Net's export: zeros outside the crop (background scores 1)
+            full = np.zeros((*x.shape[:lead], *self._uncropped), x.dtype)
+            if lead:
+                full[0] = 1
+            full[(*(slice(None),) * lead, *self.crop.slices())] = x
+            x = full
         if self._sq is not None:
             x = np.expand_dims(x, lead + self._sq)
         flips = [lead + e for e in range(3) if self._flip[e]]
@@ -282,13 +307,16 @@ def open_nifti(
     order: int = 1,
     cache_threshold_bytes: int = CACHE_THRESHOLD_BYTES,
     spacing_grid: str = "extent",
+    crop: tuple[tuple[int, ...], tuple[int, ...]] | None = None,
 ) -> NiftiScene:
     """Open a NIfTI file, or a list of channel files sharing one grid, as a lazily read scene.
 
     ``order`` is the interpolation used when ``target_spacing`` resamples (1 for images, 0 for labels);
     ``spacing_grid`` is how the resampled grid is laid out (``SPACING_GRIDS``).
     A ``.nii.gz`` bigger than ``cache_threshold_bytes`` uncompressed is decompressed once into a zarr
-    cache under ``cache_dir`` (gzip cannot seek); smaller ones are loaded once and kept.
+    cache under ``cache_dir`` (gzip cannot seek); smaller ones are loaded once and kept. ``crop``
+    (start, stop) shows only that region of the reoriented voxel grid (before any resampling), as
+    nnU-Net crops a case to its non-zero box; labels and scores map back padded with background.
     """
     uris = [os.fspath(uri)] if isinstance(uri, str | os.PathLike) else [os.fspath(u) for u in uri]
     if not uris:
@@ -296,5 +324,5 @@ def open_nifti(
     if order not in (0, 1):
         raise ConfigError(f"order must be 0 or 1, not {order}")
     return NiftiScene(
-        uris, orientation, target_spacing, order, cache_dir, cache_threshold_bytes, spacing_grid
+        uris, orientation, target_spacing, order, cache_dir, cache_threshold_bytes, spacing_grid, crop
     )

@@ -52,6 +52,7 @@ class OutputConfig(BaseModel):
     quicklook: bool = True
     min_object_size: int = Field(default=0, ge=0)
     keep_largest: bool = False  # per class, only the largest connected component stays
+    nnunet_names: bool = False  # labels named CASE.nii.gz as nnU-Net names them (no _0000, no _labels)
     nodata_label: int = Field(default=255, ge=0, le=255)
     overwrite: bool = False
     keep_work: bool = False
@@ -97,6 +98,7 @@ class JobConfig(BaseModel):
             "min_object_size": self.outputs.min_object_size,
             # only when set, so the hash of every config without it (bucket manifests) is unchanged
             **({"keep_largest": True} if self.outputs.keep_largest else {}),
+            **({"nnunet_names": True} if self.outputs.nnunet_names else {}),
         }
 
 

@@ -257,6 +257,8 @@ def write_outputs(
             )
         else:
             spacing = meta.spacing if isinstance(meta, VolumeMeta) else None
+            if getattr(scene, "crop", None) is not None:  # nnU-Net's crop: pad back on the file's grid
+                labels, spacing = scene.to_native_labels(np.asarray(labels[...])), scene.native_spacing
             # NIfTI scenes are (X, Y, Z) in the engine; zarr scenes keep their own axis names
             axes = getattr(scene, "axes", None) or ("xyz"[: len(labels.shape)] if spacing else None)
             if axes is not None and len(axes) != len(labels.shape):

@@ -49,8 +49,13 @@ AUTO_FORMAT = {"stac": "geotiff"}  # otherwise the input's own kind
 
 
 def output_paths(out_dir: Path, stem: str, fmt: str, config: JobConfig, geo: bool) -> dict[str, Path]:
-    """The scene's final files, all directly inside ``out_dir`` (anything else is refused)."""
-    paths = {"labels": out_dir / f"{stem}{LABEL_SUFFIX[fmt]}", "report": out_dir / f"{stem}_report.json"}
+    """The scene's final files, all directly inside ``out_dir`` (anything else is refused); with
+    ``nnunet_names`` the labels are ``CASE.nii.gz`` for ``CASE_0000.nii.gz`` as nnU-Net names them."""
+    labels = f"{stem}{LABEL_SUFFIX[fmt]}"
+    if config.outputs.nnunet_names:
+        stem = stem[:-5] if len(stem) > 5 and stem[-5] == "_" and stem[-4:].isdigit() else stem
+        labels = f"{stem}{OUTPUT_SUFFIX[fmt]}"
+    paths = {"labels": out_dir / labels, "report": out_dir / f"{stem}_report.json"}
     if fmt == "geotiff":
         paths["style"] = qml_path(paths["labels"])  # QGIS's style sidecar, written with the labels
     if geo:
@@ -222,7 +227,9 @@ def _run(
         raise ConfigError(f"cannot write {source.kind} input as {fmt}", path=source.uri)
     timings: dict[str, float] = {}
     t = time.perf_counter()
-    scene = source.open()
+    from pipeline.execution.preprocess import open_cropped
+
+    source, scene = open_cropped(source, bundle.config)
     try:
         geo = isinstance(scene.meta, GeoMeta)
         if fmt == "geotiff" and not geo:

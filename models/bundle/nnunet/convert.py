@@ -5,12 +5,18 @@ What nnU-Net does to a case, and where it lives here:
 - channels and labels come from ``dataset.json`` (the label table of every output);
 - SimpleITK's reversed axes and ``transpose_forward`` become the net's own axis permutation, with the
   scene read in the file's own voxel axes (``orientation: native``), never reoriented;
+- the crop to the box of non-zero voxels is ``crop_nonzero`` (found in a streaming pass, labels padded
+  back with background);
 - the CT scheme (clip to the foreground 0.5/99.5 percentiles, then z-score with the foreground mean
-  and std) is the ``clip_zscore`` normalisation; ``NoNormalization`` is ``none``;
+  and std) is ``clip_zscore``; ``ZScoreNormalization`` is ``scene_zscore`` (the cropped case's own
+  mean/std, over the non-zero mask with ``use_mask_for_norm``), ``RescaleTo01Normalization`` is
+  ``scene_rescale``, ``RGBTo01Normalization`` is ``scale`` by 1/255, ``NoNormalization`` is ``none``;
+  per-case statistics come from an exact pass over the case's own voxels before the block pass;
 - the configuration's spacing is the bundle's ``target_spacing`` (3-D configurations);
 - the window grid and gaussian are nnU-Net's (``grid: nnunet``, ``blend: nnunet``), the step
-  ``tile_step_size`` (overlap ``1 - step``), logits blended (activation ``none``) so that labels are the
-  argmax of nnU-Net's blended logits; the folds and mirroring run inside :class:`NnUNetNet`.
+  ``tile_step_size`` (overlap ``1 - step``), logits blended so that labels are the argmax of nnU-Net's
+  blended logits, and probabilities their softmax (``activation_stage: blended``); the folds and
+  mirroring run inside :class:`NnUNetNet`.
 
 What is not yet faithful is refused with a message that says so, rather than run differently.
 """
@@ -64,15 +70,28 @@ def _classes(folder: NnUNetFolder) -> list[str]:
 
 
 def _normalization(folder: NnUNetFolder, channels: int) -> dict[str, Any]:
+    """nnU-Net's per-channel scheme as one tilewise normalisation (every channel must use the same)."""
     where = str(folder.plans_path)
     schemes = folder.configuration.get("normalization_schemes") or []
+    masks = folder.configuration.get("use_mask_for_norm") or [False] * len(schemes)
     if len(schemes) != channels:
         raise BundleError(
             f"plans list {len(schemes)} normalisation schemes for {channels} channels", path=where
         )
-    if all(s == "NoNormalization" for s in schemes):
+    kind = schemes[0]
+    if any(s != kind for s in schemes) or (kind == "ZScoreNormalization" and len(set(masks)) > 1):
+        raise BundleError(f"mixed normalisation schemes {schemes} (use_mask_for_norm {masks}) are not "
+                          "supported yet: every channel must use the same", path=where)  # fmt: skip
+    if kind == "NoNormalization":
         return {"kind": "none"}
-    if all(s == "CTNormalization" for s in schemes):
+    if kind == "ZScoreNormalization":  # each case's own mean/std, over nnU-Net's non-zero mask if asked
+        nonzero = bool(masks[0])
+        return {"kind": "scene_zscore", "nonzero": nonzero, "nonzero_mask": "any", "native_stats": True}
+    if kind == "RescaleTo01Normalization":
+        return {"kind": "scene_rescale", "native_stats": True}
+    if kind == "RGBTo01Normalization":
+        return {"kind": "scale", "factor": 1.0 / 255.0}
+    if kind == "CTNormalization":
         props = folder.plans.get("foreground_intensity_properties_per_channel") or {}
         try:
             per = [props[str(c)] for c in range(channels)]
@@ -85,12 +104,9 @@ def _normalization(folder: NnUNetFolder, channels: int) -> dict[str, Any]:
             }
         except (KeyError, TypeError, ValueError) as exc:
             raise BundleError(f"foreground intensity properties are incomplete: {exc}", path=where) from exc
-    unsupported = sorted(
-        {s for s in schemes if s not in ("CTNormalization", "NoNormalization")} or set(schemes)
-    )
     raise BundleError(
-        f"normalisation {', '.join(unsupported)} is not supported yet (CTNormalization and "
-        "NoNormalization are; mixed schemes are not)",
+        f"normalisation {kind} is not supported (CTNormalization, ZScoreNormalization, "
+        "RescaleTo01Normalization, RGBTo01Normalization and NoNormalization are)",
         path=where,
     )
 
@@ -149,12 +165,17 @@ def bundle_config(folder: NnUNetFolder, options: Mapping[str, Any], mirror_axes:
             "name": name,
             "architecture": architecture,
             "spatial_dims": 3,
-            "inputs": {"channels": channels, "normalization": _normalization(folder, len(channels))},
+            "inputs": {
+                "channels": channels,
+                "normalization": _normalization(folder, len(channels)),
+                "crop_nonzero": True,  # nnU-Net's DefaultPreprocessor crops every case
+            },
             "orientation": "native",
             "target_spacing": spacing_scene if slice_axis is None else None,
             "patch_size": patch_scene,
             "overlap": 1.0 - step,
-            "output_activation": "none",
+            "output_activation": "softmax",  # of the blended logits, for --probabilities only:
+            "activation_stage": "blended",  # labels are the argmax of the blended logits, as nnU-Net's
             "grid": "nnunet",
             "blend": "nnunet",
             "classes": [{"name": c, "color": default_color(i)} for i, c in enumerate(classes)],

@@ -206,3 +206,23 @@ def test_monai_spacing_grid_reads_what_monai_spacingd_makes(data: Path, name: st
     mine = scene.read(Box.from_shape(scene.spatial_shape))
     np.testing.assert_allclose(mine, theirs, rtol=1e-5, atol=1e-3)
     np.testing.assert_allclose(scene.meta.spacing, pixdim)
+
+
+def test_crop_shows_the_region_and_maps_labels_and_scores_back_padded() -> None:
+    """nnU-Net's crop to the non-zero box (the MNI T1's zero border): reads outside it are ``fill``,
+    labels come back zero-padded and scores with background 1 outside, on the file's grid."""
+    need(MNI_T1)
+    box = Box((26, 27, 0), (171, 208, 155))
+    s = open_nifti(str(MNI_T1), orientation="NATIVE", crop=(box.start, box.stop))
+    assert s.shape == (1, *box.shape) and s.crop == box
+    assert np.array_equal(s.read(Box.from_shape(box.shape))[0], raw(MNI_T1)[box.slices()])
+    edge = s.read(Box((-2, 0, 0), (3, 4, 4)), fill=7)[0]  # two voxels before the crop: fill, not data
+    assert (edge[:2] == 7).all() and np.array_equal(edge[2:], raw(MNI_T1)[26:29, 27:31, 0:4])
+    labels = np.ones(box.shape, np.uint8)
+    back = s.to_native_labels(labels)
+    assert back.shape == s.native_shape and back.sum() == labels.sum() and (back[box.slices()] == 1).all()
+    scores = s.to_native_scores(np.full((2, *box.shape), 0.5, np.float32))
+    assert scores[0, 0, 0, 0] == 1 and scores[1, 0, 0, 0] == 0 and scores[1][box.slices()].min() == 0.5
+    assert pickle.loads(pickle.dumps(s)).crop == box  # Dask workers reopen it cropped
+    with pytest.raises(Exception, match="does not lie inside"):
+        open_nifti(str(MNI_T1), crop=((0, 0, 0), (300, 10, 10)))

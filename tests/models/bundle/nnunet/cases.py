@@ -85,3 +85,15 @@ def write_unseen(
         out.append(folder / "ts_r_0000.nii.gz")
         _save(np.round(zoom(x, factors, order=1)).astype(np.int16), affine, out[-1], resampled_spacing)
     return out
+
+
+def write_mr(data: Path, folder: Path) -> list[Path]:
+    """Two real MR volumes with zero borders, so nnU-Net crops them: the MNI152 T1 (every third voxel,
+    labelled 3 mm like the plans) and the TotalSegmentator MR (3 mm as it is)."""
+    mni = nib.load(data / "medical" / "nilearn" / "mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz")
+    mr = nib.load(data / "medical" / "totalsegmentator" / "example_mr_sm.nii.gz")
+    out = [folder / "mni_0000.nii.gz", folder / "mr_0000.nii.gz"]
+    x = np.ascontiguousarray(np.asanyarray(mni.dataobj)[::3, ::3, ::3]).astype(np.int16)
+    _save(x, mni.affine, out[0], (3.0, 3.0, 3.0))
+    _save(np.asanyarray(mr.dataobj).astype(np.int16), mr.affine, out[1])
+    return out

@@ -48,12 +48,14 @@ def test_the_folder_is_an_nnunet_kind_and_reads_its_plans(model3d):
         "vertebra",
         "back_muscle",
     ]
-    assert (cfg.grid, cfg.blend, cfg.orientation, cfg.output_activation) == (
+    assert (cfg.grid, cfg.blend, cfg.orientation, cfg.output_activation, cfg.activation_stage) == (
         "nnunet",
         "nnunet",
         "NATIVE",
-        "none",
+        "softmax",
+        "blended",
     )
+    assert cfg.inputs.crop_nonzero
     assert cfg.patch_size == [48, 48, 16]  # plans' (z, y, x) patch in the file's (x, y, z) voxel axes
     assert cfg.card["nnunet"]["folds"] == ["0"]
 
@@ -167,3 +169,14 @@ def test_channel_count_that_does_not_match_the_inputs(model3d, unseen, tmp_path)
         and "2 channels" in result.reason
         and "expects 1 (CT)" in result.reason
     )
+
+
+def test_region_based_model_is_refused_with_a_message_that_says_so(broken):
+    """A region-based model (sigmoid outputs, overlapping regions in dataset.json) is refused, naming it."""
+    dataset = json.loads((broken / "dataset.json").read_text())
+    dataset["labels"] = {"background": 0, "whole": [1, 2, 3], "core": [2, 3], "enhancing": 3}
+    dataset["regions_class_order"] = [1, 2, 3]
+    (broken / "dataset.json").write_text(json.dumps(dataset))
+    with pytest.raises(BundleError, match=r"region-based nnU-Net models .* not supported") as err:
+        open_model(broken)
+    assert str(broken / "dataset.json") in str(err.value)
