@@ -148,8 +148,12 @@ def _write_cog(
                         options["OVERVIEWS"] = "FORCE_USE_EXISTING"
                 opened = rasterio.open(stage, "r+") if gdal_source else rasterio.open(stage, "w", **profile)
                 with opened as dst:
-                    if gdal_source is not None:
-                        dst.crs, dst.transform, dst.nodata = meta.crs, meta.transform, nodata
+                    if gdal_source is not None:  # a scene without georeferencing keeps none
+                        if meta.crs is not None:
+                            dst.crs = meta.crs
+                        if meta.transform is not None and not meta.transform.is_identity:
+                            dst.transform = meta.transform
+                        dst.nodata = nodata
                     if "AREA_OR_POINT" in meta.tags:  # keeps the input's GeoTIFF tie-point convention
                         dst.update_tags(AREA_OR_POINT=meta.tags["AREA_OR_POINT"])
                     setup(dst)
