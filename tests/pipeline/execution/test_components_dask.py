@@ -11,7 +11,7 @@ import pytest
 import rasterio
 import zarr
 
-from pipeline.execution.components import clean_components, summarise, thread_map
+from pipeline.execution.components import clean_components, thread_map
 from pipeline.execution.distributed import DaskExecutor
 from pipeline.job.config import load_config
 from pipeline.job.outputs import remove_small_objects
@@ -55,14 +55,9 @@ def test_worker_processes_give_the_whole_array_rule_for_any_cut(tmp_path, data, 
             np.testing.assert_array_equal(out[...], expected)
             assert removed > 0 and executor.tasks_submitted > before  # the passes went to the cluster
     # a pass's call really runs in a worker process, not here
-    src, _ = _on_disk(tmp_path / "where", values, (128, 160))
-    ran = executor.map(_pid_of, [(src, (slice(0, 128), slice(0, 160)))] * 8)
+    # (a builtin: the workers of a clean checkout cannot import this test module)
+    ran = executor.map(os.getpid, [()] * 8)
     assert set(ran) <= pids and os.getpid() not in ran
-
-
-def _pid_of(labels, sl) -> int:
-    summarise(labels, sl, labels.shape, False, NODATA)
-    return os.getpid()
 
 
 def test_threads_and_one_thread_agree(tmp_path, data):
