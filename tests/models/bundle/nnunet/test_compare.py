@@ -66,21 +66,20 @@ def _assert_agrees(
 
 
 SETTINGS = [
-    pytest.param("3d", (0,), True, id="3d-fold0-mirroring"),
-    pytest.param("3d", (0,), False, id="3d-fold0-no-mirroring"),
-    pytest.param("3d", (0, 1), False, id="3d-ensemble-folds01"),
+    # 3-D mirroring is held to the exact (float32-sum) nnU-Net only: stock nnU-Net with mirroring is the
+    # 2-D case's, and running it a third time here cost the suite ~45 s
+    pytest.param("3d", (0,), True, False, id="3d-fold0-mirroring"),
+    pytest.param("3d", (0,), False, True, id="3d-fold0-no-mirroring"),
+    pytest.param("3d", (0, 1), False, True, id="3d-ensemble-folds01"),
     # nnU-Net's 2-D predictor runs twice here (float16 and float32 sums), slice by slice with mirroring:
     # over 600 s on the shared 2-core machine
-    pytest.param("2d", (0,), True, id="2d-fold0-mirroring", marks=pytest.mark.timeout(1800)),
+    pytest.param("2d", (0,), True, True, id="2d-fold0-mirroring", marks=pytest.mark.timeout(1800)),
 ]
 
 
-@pytest.mark.parametrize(("config", "folds", "mirroring"), SETTINGS)
-def test_labels_equal_nnunet_predictor(config, folds, mirroring, request, unseen, tmp_path):
+@pytest.mark.parametrize(("config", "folds", "mirroring", "stock"), SETTINGS)
+def test_labels_equal_nnunet_predictor(config, folds, mirroring, stock, request, unseen, tmp_path):
     model = request.getfixturevalue("model3d" if config == "3d" else "model2d")
-    theirs = nnunet_predict(
-        model, [[unseen / f"{c}_0000.nii.gz"] for c in CASES], folds=folds, mirroring=mirroring
-    )
     ours = _tilewise(model, unseen, tmp_path / "out", folds=list(folds), mirroring=mirroring)
     exact = nnunet_predict(model, [[unseen / f"{c}_0000.nii.gz"] for c in CASES], folds=folds,
                            mirroring=mirroring, float32_sums=True)  # fmt: skip
@@ -88,6 +87,11 @@ def test_labels_equal_nnunet_predictor(config, folds, mirroring, request, unseen
         # the gap below is all float16: with float32 sums, nnU-Net's labels are tilewise's (the
         # ensemble's fold average rounds differently in float32: 1 voxel of 312480 measured)
         assert int((ours[case] != ref).sum()) <= 2, (case, int((ours[case] != ref).sum()))
+    if not stock:
+        return
+    theirs = nnunet_predict(
+        model, [[unseen / f"{c}_0000.nii.gz"] for c in CASES], folds=folds, mirroring=mirroring
+    )
     # two folds: nnU-Net adds the folds' float16 logits too; kidney Dice measured 0.9951 (not yet
     # shown to be near-ties only, see docs/models.md), voxel agreement still >= 99.95 %
     _assert_agrees(ours, theirs, classes=6, min_dice=0.995 if len(folds) > 1 else 0.997)
