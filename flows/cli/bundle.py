@@ -83,7 +83,8 @@ def render(bundle: Bundle) -> Table:
     if cfg.spatial_dims == 3:
         table.add_row("orientation", cfg.orientation)
     table.add_row("target spacing", str(cfg.target_spacing) if cfg.target_spacing else "as is")
-    stage = " (of the blended scores)" if cfg.activation_stage == "blended" else ""
+    stages = {"blended": " (of the blended scores)", "inverted": " (of the scores back on the input's grid)"}
+    stage = stages.get(cfg.activation_stage, "")
     table.add_row("activation", cfg.output_activation + stage)
     if cfg.blend or cfg.sigma_scale or cfg.batch_size:
         window = {"blend": cfg.blend, "sigma_scale": cfg.sigma_scale, "batch_size": cfg.batch_size}

@@ -154,9 +154,11 @@ class BundleConfig(_Strict):
     # how windows are laid out and blended: MONAI's grid (any blend the job asks for), or nnU-Net's grid
     # with its own gaussian, which its models were validated with
     grid: Literal["monai", "nnunet"] = "monai"
-    # where the activation runs: on each window before blending (tilewise's default), or on the blended
-    # scores (MONAI's inferers blend logits); labels are the same argmax either way for softmax
-    activation_stage: Literal["window", "blended"] = "window"
+    # where the activation runs: on each window before blending (tilewise's default), on the blended
+    # scores (MONAI's inferers blend logits), or on the scores once inverted onto the input's grid (a
+    # MONAI bundle's Activationsd after Invertd: the logits are interpolated, then activated; blended
+    # when nothing is inverted); labels are the same argmax either way for softmax
+    activation_stage: Literal["window", "blended", "inverted"] = "window"
     blend: Literal["gaussian", "constant", "cosine", "crop", "nnunet"] | None = None  # None: the job's
     sigma_scale: float | None = Field(default=None, gt=0.0)
     batch_size: int | None = Field(default=None, ge=1)  # windows per forward pass, unless the job says

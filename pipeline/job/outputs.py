@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.core.sinks import activate
 from pipeline.errors import redact
 from pipeline.execution.stages import Stages
 from pipeline.execution.thumbnail import Canvas, CanvasScene, sample_labels
@@ -18,6 +19,7 @@ from pipeline.execution.workstore import WorkStore, gdal_name
 from pipeline.formats.resample import NativeView, ResampledGeoScene
 from pipeline.formats.scene import GeoMeta, VolumeMeta
 from pipeline.job.config import JobConfig
+from pipeline.job.inversion import inverted_activation, inverts_scores
 
 
 def remove_small_objects(
@@ -104,13 +106,17 @@ def _largest(labels: Any, store: WorkStore, post: Any, nodata: int, mapper: Any 
     return out
 
 
-def _inverted_labels(scene: Any, scores: Any, nearest: np.ndarray, post: Any, nodata: int) -> np.ndarray:
+def _inverted_labels(
+    scene: Any, scores: Any, nearest: np.ndarray, post: Any, nodata: int, activation: str
+) -> np.ndarray:
     """Labels on the input's grid as a MONAI bundle with ``Invertd(nearest_interp=False)`` before
-    ``AsDiscreted`` makes them: the scores interpolated linearly onto the input's grid, then the argmax
-    (voxels no window covered keep ``nodata``). Whole-array, as the NIfTI writer is."""
+    ``AsDiscreted`` makes them: the scores interpolated linearly onto the input's grid (then activated,
+    when its ``Activationsd`` comes after ``Invertd``), then the argmax (voxels no window covered keep
+    ``nodata``). Whole-array, as the NIfTI writer is."""
     from pipeline.execution.largest import Rule, keep_largest
 
-    labels = scene.to_native_scores(np.asarray(scores[...])).argmax(axis=0).astype(np.uint8)
+    native = activate(scene.to_native_scores(np.asarray(scores[...], dtype=np.float32)), activation)
+    labels = native.argmax(axis=0).astype(np.uint8)
     labels[nearest == nodata] = nodata
     if post is not None and post.keep_largest:
         out = np.empty_like(labels)
@@ -178,7 +184,8 @@ def write_outputs(
     labels: Any = store.labels("r")
     scores: Any = store.probabilities("r")  # exact (float) when labels are inverted from them
     probs: Any = scores if config.outputs.probabilities else None
-    invert = bundle.config.invert == "scores" and bool(getattr(scene, "resampled", False))
+    invert = inverts_scores(bundle, scene)
+    late = inverted_activation(bundle, invert)  # Activationsd after Invertd: on the input's grid
     engine_scene, processed = scene, False
     if isinstance(scene, ResampledGeoScene):  # engine grid at the bundle's GSD: write on the input's grid
         labels = NativeView(labels, scene.native.spatial_shape)
@@ -230,14 +237,14 @@ def write_outputs(
 
         native = scene.to_native_labels(np.asarray(labels[...]))
         if invert:  # as MONAI's Invertd then AsDiscreted (and its keep-largest rule, on that grid)
-            native = _inverted_labels(scene, scores, native, post, nodata)
+            native = _inverted_labels(scene, scores, native, post, nodata, late)
         write_nifti_labels(
             native, paths["labels"], scene=scene, class_names=names, class_colors=colors, overwrite=overwrite
         )
         if probs is not None:
             stored = np.asarray(probs[...])  # the work store keeps round(p * 255) as uint8
             stored = stored.astype(np.float32) / 255 if stored.dtype == np.uint8 else stored
-            scores = scene.to_native_scores(stored)
+            scores = activate(scene.to_native_scores(stored), late)
             write_nifti_probabilities(scores, paths["probabilities"], scene=scene, overwrite=overwrite)
     elif fmt == "zarr":
         from pipeline.formats.zarr_writer import write_geo_zarr, write_ome_zarr_labels

@@ -27,6 +27,7 @@ from pipeline.formats.scene import GeoMeta, VolumeMeta
 from pipeline.formats.source import SceneSource
 from pipeline.job.config import JobConfig
 from pipeline.job.discover import WORK_DIR, mirrored_dir, scene_stem
+from pipeline.job.inversion import inverted_activation, inverts_scores
 from pipeline.job.leasing import scene_lease
 from pipeline.job.memory import peak_rss_mb, plan_peak_mb, rss_mb
 from pipeline.job.report import class_counts, class_table, pixel_area_m2, write_report
@@ -119,32 +120,28 @@ def plan_scene(scene: Any, bundle: Any, config: JobConfig) -> tuple[tuple[int, .
     return roi, float(overlap), block
 
 
-def inverts_scores(bundle: Any, scene: Any) -> bool:
-    """Labels on the input's grid from its scores interpolated linearly, then the argmax (a MONAI
-    bundle's ``Invertd`` before ``AsDiscreted``), rather than nearest labels: only when resampled."""
-    return bundle.config.invert == "scores" and bool(getattr(scene, "resampled", False))
-
-
 def _is_bundle_folder(path: Any) -> bool:
     return (Path(path) / "model.yaml").is_file()
 
 
-def window_settings(bundle: Any, config: JobConfig) -> dict[str, Any]:
+def window_settings(bundle: Any, config: JobConfig, inverted: bool = False) -> dict[str, Any]:
     """Blend, sigma and batch size: what the job sets, else what the bundle carries (a MONAI bundle's
-    inferer), else the job's defaults; and where the output activation runs."""
+    inferer), else the job's defaults; and where the output activation runs (nowhere here when it runs
+    on scores ``inverted`` onto the input's grid: the outputs apply it, ``inverted_activation``)."""
     cfg, tiling, execution = bundle.config, config.tiling, config.execution
 
     def pick(section: Any, key: str) -> Any:
         ours = getattr(cfg, key, None)
         return ours if key not in section.model_fields_set and ours is not None else getattr(section, key)
 
-    blended = getattr(cfg, "activation_stage", "window") == "blended"
+    blended = getattr(cfg, "activation_stage", "window") in ("blended", "inverted")
+    late = inverted_activation(bundle, inverted) != "none"
     return {
         "blend": pick(tiling, "blend"),
         "sigma_scale": pick(tiling, "sigma_scale"),
         "batch_size": pick(execution, "batch_size"),
         "activation": "none" if blended else cfg.output_activation,
-        "score_activation": cfg.output_activation if blended else "none",
+        "score_activation": cfg.output_activation if blended and not late else "none",
     }
 
 
@@ -272,7 +269,7 @@ def _run(
             if _is_bundle_folder(bundle.path)
             else tuple(sorted(config.model_options.items())),
             trust_pickle=config.trust_pickle and not _is_bundle_folder(bundle.path),
-            **window_settings(bundle, config),
+            **window_settings(bundle, config, invert),
             probabilities=config.outputs.probabilities or invert,
             scores_dtype="float32" if invert else "uint8",
             nodata_label=config.outputs.nodata_label,

@@ -201,6 +201,7 @@ def postprocessing(cfg: Any) -> dict[str, Any]:
     out: dict[str, Any] = {"output_activation": "none", "activation_stage": "blended"}
     used = ("Activationsd", "AsDiscreted", "KeepLargestConnectedComponentd")
     discrete = False  # labels made (AsDiscreted) by this point
+    inverted = False  # scores interpolated back (Invertd, not nearest) by this point
     for i, (name, args) in enumerate(transform_list(cfg, "postprocessing", used)):
         where = f"postprocessing#{i} ({name})"
         if name not in POSTPROCESSING:
@@ -214,12 +215,15 @@ def postprocessing(cfg: Any) -> dict[str, Any]:
             out["output_activation"] = (
                 "softmax" if args.get("softmax") else "sigmoid" if args.get("sigmoid") else "none"
             )
+            if inverted:  # MONAI interpolates the logits, then activates them on the scan's grid
+                out["activation_stage"] = "inverted"
         elif name == "Invertd":
             nearest = args.get("nearest_interp", True)
             if not isinstance(nearest, bool):
                 raise BundleError(f"{where}: nearest_interp must be true or false, got {nearest!r}")
             if not nearest and not discrete:  # MONAI interpolates the scores, then takes the argmax
                 out["invert"] = "scores"
+                inverted = True
         elif name == "AsDiscreted" and not args.get("argmax") and args.get("threshold") is not None:
             raise BundleError(f"{where}: only argmax labels are supported (threshold is not)")
         elif name == "KeepLargestConnectedComponentd":
