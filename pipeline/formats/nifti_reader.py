@@ -18,7 +18,7 @@ import os
 import posixpath
 import re
 import tempfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,7 @@ from pipeline.core.box import Box
 from pipeline.errors import ConfigError, FormatError, InputError
 from pipeline.formats.nifti_files import CACHE_THRESHOLD_BYTES, VoxelSource, shape4
 from pipeline.formats.scene import VolumeMeta
+from pipeline.formats.spline import NnUNetResampling, needed, new_shape, resample_axis, separate_axis
 
 NATIVE = "NATIVE"  # orientation: keep the file's voxel axes as they are
 # how a target spacing lays out the engine grid: both grids spanning the same extent (nnU-Net's, and
@@ -90,6 +91,7 @@ class NiftiScene:
         cache_threshold_bytes: int = CACHE_THRESHOLD_BYTES,
         spacing_grid: str = "extent",
         crop: tuple[tuple[int, ...], tuple[int, ...]] | None = None,
+        resampling: tuple[Any, ...] | None = None,
     ) -> None:
         self._args = (
             uris,
@@ -100,6 +102,7 @@ class NiftiScene:
             cache_threshold_bytes,
             spacing_grid,
             crop,
+            resampling,
         )
         self.uri, self.files = uris[0], list(uris)
         cache = Path(cache_dir or os.environ.get("TILEWISE_CACHE_DIR") or tempfile.gettempdir())
@@ -159,6 +162,9 @@ class NiftiScene:
         if spacing_grid not in SPACING_GRIDS:
             raise ConfigError(f"spacing_grid must be one of {', '.join(SPACING_GRIDS)}, not {spacing_grid!r}")
         self._monai = spacing_grid == "monai"
+        self._nnunet = NnUNetResampling(*resampling) if resampling is not None else None
+        self.separate_axis: int | None = None  # the axis resampled with order_z (nnU-Net), if any
+        self._score_axis: int | None = None
         if target_spacing is not None:
             if len(target_spacing) != len(spatial):
                 raise ConfigError(f"target_spacing {tuple(target_spacing)} has not {len(spatial)} values")
@@ -166,14 +172,22 @@ class NiftiScene:
             if self._monai:  # MONAI's Spacing: first voxel centres aligned, the step exactly t / s
                 spatial = tuple(max(1, int(np.round((n - 1) * s / t + 1.0))) for n, s, t in pairs)
                 factor = tuple(t / s for _, s, t in pairs)
+            elif self._nnunet is not None:  # nnU-Net's own rounding
+                spatial = tuple(max(1, v) for v in new_shape(spatial, spacing, target_spacing))
+                factor = tuple(n / m for n, m in zip(self._native, spatial, strict=True))
             else:  # both grids span the same extent
                 spatial = tuple(max(1, round(n * s / t)) for n, s, t in pairs)
                 factor = tuple(n / m for n, m in zip(self._native, spatial, strict=True))
             if spatial != self._native or (self._monai and any(f != 1.0 for f in factor)):
                 self._factor = factor
                 spacing = tuple(s * f for s, f in zip(native_spacing, self._factor, strict=True))
+                if self._nnunet is not None:
+                    r = self._nnunet
+                    self.separate_axis = separate_axis(native_spacing, target_spacing, r.force_separate_z)
+                    self._score_axis = separate_axis(target_spacing, native_spacing, r.score_force_separate_z)
         dtype = np.result_type(*(s.dtype for s in self._sources))
-        self.dtype = np.dtype(np.float32) if self._factor and order > 0 and dtype.kind != "f" else dtype
+        floats = self._factor and (order > 0 or self._nnunet is not None)
+        self.dtype = np.dtype(np.float32) if floats and dtype.kind != "f" else dtype
         self.channels = sum(s.channels for s in self._sources)
         self.shape: tuple[int, ...] = (self.channels, *spatial)
         self.meta = VolumeMeta(
@@ -207,7 +221,7 @@ class NiftiScene:
         """This scene (cropped alike) on its own voxel grid: where nnU-Net takes per-case statistics."""
         if self._factor is None:
             return self
-        uris, orientation, _, order, cache_dir, threshold, grid, crop = self._args
+        uris, orientation, _, order, cache_dir, threshold, grid, crop, _ = self._args
         return NiftiScene(uris, orientation, None, order, cache_dir, threshold, grid, crop)
 
     def _read_native(self, box: Box, fill: float) -> np.ndarray:
@@ -233,10 +247,23 @@ class NiftiScene:
             out[(slice(None), *inside.slices(full.start))] = np.flip(block, flips) if flips else block
         return out if self._sq is None else out.squeeze(1 + self._sq)
 
-    def read(self, box: Box, fill: float = 0.0) -> np.ndarray:
-        """Voxels of ``box`` as ``(C, *box.shape)``; resampled on the fly when a spacing was asked."""
+    def read(
+        self,
+        box: Box,
+        fill: float = 0.0,
+        prepare: Callable[[np.ndarray, Box], np.ndarray] | None = None,
+        value_range: np.ndarray | None = None,
+    ) -> np.ndarray:
+        """Voxels of ``box`` as ``(C, *box.shape)``; resampled on the fly when a spacing was asked.
+
+        With nnU-Net's resampling, ``prepare(native, native_box)`` (its normalisation) runs on the
+        file's voxels before they are resampled, and cubic values are clipped to ``value_range``
+        (``(C, S, 2)``: the prepared case's min/max, per slice along :attr:`separate_axis` when S > 1),
+        as ``skimage.transform.resize`` clips them."""
         if self._factor is None:
             return self._read_native(box, fill)
+        if self._nnunet is not None:
+            return self._read_nnunet(box, fill, prepare, value_range)
         out = np.full((self.channels, *box.shape), fill, dtype=self.dtype)
         inside = box.intersect(Box.from_shape(self.spatial_shape))
         if inside.empty:
@@ -253,6 +280,52 @@ class NiftiScene:
         out[(slice(None), *inside.slices(box.start))] = x
         return out
 
+    def _read_nnunet(
+        self,
+        box: Box,
+        fill: float,
+        prepare: Callable[[np.ndarray, Box], np.ndarray] | None,
+        value_range: np.ndarray | None,
+    ) -> np.ndarray:
+        """nnU-Net's ``resample_data_or_seg`` of ``box``: the in-plane axes (all three when none is
+        separate) at ``order``, clipped to the input's range, then the separate axis at ``order_z``;
+        the native region read is what the coordinates need plus the spline's halo (edge-replicated)."""
+        assert self._factor is not None and self._nnunet is not None
+        out = np.full((self.channels, *box.shape), fill, dtype=self.dtype)
+        inside = box.intersect(Box.from_shape(self.spatial_shape))
+        if inside.empty:
+            return out
+        sep = self.separate_axis
+        orders = [self._nnunet.order_z if a == sep else self._nnunet.order for a in range(len(self._native))]
+        coords = [
+            _src_coords(a, b, f) for a, b, f in zip(inside.start, inside.stop, self._factor, strict=True)
+        ]
+        spans = [needed(c, o) for c, o in zip(coords, orders, strict=True)]
+        want = Box(tuple(a for a, _ in spans), tuple(b for _, b in spans))
+        real = want.intersect(Box.from_shape(self._native))
+        x = self._read_native(real, fill)
+        if prepare is not None:
+            x = prepare(x, real)
+        pad = [(0, 0)] + [(r0 - w0, w1 - r1) for w0, w1, r0, r1 in zip(want.start, want.stop, real.start,
+                                                                      real.stop, strict=True)]  # fmt: skip
+        x = np.pad(x, pad, mode="edge") if any(p != (0, 0) for p in pad) else x
+        for axis in [a for a in range(len(orders)) if a != sep]:
+            x = resample_axis(x, axis + 1, coords[axis], orders[axis], want.start[axis], self._native[axis])
+        if value_range is not None:  # skimage clips each resize to its input's range
+            lo, hi = value_range[..., 0], value_range[..., 1]
+            if sep is not None and value_range.shape[1] > 1:  # per source slice along the separate axis
+                idx = np.clip(np.arange(want.start[sep], want.stop[sep]), 0, self._native[sep] - 1)
+                shape = [x.shape[0]] + [-1 if a == sep else 1 for a in range(len(orders))]
+                lo, hi = lo[:, idx].reshape(shape), hi[:, idx].reshape(shape)
+            else:
+                shape = [x.shape[0]] + [1] * len(orders)
+                lo, hi = lo[:, :1].reshape(shape), hi[:, :1].reshape(shape)
+            x = np.clip(x, lo, hi)
+        if sep is not None:
+            x = resample_axis(x, sep + 1, coords[sep], orders[sep], want.start[sep], self._native[sep])
+        out[(slice(None), *inside.slices(box.start))] = x
+        return out
+
     def _coords(self, a: int, b: int, f: float) -> np.ndarray:
         """Source coordinates of target voxels ``a..b-1`` at step ``f`` under the spacing grid rule."""
         return np.arange(a, b) * f if self._monai else _src_coords(a, b, f)
@@ -263,14 +336,28 @@ class NiftiScene:
             return None
         return np.isnan(self.read(box, fill=np.nan)).any(axis=0)
 
-    def _to_native(self, x: np.ndarray, lead: int, order: int) -> np.ndarray:
+    def _to_native(
+        self,
+        x: np.ndarray,
+        lead: int,
+        order: int,
+        activation: Callable[[np.ndarray], np.ndarray] | None = None,
+    ) -> np.ndarray:
         if x.shape[lead:] != self.spatial_shape:
             raise InputError(f"array shape {x.shape} does not match the scene {self.shape}", path=self.uri)
         if self._factor is not None:
             for axis, (n, f, m) in enumerate(
                 zip(self._native, self._factor, self.spatial_shape, strict=True)
             ):
-                x = _resample_axis(x, lead + axis, np.clip(self._coords(0, n, 1 / f), 0, m - 1), order)
+                if self._nnunet is not None and lead:  # nnU-Net's export of logits/probabilities
+                    r = self._nnunet
+                    o = r.score_order_z if axis == self._score_axis else r.score_order
+                    x = resample_axis(x, lead + axis, _src_coords(0, n, 1 / f), o, 0, m)
+                else:
+                    c = np.clip(self._coords(0, n, 1 / f), 0, m - 1)
+                    x = _resample_axis(x, lead + axis, c, order)
+        if activation is not None:
+            x = activation(x)
         if self.crop is not None:  # nnU-Net's export: zeros outside the crop (background scores 1)
             full = np.zeros((*x.shape[:lead], *self._uncropped), x.dtype)
             if lead:
@@ -289,9 +376,13 @@ class NiftiScene:
         """Labels on the engine grid back to the file's voxel grid (nearest, then exact un-reorient)."""
         return self._to_native(np.asarray(labels_engine), 0, 0)
 
-    def to_native_scores(self, scores_engine: np.ndarray) -> np.ndarray:
-        """``(K, *spatial)`` scores back to ``(K, *native)`` on the file grid (linear where resampled)."""
-        return self._to_native(np.asarray(scores_engine), 1, 1)
+    def to_native_scores(
+        self, scores_engine: np.ndarray, activation: Callable[[np.ndarray], np.ndarray] | None = None
+    ) -> np.ndarray:
+        """``(K, *spatial)`` scores back to ``(K, *native)`` on the file grid (linear where resampled;
+        nnU-Net's score orders with its resampling); ``activation`` runs after resampling, before the
+        crop is padded back (as nnU-Net resamples logits, then takes their softmax)."""
+        return self._to_native(np.asarray(scores_engine), 1, 1, activation)
 
     def close(self) -> None:
         for s in self._sources:
@@ -308,6 +399,7 @@ def open_nifti(
     cache_threshold_bytes: int = CACHE_THRESHOLD_BYTES,
     spacing_grid: str = "extent",
     crop: tuple[tuple[int, ...], tuple[int, ...]] | None = None,
+    resampling: tuple[Any, ...] | None = None,
 ) -> NiftiScene:
     """Open a NIfTI file, or a list of channel files sharing one grid, as a lazily read scene.
 
@@ -317,12 +409,16 @@ def open_nifti(
     cache under ``cache_dir`` (gzip cannot seek); smaller ones are loaded once and kept. ``crop``
     (start, stop) shows only that region of the reoriented voxel grid (before any resampling), as
     nnU-Net crops a case to its non-zero box; labels and scores map back padded with background.
+    ``resampling`` (a :class:`~pipeline.formats.spline.NnUNetResampling` as a tuple) resamples as
+    nnU-Net does: its shape rounding, cubic splines, a separate anisotropic axis, scores back at its
+    orders.
     """
     uris = [os.fspath(uri)] if isinstance(uri, str | os.PathLike) else [os.fspath(u) for u in uri]
     if not uris:
         raise InputError("no NIfTI file given")
     if order not in (0, 1):
         raise ConfigError(f"order must be 0 or 1, not {order}")
-    return NiftiScene(
-        uris, orientation, target_spacing, order, cache_dir, cache_threshold_bytes, spacing_grid, crop
-    )
+    if resampling is not None:
+        resampling = tuple(NnUNetResampling(*resampling))
+    return NiftiScene(uris, orientation, target_spacing, order, cache_dir, cache_threshold_bytes,
+                      spacing_grid, crop, resampling)  # fmt: skip

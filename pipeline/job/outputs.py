@@ -104,6 +104,23 @@ def _largest(labels: Any, store: WorkStore, post: Any, nodata: int, mapper: Any 
     return out
 
 
+def _activation(bundle: Any) -> Any:
+    """The output activation to run on the input's grid: when the work store holds blended logits
+    (nnU-Net's resampling, whose export resamples logits: ``scene_job.window_settings``), else None."""
+    cfg = bundle.config
+    if getattr(cfg, "resampling", None) is None or getattr(cfg, "activation_stage", "window") != "blended":
+        return None
+    if cfg.output_activation == "softmax":
+        from scipy.special import softmax
+
+        return lambda x: softmax(x, axis=0).astype(np.float32)
+    if cfg.output_activation == "sigmoid":
+        from scipy.special import expit
+
+        return lambda x: expit(x).astype(np.float32)
+    return None
+
+
 def _inverted_labels(scene: Any, scores: Any, nearest: np.ndarray, post: Any, nodata: int) -> np.ndarray:
     """Labels on the input's grid as a MONAI bundle with ``Invertd(nearest_interp=False)`` before
     ``AsDiscreted`` makes them: the scores interpolated linearly onto the input's grid, then the argmax
@@ -237,7 +254,11 @@ def write_outputs(
         if probs is not None:
             stored = np.asarray(probs[...])  # the work store keeps round(p * 255) as uint8
             stored = stored.astype(np.float32) / 255 if stored.dtype == np.uint8 else stored
-            scores = scene.to_native_scores(stored)
+            scores = (
+                scene.to_native_scores(stored, _activation(bundle))
+                if invert
+                else scene.to_native_scores(stored)
+            )
             write_nifti_probabilities(scores, paths["probabilities"], scene=scene, overwrite=overwrite)
     elif fmt == "zarr":
         from pipeline.formats.zarr_writer import write_geo_zarr, write_ome_zarr_labels

@@ -92,6 +92,8 @@ def open_options(
     options = (("orientation", cfg.orientation), ("target_spacing", spacing), ("cache_dir", str(work_dir)))
     if spacing and cfg.spacing_grid != "extent":
         options += (("spacing_grid", cfg.spacing_grid),)
+    if spacing and getattr(cfg, "resampling", None) is not None:  # nnU-Net's own resampling
+        options += (("resampling", cfg.resampling.as_tuple()),)
     return SceneSource(source.kind, source.uris, options)
 
 
@@ -129,9 +131,11 @@ def _is_bundle_folder(path: Any) -> bool:
     return (Path(path) / "model.yaml").is_file()
 
 
-def window_settings(bundle: Any, config: JobConfig) -> dict[str, Any]:
+def window_settings(bundle: Any, config: JobConfig, invert: bool = False) -> dict[str, Any]:
     """Blend, sigma and batch size: what the job sets, else what the bundle carries (a MONAI bundle's
-    inferer), else the job's defaults; and where the output activation runs."""
+    inferer), else the job's defaults; and where the output activation runs (with ``invert`` and
+    nnU-Net's resampling, the blended logits are kept and activated on the input's grid, as nnU-Net's
+    export resamples logits; MONAI's ``Invertd`` resamples activated scores)."""
     cfg, tiling, execution = bundle.config, config.tiling, config.execution
 
     def pick(section: Any, key: str) -> Any:
@@ -139,12 +143,13 @@ def window_settings(bundle: Any, config: JobConfig) -> dict[str, Any]:
         return ours if key not in section.model_fields_set and ours is not None else getattr(section, key)
 
     blended = getattr(cfg, "activation_stage", "window") == "blended"
+    logits = getattr(cfg, "resampling", None) is not None  # nnU-Net's export resamples logits
     return {
         "blend": pick(tiling, "blend"),
         "sigma_scale": pick(tiling, "sigma_scale"),
         "batch_size": pick(execution, "batch_size"),
         "activation": "none" if blended else cfg.output_activation,
-        "score_activation": cfg.output_activation if blended else "none",
+        "score_activation": cfg.output_activation if blended and not (invert and logits) else "none",
     }
 
 
@@ -272,7 +277,7 @@ def _run(
             if _is_bundle_folder(bundle.path)
             else tuple(sorted(config.model_options.items())),
             trust_pickle=config.trust_pickle and not _is_bundle_folder(bundle.path),
-            **window_settings(bundle, config),
+            **window_settings(bundle, config, invert),
             probabilities=config.outputs.probabilities or invert,
             scores_dtype="float32" if invert else "uint8",
             nodata_label=config.outputs.nodata_label,

@@ -111,6 +111,24 @@ def _normalization(folder: NnUNetFolder, channels: int) -> dict[str, Any]:
     )
 
 
+def _resampling(folder: NnUNetFolder) -> dict[str, Any]:
+    """The configuration's ``resampling_fn_data_kwargs``/``resampling_fn_probabilities_kwargs``; other
+    resampling functions than nnU-Net's default are refused."""
+    cfg, where = folder.configuration, str(folder.plans_path)
+    out: dict[str, Any] = {}
+    for fn, prefix in (("resampling_fn_data", ""), ("resampling_fn_probabilities", "score_")):
+        name = cfg.get(fn, "resample_data_or_seg_to_shape")
+        if name != "resample_data_or_seg_to_shape":
+            raise BundleError(
+                f"{fn} {name!r} is not supported (resample_data_or_seg_to_shape is)", path=where
+            )
+        kwargs = cfg.get(f"{fn}_kwargs") or {}
+        for key in ("order", "order_z", "force_separate_z"):
+            if key in kwargs:
+                out[prefix + key] = kwargs[key]
+    return out
+
+
 def _check_checkpoint(folder: NnUNetFolder, ckpt: dict[str, Any], path: Path) -> None:
     init = ckpt.get("init_args")
     made_for = init.get("configuration") if isinstance(init, dict) else None
@@ -172,6 +190,8 @@ def bundle_config(folder: NnUNetFolder, options: Mapping[str, Any], mirror_axes:
             },
             "orientation": "native",
             "target_spacing": spacing_scene if slice_axis is None else None,
+            "resampling": _resampling(folder) if slice_axis is None else None,
+            "invert": "scores",  # labels: the argmax of the logits resampled back, as nnU-Net's export
             "patch_size": patch_scene,
             "overlap": 1.0 - step,
             "output_activation": "softmax",  # of the blended logits, for --probabilities only:
