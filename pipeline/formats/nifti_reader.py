@@ -29,7 +29,14 @@ from pipeline.core.box import Box
 from pipeline.errors import ConfigError, FormatError, InputError
 from pipeline.formats.nifti_files import CACHE_THRESHOLD_BYTES, VoxelSource, shape4
 from pipeline.formats.scene import VolumeMeta
-from pipeline.formats.spline import NnUNetResampling, needed, new_shape, resample_axis, separate_axis
+from pipeline.formats.spline import (
+    NnUNetResampling,
+    needed,
+    new_shape,
+    resample_axis,
+    resample_region,
+    separate_axis,
+)
 
 NATIVE = "NATIVE"  # orientation: keep the file's voxel axes as they are
 # how a target spacing lays out the engine grid: both grids spanning the same extent (nnU-Net's, and
@@ -256,17 +263,24 @@ class NiftiScene:
     ) -> np.ndarray:
         """Voxels of ``box`` as ``(C, *box.shape)``; resampled on the fly when a spacing was asked.
 
-        With nnU-Net's resampling, ``prepare(native, native_box)`` (its normalisation) runs on the
-        file's voxels before they are resampled, and cubic values are clipped to ``value_range``
-        (``(C, S, 2)``: the prepared case's min/max, per slice along :attr:`separate_axis` when S > 1),
-        as ``skimage.transform.resize`` clips them."""
+        With nnU-Net's resampling (:func:`~pipeline.formats.spline.resample_region`),
+        ``prepare(native, native_box)`` (its normalisation) runs on the file's voxels before they are
+        resampled, and cubic values are clipped to ``value_range`` as ``skimage`` clips them."""
         if self._factor is None:
             return self._read_native(box, fill)
-        if self._nnunet is not None:
-            return self._read_nnunet(box, fill, prepare, value_range)
         out = np.full((self.channels, *box.shape), fill, dtype=self.dtype)
         inside = box.intersect(Box.from_shape(self.spatial_shape))
         if inside.empty:
+            return out
+        if self._nnunet is not None:
+
+            def native(region: Box) -> np.ndarray:
+                x = self._read_native(region, fill)
+                return x if prepare is None else prepare(x, region)
+
+            x = resample_region(native, self._native, self._factor, inside, self._nnunet,
+                                self.separate_axis, value_range)  # fmt: skip
+            out[(slice(None), *inside.slices(box.start))] = x
             return out
         coords = [
             np.clip(self._coords(a, b, f), 0, n - 1)
@@ -280,52 +294,6 @@ class NiftiScene:
         out[(slice(None), *inside.slices(box.start))] = x
         return out
 
-    def _read_nnunet(
-        self,
-        box: Box,
-        fill: float,
-        prepare: Callable[[np.ndarray, Box], np.ndarray] | None,
-        value_range: np.ndarray | None,
-    ) -> np.ndarray:
-        """nnU-Net's ``resample_data_or_seg`` of ``box``: the in-plane axes (all three when none is
-        separate) at ``order``, clipped to the input's range, then the separate axis at ``order_z``;
-        the native region read is what the coordinates need plus the spline's halo (edge-replicated)."""
-        assert self._factor is not None and self._nnunet is not None
-        out = np.full((self.channels, *box.shape), fill, dtype=self.dtype)
-        inside = box.intersect(Box.from_shape(self.spatial_shape))
-        if inside.empty:
-            return out
-        sep = self.separate_axis
-        orders = [self._nnunet.order_z if a == sep else self._nnunet.order for a in range(len(self._native))]
-        coords = [
-            _src_coords(a, b, f) for a, b, f in zip(inside.start, inside.stop, self._factor, strict=True)
-        ]
-        spans = [needed(c, o) for c, o in zip(coords, orders, strict=True)]
-        want = Box(tuple(a for a, _ in spans), tuple(b for _, b in spans))
-        real = want.intersect(Box.from_shape(self._native))
-        x = self._read_native(real, fill)
-        if prepare is not None:
-            x = prepare(x, real)
-        pad = [(0, 0)] + [(r0 - w0, w1 - r1) for w0, w1, r0, r1 in zip(want.start, want.stop, real.start,
-                                                                      real.stop, strict=True)]  # fmt: skip
-        x = np.pad(x, pad, mode="edge") if any(p != (0, 0) for p in pad) else x
-        for axis in [a for a in range(len(orders)) if a != sep]:
-            x = resample_axis(x, axis + 1, coords[axis], orders[axis], want.start[axis], self._native[axis])
-        if value_range is not None:  # skimage clips each resize to its input's range
-            lo, hi = value_range[..., 0], value_range[..., 1]
-            if sep is not None and value_range.shape[1] > 1:  # per source slice along the separate axis
-                idx = np.clip(np.arange(want.start[sep], want.stop[sep]), 0, self._native[sep] - 1)
-                shape = [x.shape[0]] + [-1 if a == sep else 1 for a in range(len(orders))]
-                lo, hi = lo[:, idx].reshape(shape), hi[:, idx].reshape(shape)
-            else:
-                shape = [x.shape[0]] + [1] * len(orders)
-                lo, hi = lo[:, :1].reshape(shape), hi[:, :1].reshape(shape)
-            x = np.clip(x, lo, hi)
-        if sep is not None:
-            x = resample_axis(x, sep + 1, coords[sep], orders[sep], want.start[sep], self._native[sep])
-        out[(slice(None), *inside.slices(box.start))] = x
-        return out
-
     def _coords(self, a: int, b: int, f: float) -> np.ndarray:
         """Source coordinates of target voxels ``a..b-1`` at step ``f`` under the spacing grid rule."""
         return np.arange(a, b) * f if self._monai else _src_coords(a, b, f)
@@ -335,6 +303,20 @@ class NiftiScene:
         if self.dtype.kind != "f" or self._nan_free:
             return None
         return np.isnan(self.read(box, fill=np.nan)).any(axis=0)
+
+    def _back(
+        self, x: np.ndarray, lead: int, axis: int, span: tuple[int, int], lo: int, order: int
+    ) -> np.ndarray:
+        """Engine-grid values along ``axis`` (``x`` holds engine indices ``lo..``) at the file's voxels
+        ``span``: nnU-Net's score orders for scores with its resampling, else ``order``."""
+        assert self._factor is not None
+        f, m = self._factor[axis], self.spatial_shape[axis]
+        if self._nnunet is not None and lead:  # nnU-Net's export of logits/probabilities
+            r = self._nnunet
+            o = r.score_order_z if axis == self._score_axis else r.score_order
+            return resample_axis(x, lead + axis, _src_coords(*span, 1 / f), o, lo, m)
+        c = np.clip(self._coords(*span, 1 / f), 0, m - 1)
+        return _resample_axis(x, lead + axis, c - lo, order)
 
     def _to_native(
         self,
@@ -346,18 +328,14 @@ class NiftiScene:
         if x.shape[lead:] != self.spatial_shape:
             raise InputError(f"array shape {x.shape} does not match the scene {self.shape}", path=self.uri)
         if self._factor is not None:
-            for axis, (n, f, m) in enumerate(
-                zip(self._native, self._factor, self.spatial_shape, strict=True)
-            ):
-                if self._nnunet is not None and lead:  # nnU-Net's export of logits/probabilities
-                    r = self._nnunet
-                    o = r.score_order_z if axis == self._score_axis else r.score_order
-                    x = resample_axis(x, lead + axis, _src_coords(0, n, 1 / f), o, 0, m)
-                else:
-                    c = np.clip(self._coords(0, n, 1 / f), 0, m - 1)
-                    x = _resample_axis(x, lead + axis, c, order)
+            for axis, n in enumerate(self._native):
+                x = self._back(x, lead, axis, (0, n), 0, order)
         if activation is not None:
             x = activation(x)
+        return self._restore(x, lead)
+
+    def _restore(self, x: np.ndarray, lead: int) -> np.ndarray:
+        """The cropped engine-oriented array on the file's grid: crop padded back, axes un-reoriented."""
         if self.crop is not None:  # nnU-Net's export: zeros outside the crop (background scores 1)
             full = np.zeros((*x.shape[:lead], *self._uncropped), x.dtype)
             if lead:
@@ -371,6 +349,27 @@ class NiftiScene:
         inv = [self._perm.index(i) for i in range(3)]
         x = np.transpose(x, (*range(lead), *(lead + e for e in inv)))
         return np.ascontiguousarray(x.squeeze(lead + 2) if len(self.native_shape) == 2 else x)
+
+    def to_native_argmax(self, scores: Any, slab: int = 8) -> np.ndarray:
+        """The argmax of :meth:`to_native_scores` as uint8 labels, ``slab`` file voxels along the first
+        axis at a time: holds one slab of ``scores`` (any array a slice reads, e.g. Zarr), not all."""
+        if tuple(scores.shape[1:]) != self.spatial_shape:
+            raise InputError(
+                f"array shape {scores.shape} does not match the scene {self.shape}", path=self.uri
+            )
+        if self._factor is None:
+            return self._restore(np.asarray(scores[...]).argmax(axis=0).astype(np.uint8), 0)
+        n0, m0 = self._native[0], self.spatial_shape[0]
+        labels = np.empty(self._native, np.uint8)
+        for a in range(0, n0, slab):
+            b = min(a + slab, n0)
+            c = self._coords(a, b, 1 / self._factor[0])
+            lo, hi = needed(np.clip(c, 0, m0 - 1), 1)
+            x = self._back(np.asarray(scores[:, lo : min(hi, m0)]), 1, 0, (a, b), lo, 1)
+            for axis in range(1, len(self._native)):
+                x = self._back(x, 1, axis, (0, self._native[axis]), 0, 1)
+            labels[a:b] = x.argmax(axis=0)
+        return self._restore(labels, 0)
 
     def to_native_labels(self, labels_engine: np.ndarray) -> np.ndarray:
         """Labels on the engine grid back to the file's voxel grid (nearest, then exact un-reorient)."""

@@ -124,10 +124,11 @@ def _activation(bundle: Any) -> Any:
 def _inverted_labels(scene: Any, scores: Any, nearest: np.ndarray, post: Any, nodata: int) -> np.ndarray:
     """Labels on the input's grid as a MONAI bundle with ``Invertd(nearest_interp=False)`` before
     ``AsDiscreted`` makes them: the scores interpolated linearly onto the input's grid, then the argmax
-    (voxels no window covered keep ``nodata``). Whole-array, as the NIfTI writer is."""
+    (voxels no window covered keep ``nodata``); nnU-Net's export is the same with its orders, on its
+    logits. The labels are whole-array, as the NIfTI writer is; the scores are read slab by slab."""
     from pipeline.execution.largest import Rule, keep_largest
 
-    labels = scene.to_native_scores(np.asarray(scores[...])).argmax(axis=0).astype(np.uint8)
+    labels = scene.to_native_argmax(scores)  # slab by slab: one slab of the float scores held
     labels[nearest == nodata] = nodata
     if post is not None and post.keep_largest:
         out = np.empty_like(labels)
