@@ -38,6 +38,7 @@ _OPTIONAL = {
     "sigma_scale": None,
     "batch_size": None,
     "postprocess": None,
+    "resampling": None,
 }
 
 

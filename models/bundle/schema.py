@@ -132,6 +132,25 @@ class Postprocess(_Strict):
     num_components: int = Field(default=1, ge=1)
 
 
+class Resampling(_Strict):
+    """nnU-Net's resampling to ``target_spacing`` and back (its configuration's ``resampling_fn_*_kwargs``):
+    the case is normalised first, resized with splines of ``order`` (``order_z`` along an anisotropic
+    axis), and the blended logits go back at ``score_order``/``score_order_z`` before the argmax."""
+
+    kind: Literal["nnunet"] = "nnunet"
+    order: Literal[0, 1, 3] = 3
+    order_z: Literal[0, 1] = 0
+    force_separate_z: bool | None = None
+    score_order: Literal[0, 1] = 1
+    score_order_z: Literal[0, 1] = 0
+    score_force_separate_z: bool | None = None
+
+    def as_tuple(self) -> tuple[Any, ...]:
+        """The reader's ``resampling`` option (``pipeline.formats.spline.NnUNetResampling``)."""
+        return (self.order, self.order_z, self.force_separate_z, self.score_order, self.score_order_z,
+                self.score_force_separate_z)  # fmt: skip
+
+
 class BundleConfig(_Strict):
     """The validated content of ``model.yaml``."""
 
@@ -148,6 +167,8 @@ class BundleConfig(_Strict):
     # how labels go back to the input's grid when it was resampled: nearest labels, or the (activated)
     # scores interpolated linearly, then argmax (MONAI's Invertd(nearest_interp=False) before AsDiscreted)
     invert: Literal["labels", "scores"] = "labels"
+    # None: tilewise's linear resampling of raw pixels; nnU-Net's own (see Resampling)
+    resampling: Resampling | None = None
     patch_size: list[int]
     overlap: float = Field(default=0.25, ge=0.0, lt=1.0)
     output_activation: Literal["softmax", "sigmoid", "none"] = "softmax"

@@ -124,6 +124,11 @@ class Preprocessor:
     # scene_zscore with an "any" non-zero mask: the zero voxels nnU-Net's binary_fill_holes adds to
     # the mask, as (N, D) scene coordinates (few: holes enclosed by non-zero voxels)
     holes: np.ndarray | None = None
+    # nnU-Net's resampling: normalise the file's voxels, then resample (the reader runs
+    # :meth:`native_input` on each native region it reads) and clip cubic values to the normalised
+    # case's range, ``(C, S, 2)``, per slice along the scene's separate axis when it has one
+    before_resampling: bool = False
+    native_range: np.ndarray | None = None
 
     @classmethod
     def from_bundle(
@@ -149,11 +154,19 @@ class Preprocessor:
         if stats and pre.normalization.kind == "percentile":
             pre.compute_percentiles(scene, sample_budget)
         norm = pre.normalization
+        pre.before_resampling = getattr(cfg, "resampling", None) is not None and bool(
+            getattr(scene, "resampled", False)
+        )
         if stats and norm.kind in ("scene_zscore", "scene_rescale"):
-            on = scene.unresampled() if norm.native_stats and hasattr(scene, "unresampled") else scene
-            if norm.nonzero and norm.nonzero_mask == "any" and on is scene:
-                pre.compute_holes(scene, sample_budget)
+            native = norm.native_stats or pre.before_resampling
+            on = scene.unresampled() if native and hasattr(scene, "unresampled") else scene
+            if norm.nonzero and norm.nonzero_mask == "any" and (on is scene or pre.before_resampling):
+                pre.compute_holes(on, sample_budget)
             pre.compute_moments(on, sample_budget)
+        if stats and pre.before_resampling:
+            pre.compute_native_range(
+                scene.unresampled(), getattr(scene, "separate_axis", None), sample_budget
+            )
         return pre
 
     @property
@@ -265,6 +278,33 @@ class Preprocessor:
         self.scene_std = np.resize(std, self.in_channels)
         self.scene_min = np.resize(np.where(count > 0, low, 0.0), self.in_channels)
         self.scene_max = np.resize(np.where(count > 0, high, 0.0), self.in_channels)
+
+    def native_input(self, raw: np.ndarray, box: Box) -> np.ndarray:
+        """The model's channels of a read of the file's own grid (region ``box``), normalised as nnU-Net
+        normalises a case before resampling it (float32, its non-zero mask where it applies)."""
+        x = self.select(raw)
+        return self.prepare(x, None, self.norm_mask(x, box))
+
+    def compute_native_range(self, scene: Scene, axis: int | None, slab_budget: int = SAMPLE_BUDGET) -> None:
+        """Min and max of the normalised case on its own grid, per channel, and per slice along
+        ``axis`` when given: the ranges ``skimage.transform.resize`` clips nnU-Net's resized case to
+        (the whole case, or each slice when an anisotropic axis is resampled separately)."""
+        spatial = tuple(int(n) for n in scene.shape[1:])
+        count = 1 if axis is None else spatial[axis]
+        low = np.full((self.in_channels, count), np.inf)
+        high = np.full((self.in_channels, count), -np.inf)
+        for box in slabs(spatial, slab_budget):
+            x = self.native_input(scene.read(box), box)
+            if axis is None:
+                flat = x.reshape(x.shape[0], -1)
+                low[:, 0] = np.minimum(low[:, 0], flat.min(axis=1))
+                high[:, 0] = np.maximum(high[:, 0], flat.max(axis=1))
+                continue
+            others = tuple(1 + a for a in range(len(spatial)) if a != axis)
+            at = slice(box.start[axis], box.stop[axis])
+            low[:, at] = np.minimum(low[:, at], x.min(axis=others))
+            high[:, at] = np.maximum(high[:, at], x.max(axis=others))
+        self.native_range = np.stack([low, high], axis=-1)
 
     def _normalise(
         self, x: np.ndarray, channel: int | None = None, mask: np.ndarray | None = None

@@ -83,13 +83,20 @@ class TaskStats:
 
 def read_block(task: SceneTask, scene: Any, block: Block) -> BlockInput:
     """Raw pixels of the block's read region (normalised window by window), with its nodata mask."""
+    pre = task.preprocessor
+    if pre.before_resampling:  # nnU-Net: the reader normalises the file's voxels, then resamples
+        x = scene.read(block.read, prepare=pre.native_input, value_range=pre.native_range)
+        put_image_samples(task.work_dir, block.index, block.read, x, task.spatial_shape)
+        invalid = ~np.isfinite(x).all(axis=0)
+        if invalid.any():
+            x[:, invalid] = 0.0
+        return BlockInput(block, x, invalid if invalid.any() else None)
     if hasattr(scene, "read_with_nodata"):  # one read of the pixels instead of two
         raw, nodata = scene.read_with_nodata(block.read)
     else:
         raw, nodata = scene.read(block.read), scene.read_nodata(block.read)
     # the quicklook's share of this block, taken while the pixels are here (no second pass later)
     put_image_samples(task.work_dir, block.index, block.read, raw, task.spatial_shape)
-    pre = task.preprocessor
     raw = pre.select(raw)
     invalid = pre.invalid(raw, nodata, selected=True)
     mask = pre.norm_mask(raw, block.read)  # nnU-Net's non-zero mask, holes filled (else None)

@@ -18,7 +18,7 @@ import os
 import posixpath
 import re
 import tempfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,14 @@ from pipeline.core.box import Box
 from pipeline.errors import ConfigError, FormatError, InputError
 from pipeline.formats.nifti_files import CACHE_THRESHOLD_BYTES, VoxelSource, shape4
 from pipeline.formats.scene import VolumeMeta
+from pipeline.formats.spline import (
+    NnUNetResampling,
+    needed,
+    new_shape,
+    resample_axis,
+    resample_region,
+    separate_axis,
+)
 
 NATIVE = "NATIVE"  # orientation: keep the file's voxel axes as they are
 # how a target spacing lays out the engine grid: both grids spanning the same extent (nnU-Net's, and
@@ -90,6 +98,7 @@ class NiftiScene:
         cache_threshold_bytes: int = CACHE_THRESHOLD_BYTES,
         spacing_grid: str = "extent",
         crop: tuple[tuple[int, ...], tuple[int, ...]] | None = None,
+        resampling: tuple[Any, ...] | None = None,
     ) -> None:
         self._args = (
             uris,
@@ -100,6 +109,7 @@ class NiftiScene:
             cache_threshold_bytes,
             spacing_grid,
             crop,
+            resampling,
         )
         self.uri, self.files = uris[0], list(uris)
         cache = Path(cache_dir or os.environ.get("TILEWISE_CACHE_DIR") or tempfile.gettempdir())
@@ -159,6 +169,9 @@ class NiftiScene:
         if spacing_grid not in SPACING_GRIDS:
             raise ConfigError(f"spacing_grid must be one of {', '.join(SPACING_GRIDS)}, not {spacing_grid!r}")
         self._monai = spacing_grid == "monai"
+        self._nnunet = NnUNetResampling(*resampling) if resampling is not None else None
+        self.separate_axis: int | None = None  # the axis resampled with order_z (nnU-Net), if any
+        self._score_axis: int | None = None
         if target_spacing is not None:
             if len(target_spacing) != len(spatial):
                 raise ConfigError(f"target_spacing {tuple(target_spacing)} has not {len(spatial)} values")
@@ -166,14 +179,22 @@ class NiftiScene:
             if self._monai:  # MONAI's Spacing: first voxel centres aligned, the step exactly t / s
                 spatial = tuple(max(1, int(np.round((n - 1) * s / t + 1.0))) for n, s, t in pairs)
                 factor = tuple(t / s for _, s, t in pairs)
+            elif self._nnunet is not None:  # nnU-Net's own rounding
+                spatial = tuple(max(1, v) for v in new_shape(spatial, spacing, target_spacing))
+                factor = tuple(n / m for n, m in zip(self._native, spatial, strict=True))
             else:  # both grids span the same extent
                 spatial = tuple(max(1, round(n * s / t)) for n, s, t in pairs)
                 factor = tuple(n / m for n, m in zip(self._native, spatial, strict=True))
             if spatial != self._native or (self._monai and any(f != 1.0 for f in factor)):
                 self._factor = factor
                 spacing = tuple(s * f for s, f in zip(native_spacing, self._factor, strict=True))
+                if self._nnunet is not None:
+                    r = self._nnunet
+                    self.separate_axis = separate_axis(native_spacing, target_spacing, r.force_separate_z)
+                    self._score_axis = separate_axis(target_spacing, native_spacing, r.score_force_separate_z)
         dtype = np.result_type(*(s.dtype for s in self._sources))
-        self.dtype = np.dtype(np.float32) if self._factor and order > 0 and dtype.kind != "f" else dtype
+        floats = self._factor and (order > 0 or self._nnunet is not None)
+        self.dtype = np.dtype(np.float32) if floats and dtype.kind != "f" else dtype
         self.channels = sum(s.channels for s in self._sources)
         self.shape: tuple[int, ...] = (self.channels, *spatial)
         self.meta = VolumeMeta(
@@ -207,7 +228,7 @@ class NiftiScene:
         """This scene (cropped alike) on its own voxel grid: where nnU-Net takes per-case statistics."""
         if self._factor is None:
             return self
-        uris, orientation, _, order, cache_dir, threshold, grid, crop = self._args
+        uris, orientation, _, order, cache_dir, threshold, grid, crop, _ = self._args
         return NiftiScene(uris, orientation, None, order, cache_dir, threshold, grid, crop)
 
     def _read_native(self, box: Box, fill: float) -> np.ndarray:
@@ -233,13 +254,33 @@ class NiftiScene:
             out[(slice(None), *inside.slices(full.start))] = np.flip(block, flips) if flips else block
         return out if self._sq is None else out.squeeze(1 + self._sq)
 
-    def read(self, box: Box, fill: float = 0.0) -> np.ndarray:
-        """Voxels of ``box`` as ``(C, *box.shape)``; resampled on the fly when a spacing was asked."""
+    def read(
+        self,
+        box: Box,
+        fill: float = 0.0,
+        prepare: Callable[[np.ndarray, Box], np.ndarray] | None = None,
+        value_range: np.ndarray | None = None,
+    ) -> np.ndarray:
+        """Voxels of ``box`` as ``(C, *box.shape)``; resampled on the fly when a spacing was asked.
+
+        With nnU-Net's resampling (:func:`~pipeline.formats.spline.resample_region`),
+        ``prepare(native, native_box)`` (its normalisation) runs on the file's voxels before they are
+        resampled, and cubic values are clipped to ``value_range`` as ``skimage`` clips them."""
         if self._factor is None:
             return self._read_native(box, fill)
         out = np.full((self.channels, *box.shape), fill, dtype=self.dtype)
         inside = box.intersect(Box.from_shape(self.spatial_shape))
         if inside.empty:
+            return out
+        if self._nnunet is not None:
+
+            def native(region: Box) -> np.ndarray:
+                x = self._read_native(region, fill)
+                return x if prepare is None else prepare(x, region)
+
+            x = resample_region(native, self._native, self._factor, inside, self._nnunet,
+                                self.separate_axis, value_range)  # fmt: skip
+            out[(slice(None), *inside.slices(box.start))] = x
             return out
         coords = [
             np.clip(self._coords(a, b, f), 0, n - 1)
@@ -263,14 +304,38 @@ class NiftiScene:
             return None
         return np.isnan(self.read(box, fill=np.nan)).any(axis=0)
 
-    def _to_native(self, x: np.ndarray, lead: int, order: int) -> np.ndarray:
+    def _back(
+        self, x: np.ndarray, lead: int, axis: int, span: tuple[int, int], lo: int, order: int
+    ) -> np.ndarray:
+        """Engine-grid values along ``axis`` (``x`` holds engine indices ``lo..``) at the file's voxels
+        ``span``: nnU-Net's score orders for scores with its resampling, else ``order``."""
+        assert self._factor is not None
+        f, m = self._factor[axis], self.spatial_shape[axis]
+        if self._nnunet is not None and lead:  # nnU-Net's export of logits/probabilities
+            r = self._nnunet
+            o = r.score_order_z if axis == self._score_axis else r.score_order
+            return resample_axis(x, lead + axis, _src_coords(*span, 1 / f), o, lo, m)
+        c = np.clip(self._coords(*span, 1 / f), 0, m - 1)
+        return _resample_axis(x, lead + axis, c - lo, order)
+
+    def _to_native(
+        self,
+        x: np.ndarray,
+        lead: int,
+        order: int,
+        activation: Callable[[np.ndarray], np.ndarray] | None = None,
+    ) -> np.ndarray:
         if x.shape[lead:] != self.spatial_shape:
             raise InputError(f"array shape {x.shape} does not match the scene {self.shape}", path=self.uri)
         if self._factor is not None:
-            for axis, (n, f, m) in enumerate(
-                zip(self._native, self._factor, self.spatial_shape, strict=True)
-            ):
-                x = _resample_axis(x, lead + axis, np.clip(self._coords(0, n, 1 / f), 0, m - 1), order)
+            for axis, n in enumerate(self._native):
+                x = self._back(x, lead, axis, (0, n), 0, order)
+        if activation is not None:
+            x = activation(x)
+        return self._restore(x, lead)
+
+    def _restore(self, x: np.ndarray, lead: int) -> np.ndarray:
+        """The cropped engine-oriented array on the file's grid: crop padded back, axes un-reoriented."""
         if self.crop is not None:  # nnU-Net's export: zeros outside the crop (background scores 1)
             full = np.zeros((*x.shape[:lead], *self._uncropped), x.dtype)
             if lead:
@@ -285,13 +350,45 @@ class NiftiScene:
         x = np.transpose(x, (*range(lead), *(lead + e for e in inv)))
         return np.ascontiguousarray(x.squeeze(lead + 2) if len(self.native_shape) == 2 else x)
 
+    def to_native_argmax(
+        self,
+        scores: Any,
+        slab: int = 8,
+        activation: Callable[[np.ndarray], np.ndarray] | None = None,
+    ) -> np.ndarray:
+        """The argmax of :meth:`to_native_scores` as uint8 labels, ``slab`` file voxels along the first
+        axis at a time: holds one slab of ``scores`` (any array a slice reads, e.g. Zarr), not all.
+        ``activation`` runs on each slab once resampled (a sigmoid saturates: its argmax can differ)."""
+        act = activation or (lambda x: x)
+        if tuple(scores.shape[1:]) != self.spatial_shape:
+            raise InputError(
+                f"array shape {scores.shape} does not match the scene {self.shape}", path=self.uri
+            )
+        if self._factor is None:
+            return self._restore(act(np.array(scores[...], np.float32)).argmax(axis=0).astype(np.uint8), 0)
+        n0, m0 = self._native[0], self.spatial_shape[0]
+        labels = np.empty(self._native, np.uint8)
+        for a in range(0, n0, slab):
+            b = min(a + slab, n0)
+            c = self._coords(a, b, 1 / self._factor[0])
+            lo, hi = needed(np.clip(c, 0, m0 - 1), 1)
+            x = self._back(np.asarray(scores[:, lo : min(hi, m0)]), 1, 0, (a, b), lo, 1)
+            for axis in range(1, len(self._native)):
+                x = self._back(x, 1, axis, (0, self._native[axis]), 0, 1)
+            labels[a:b] = act(x).argmax(axis=0)
+        return self._restore(labels, 0)
+
     def to_native_labels(self, labels_engine: np.ndarray) -> np.ndarray:
         """Labels on the engine grid back to the file's voxel grid (nearest, then exact un-reorient)."""
         return self._to_native(np.asarray(labels_engine), 0, 0)
 
-    def to_native_scores(self, scores_engine: np.ndarray) -> np.ndarray:
-        """``(K, *spatial)`` scores back to ``(K, *native)`` on the file grid (linear where resampled)."""
-        return self._to_native(np.asarray(scores_engine), 1, 1)
+    def to_native_scores(
+        self, scores_engine: np.ndarray, activation: Callable[[np.ndarray], np.ndarray] | None = None
+    ) -> np.ndarray:
+        """``(K, *spatial)`` scores back to ``(K, *native)`` on the file grid (linear where resampled;
+        nnU-Net's score orders with its resampling); ``activation`` runs after resampling, before the
+        crop is padded back (as nnU-Net resamples logits, then takes their softmax)."""
+        return self._to_native(np.asarray(scores_engine), 1, 1, activation)
 
     def close(self) -> None:
         for s in self._sources:
@@ -308,6 +405,7 @@ def open_nifti(
     cache_threshold_bytes: int = CACHE_THRESHOLD_BYTES,
     spacing_grid: str = "extent",
     crop: tuple[tuple[int, ...], tuple[int, ...]] | None = None,
+    resampling: tuple[Any, ...] | None = None,
 ) -> NiftiScene:
     """Open a NIfTI file, or a list of channel files sharing one grid, as a lazily read scene.
 
@@ -317,12 +415,16 @@ def open_nifti(
     cache under ``cache_dir`` (gzip cannot seek); smaller ones are loaded once and kept. ``crop``
     (start, stop) shows only that region of the reoriented voxel grid (before any resampling), as
     nnU-Net crops a case to its non-zero box; labels and scores map back padded with background.
+    ``resampling`` (a :class:`~pipeline.formats.spline.NnUNetResampling` as a tuple) resamples as
+    nnU-Net does: its shape rounding, cubic splines, a separate anisotropic axis, scores back at its
+    orders.
     """
     uris = [os.fspath(uri)] if isinstance(uri, str | os.PathLike) else [os.fspath(u) for u in uri]
     if not uris:
         raise InputError("no NIfTI file given")
     if order not in (0, 1):
         raise ConfigError(f"order must be 0 or 1, not {order}")
-    return NiftiScene(
-        uris, orientation, target_spacing, order, cache_dir, cache_threshold_bytes, spacing_grid, crop
-    )
+    if resampling is not None:
+        resampling = tuple(NnUNetResampling(*resampling))
+    return NiftiScene(uris, orientation, target_spacing, order, cache_dir, cache_threshold_bytes,
+                      spacing_grid, crop, resampling)  # fmt: skip

@@ -6,6 +6,7 @@ leaves complete files only (and no report, so a rerun redoes the outputs).
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any
 
@@ -106,17 +107,22 @@ def _largest(labels: Any, store: WorkStore, post: Any, nodata: int, mapper: Any 
     return out
 
 
+def _activator(activation: str) -> Any:
+    """``activation`` as the in-place function the scene runs on scores back on its grid (None: none)."""
+    return None if activation == "none" else functools.partial(activate, activation=activation)
+
+
 def _inverted_labels(
     scene: Any, scores: Any, nearest: np.ndarray, post: Any, nodata: int, activation: str
 ) -> np.ndarray:
     """Labels on the input's grid as a MONAI bundle with ``Invertd(nearest_interp=False)`` before
     ``AsDiscreted`` makes them: the scores interpolated linearly onto the input's grid (then activated,
     when its ``Activationsd`` comes after ``Invertd``), then the argmax (voxels no window covered keep
-    ``nodata``). Whole-array, as the NIfTI writer is."""
+    ``nodata``); nnU-Net's export is the same with its orders, on its logits. The labels are
+    whole-array, as the NIfTI writer is; the scores are read slab by slab."""
     from pipeline.execution.largest import Rule, keep_largest
 
-    native = activate(scene.to_native_scores(np.asarray(scores[...], dtype=np.float32)), activation)
-    labels = native.argmax(axis=0).astype(np.uint8)
+    labels = scene.to_native_argmax(scores, activation=_activator(activation))
     labels[nearest == nodata] = nodata
     if post is not None and post.keep_largest:
         out = np.empty_like(labels)
@@ -244,7 +250,7 @@ def write_outputs(
         if probs is not None:
             stored = np.asarray(probs[...])  # the work store keeps round(p * 255) as uint8
             stored = stored.astype(np.float32) / 255 if stored.dtype == np.uint8 else stored
-            scores = activate(scene.to_native_scores(stored), late)
+            scores = scene.to_native_scores(stored, _activator(late))
             write_nifti_probabilities(scores, paths["probabilities"], scene=scene, overwrite=overwrite)
     elif fmt == "zarr":
         from pipeline.formats.zarr_writer import write_geo_zarr, write_ome_zarr_labels

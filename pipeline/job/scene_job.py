@@ -93,6 +93,8 @@ def open_options(
     options = (("orientation", cfg.orientation), ("target_spacing", spacing), ("cache_dir", str(work_dir)))
     if spacing and cfg.spacing_grid != "extent":
         options += (("spacing_grid", cfg.spacing_grid),)
+    if spacing and getattr(cfg, "resampling", None) is not None:  # nnU-Net's own resampling
+        options += (("resampling", cfg.resampling.as_tuple()),)
     return SceneSource(source.kind, source.uris, options)
 
 

@@ -15,7 +15,8 @@ What nnU-Net does to a case, and where it lives here:
 - the configuration's spacing is the bundle's ``target_spacing`` (3-D configurations);
 - the window grid and gaussian are nnU-Net's (``grid: nnunet``, ``blend: nnunet``), the step
   ``tile_step_size`` (overlap ``1 - step``), logits blended so that labels are the argmax of nnU-Net's
-  blended logits, and probabilities their softmax (``activation_stage: blended``); the folds and
+  blended logits (resampled back first, where the case was resampled), and probabilities their
+  softmax (``activation_stage: inverted``: after that resampling, as nnU-Net's export); the folds and
   mirroring run inside :class:`NnUNetNet`.
 
 What is not yet faithful is refused with a message that says so, rather than run differently.
@@ -111,6 +112,24 @@ def _normalization(folder: NnUNetFolder, channels: int) -> dict[str, Any]:
     )
 
 
+def _resampling(folder: NnUNetFolder) -> dict[str, Any]:
+    """The configuration's ``resampling_fn_data_kwargs``/``resampling_fn_probabilities_kwargs``; other
+    resampling functions than nnU-Net's default are refused."""
+    cfg, where = folder.configuration, str(folder.plans_path)
+    out: dict[str, Any] = {}
+    for fn, prefix in (("resampling_fn_data", ""), ("resampling_fn_probabilities", "score_")):
+        name = cfg.get(fn, "resample_data_or_seg_to_shape")
+        if name != "resample_data_or_seg_to_shape":
+            raise BundleError(
+                f"{fn} {name!r} is not supported (resample_data_or_seg_to_shape is)", path=where
+            )
+        kwargs = cfg.get(f"{fn}_kwargs") or {}
+        for key in ("order", "order_z", "force_separate_z"):
+            if key in kwargs:
+                out[prefix + key] = kwargs[key]
+    return out
+
+
 def _check_checkpoint(folder: NnUNetFolder, ckpt: dict[str, Any], path: Path) -> None:
     init = ckpt.get("init_args")
     made_for = init.get("configuration") if isinstance(init, dict) else None
@@ -172,10 +191,12 @@ def bundle_config(folder: NnUNetFolder, options: Mapping[str, Any], mirror_axes:
             },
             "orientation": "native",
             "target_spacing": spacing_scene if slice_axis is None else None,
+            "resampling": _resampling(folder) if slice_axis is None else None,
+            "invert": "scores",  # labels: the argmax of the logits resampled back, as nnU-Net's export
             "patch_size": patch_scene,
             "overlap": 1.0 - step,
-            "output_activation": "softmax",  # of the blended logits, for --probabilities only:
-            "activation_stage": "blended",  # labels are the argmax of the blended logits, as nnU-Net's
+            "output_activation": "softmax",  # for --probabilities, of the logits once resampled back
+            "activation_stage": "inverted",  # as nnU-Net's export (of the blended logits if not resampled)
             "grid": "nnunet",
             "blend": "nnunet",
             "classes": [{"name": c, "color": default_color(i)} for i, c in enumerate(classes)],

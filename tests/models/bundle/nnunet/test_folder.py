@@ -53,7 +53,7 @@ def test_the_folder_is_an_nnunet_kind_and_reads_its_plans(model3d):
         "nnunet",
         "NATIVE",
         "softmax",
-        "blended",
+        "inverted",
     )
     assert cfg.inputs.crop_nonzero
     assert cfg.patch_size == [48, 48, 16]  # plans' (z, y, x) patch in the file's (x, y, z) voxel axes
