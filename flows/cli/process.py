@@ -64,8 +64,8 @@ def forbid_quick_end() -> None:
 def end_now_if_allowed(code: int | str | None) -> None:
     """Called by the entry point with the command's exit code; ends the process now when allowed."""
     global _quick_end
-    if not _quick_end:
-        return
+    if not _quick_end or sys.getprofile() is not None or sys.gettrace() is not None:
+        return  # under a profiler, coverage or a debugger, which report at teardown
     _quick_end = False
     atexit._run_exitfuncs()  # temporary folders (weakref.finalize), logging.shutdown, ...
     if isinstance(code, str):  # as the interpreter would: the message on stderr, status 1
