@@ -10,10 +10,11 @@ garbage is collected as before. The price is the few cycles the imports left unr
 
 End: destroying every module, then torch's operator registry and GDAL's drivers in C++ destructors,
 took 1–2 s after the summary was printed. Once a plain run has printed its summary (its files were
-all renamed into place, its thread pools are idle), ``end_now`` does what still matters (atexit
+all renamed into place, its thread pools are idle), ``end_now_if_allowed`` does what still matters (atexit
 handlers: temporary folders, logging; flushing stdout and stderr) and leaves with ``os._exit``. Only
 the process's own entry point (``tilewise``, ``python -m flows.cli``) ends this way: a command invoked
-in-process, as tests do, returns as usual.
+in-process, as tests do, returns as usual, and so does a process under a profiler, coverage or a
+debugger, which report at teardown.
 """
 
 from __future__ import annotations

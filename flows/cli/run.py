@@ -234,7 +234,8 @@ def run_cmd(
                     profiler.dump_stats(str(profile))
                     console.print(f"profile written to {profile} (python -m pstats {profile}, or snakeviz)")
     code = _report(summary, console, out)
-    if not tracked(cfg):  # a plain run (no Prefect): every file is in place, every pool idle
+    local = not (cfg.execution.workers or cfg.execution.scheduler)
+    if local and not tracked(cfg):  # no Prefect, no Dask: every file is in place, every pool idle
         allow_quick_end()
     raise typer.Exit(code)
 
