@@ -4,7 +4,8 @@
 
 Each command runs in its own fresh process (``python -m flows.cli``, this checkout first on the path),
 the two alternating, each run into a fresh output folder; prints each wall time, the medians and
-the median of the paired differences (target: <= 1.5 s). ``--prefect`` measures the tracked flow run.
+the median of the paired differences (target: <= 1.5 s) and the load average before and after (on a
+shared machine the figures are inflated by the others' work). ``--prefect`` measures the tracked flow run.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ def main() -> None:
     parser.add_argument("--prefect", action="store_true", help="run as a tracked Prefect flow run")
     args = parser.parse_args()
     extra = ["--prefect"] if args.prefect else []
+    load_before = os.getloadavg()
     rows = []
     for i in range(args.repeats + 1):  # the first pair warms the page cache and is not counted
         t: dict[str, float] = {}
@@ -68,6 +70,9 @@ def main() -> None:
                 "median_run_s": round(statistics.median(r["run"] for r in rows), 2),
                 "median_run_minus_help_s": round(statistics.median(diffs), 2),
                 "target_met": statistics.median(diffs) <= 1.5,
+                "loadavg_1_5_15_before": [round(x, 2) for x in load_before],
+                "loadavg_1_5_15_after": [round(x, 2) for x in os.getloadavg()],
+                "cpus": os.cpu_count(),
             }
         )
     )

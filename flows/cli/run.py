@@ -209,26 +209,35 @@ def run_cmd(
                 "trust_pickle": trust_pickle,
             },
         )
-        from flows.oneoff import choose_runner
+        from flows.cli.process import allow_quick_end, settled_start
+        from flows.oneoff import choose_runner, tracked
 
-        job = choose_runner(cfg)
-        columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn())
-        rate = (TextColumn("{task.fields[rate]}"), TimeRemainingColumn())
-        profiler = None
-        if profile is not None:
-            import cProfile
+        with settled_start() as settle:  # the job's modules (torch, ...) load with the collector off
+            job = choose_runner(cfg)
+            import pipeline.job.skeleton  # noqa: F401  (torch and the block machinery, whichever runner)
 
-            profiler = cProfile.Profile()
-            profiler.enable()
-        try:
-            with Progress(*columns, *rate, console=console, transient=False) as bar:
-                summary = job(cfg, progress=_progress_factory(bar), debug=debug)
-        finally:
-            if profiler is not None:
-                profiler.disable()
-                profiler.dump_stats(str(profile))
-                console.print(f"profile written to {profile} (python -m pstats {profile}, or snakeviz)")
-    raise typer.Exit(_report(summary, console, out))
+            settle()
+            columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn())
+            rate = (TextColumn("{task.fields[rate]}"), TimeRemainingColumn())
+            profiler = None
+            if profile is not None:
+                import cProfile
+
+                profiler = cProfile.Profile()
+                profiler.enable()
+            try:
+                with Progress(*columns, *rate, console=console, transient=False) as bar:
+                    summary = job(cfg, progress=_progress_factory(bar), debug=debug)
+            finally:
+                if profiler is not None:
+                    profiler.disable()
+                    profiler.dump_stats(str(profile))
+                    console.print(f"profile written to {profile} (python -m pstats {profile}, or snakeviz)")
+    code = _report(summary, console, out)
+    local = not (cfg.execution.workers or cfg.execution.scheduler)
+    if local and not tracked(cfg):  # no Prefect, no Dask: every file is in place, every pool idle
+        allow_quick_end()
+    raise typer.Exit(code)
 
 
 def plan_cmd(

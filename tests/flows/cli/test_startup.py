@@ -13,16 +13,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[3]
 HEAVY = ("torch", "prefect", "monai", "distributed", "dask", "zarr", "nibabel")
 PROBE = """
-import json, runpy, sys
+import atexit, json, runpy, sys
+def report():  # at exit: a finished plain run ends with os._exit, after the atexit handlers
+    heavy = sorted(m for m in sys.modules if m.split(".")[0] in HEAVY)
+    print("\\nMODULES " + json.dumps({"heavy": heavy}), flush=True)
+atexit.register(report)
 sys.argv = ["tilewise", *sys.argv[1:]]
-try:
-    runpy.run_module("flows.cli", run_name="__main__")
-except SystemExit as exc:
-    code = exc.code
-else:
-    code = 0
-heavy = sorted(m for m in sys.modules if m.split(".")[0] in HEAVY)
-print("\\nMODULES " + json.dumps({"code": code, "heavy": heavy}))
+runpy.run_module("flows.cli", run_name="__main__")
 """
 
 
@@ -35,7 +32,7 @@ def imported(*args: str, env: dict[str, str] | None = None) -> dict:
         [sys.executable, "-c", code, *args], capture_output=True, text=True, env=env, cwd=ROOT, timeout=300
     )
     line = next(x for x in done.stdout.splitlines() if x.startswith("MODULES "))
-    return {**json.loads(line[len("MODULES ") :]), "out": done.stdout + done.stderr}
+    return {**json.loads(line[len("MODULES ") :]), "code": done.returncode, "out": done.stdout + done.stderr}
 
 
 def test_help_imports_nothing_heavy():
