@@ -14,6 +14,7 @@ from safetensors.torch import save_file
 from typer.testing import CliRunner
 
 from flows.cli.app import app
+from models.bundle.save import config_yaml
 from models.bundle.smp.spec import make_config, read_spec
 from pipeline.errors import BundleError
 
@@ -63,12 +64,19 @@ def test_without_smp_an_smp_model_says_how_to_get_it(tmp_path: Path) -> None:
     }
     (folder / "config.json").write_text(json.dumps(conf))
     save_file({"encoder.conv1.weight": torch.zeros(64, 4, 7, 7)}, str(folder / "model.safetensors"))
-    for args in (
-        ["bundle", "info", str(folder)],
-        ["bundle", "import", "smp", str(folder), "--out", str(tmp_path / "b")],
-    ):
+    bundle = tmp_path / "imported"  # a tilewise bundle naming an smp architecture
+    bundle.mkdir()
+    cfg = make_config(ARCH, {}, name="imported", where="", card={})
+    (bundle / "model.yaml").write_text(config_yaml(cfg))
+    save_file({"encoder.conv1.weight": torch.zeros(64, 4, 7, 7)}, str(bundle / "weights.safetensors"))
+    cases = [
+        (["bundle", "info", str(folder)], str(folder)),
+        (["bundle", "import", "smp", str(folder), "--out", str(tmp_path / "b")], str(folder)),
+        (["run", str(tmp_path), str(tmp_path / "o"), "-m", str(bundle)], str(bundle / "model.yaml")),
+    ]
+    for args, where in cases:
         res = CliRunner(env={"COLUMNS": "300"}).invoke(app, args)
         assert res.exit_code != 0 and len(res.output.strip().splitlines()) == 1, res.output
         line = " ".join(res.output.split())
-        assert str(folder) in line and "segmentation-models-pytorch cannot be imported" in line
+        assert where in line and "segmentation-models-pytorch cannot be imported" in line
         assert "make venv-vision" in line
