@@ -8,7 +8,7 @@ LOCK := requirements/lock.txt
 export DO_NOT_TRACK := 1
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 
-.PHONY: venv lock test test-viewers lint demo bench clean
+.PHONY: venv venv-vision lock test test-vision test-viewers lint demo bench clean
 
 $(BIN)/.installed: pyproject.toml $(LOCK) requirements/nnunet.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -19,6 +19,23 @@ $(BIN)/.installed: pyproject.toml $(LOCK) requirements/nnunet.txt
 	touch $@
 
 venv: $(BIN)/.installed
+
+# The second environment: segmentation-models-pytorch and TorchGeo need torchvision, whose only wheels
+# here are CUDA builds that cannot import beside .venv's CPU torch. .venv-vision holds the same locked
+# packages with the CUDA torch 2.14.1 (it runs on CPU too) instead, plus requirements/vision.txt; it
+# runs the tests marked `vision` (docs/models.md). .venv stays on the CPU torch its figures rely on.
+VISION := .venv-vision
+VBIN := $(VISION)/bin
+$(VBIN)/.installed: pyproject.toml $(LOCK) requirements/nnunet.txt requirements/vision.txt
+	test -x $(VBIN)/python || $(PY) -m venv $(VISION)
+	$(VBIN)/pip install -q $(PIP_VERSION)
+	grep -v -E '^(torch|antlr4-python3-runtime)==' $(LOCK) > $(VISION)/lock.txt
+	$(VBIN)/pip install -q -r $(VISION)/lock.txt -r requirements/vision.txt
+	$(VBIN)/pip install -q --no-deps -e .
+	$(VBIN)/pip install -q --no-deps -r requirements/nnunet.txt
+	touch $@
+
+venv-vision: $(VBIN)/.installed
 
 # Re-resolve pyproject.toml (with the test extra) to the newest versions that fit, keeping torch the
 # CPU wheel; run `make test` afterwards, since the lock is only worth the versions it was tested with.
@@ -35,6 +52,10 @@ lint: venv
 
 test: venv lint
 	$(BIN)/pytest -q -p no:cacheprovider
+
+# smp and TorchGeo models, against their own frameworks (skipped in .venv, where smp cannot import).
+test-vision: venv-vision
+	$(VBIN)/pytest -q -p no:cacheprovider -m vision
 
 # QGIS's Python bindings come from Debian (python3-qgis) and run under /usr/bin/python3, not the venv.
 VIEWERS := build/viewers

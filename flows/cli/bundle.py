@@ -16,6 +16,7 @@ from rich.text import Text
 
 from flows.cli.bundle_io import TrustCode, export_cmd, import_app, model_options
 from flows.cli.bundle_nnunet import import_nnunet_cmd
+from flows.cli.bundle_smp import import_smp_cmd, import_torchgeo_cmd
 from flows.cli.errors import reported
 from flows.cli.options import Arch, int_list
 from pipeline.errors import OutputError
@@ -25,6 +26,8 @@ if TYPE_CHECKING:
 
 bundle_app = typer.Typer(help="Create and inspect model bundles.", no_args_is_help=True, add_completion=False)
 import_app.command("nnunet")(import_nnunet_cmd)  # the MONAI importer sits in bundle_io
+import_app.command("smp")(import_smp_cmd)
+import_app.command("torchgeo")(import_torchgeo_cmd)
 
 
 @bundle_app.command("init")

@@ -135,3 +135,40 @@ register(
         "an nnU-Net v2 trained-model folder (dataset.json, plans.json, fold_N/checkpoint_final.pth)",
     )
 )
+
+
+def _is_smp(p: Path) -> bool:
+    from models.bundle.smp import is_smp_folder  # names only: imports no framework
+
+    return is_smp_folder(p)
+
+
+def _load_smp(path: Path, *, trust_pickle: bool, options: Mapping[str, Any]) -> Bundle:
+    from models.bundle.smp.load import load_smp_folder
+
+    refuse_options("segmentation-models-pytorch folder", options, path)
+    return load_smp_folder(path)
+
+
+def _is_torchgeo(p: Path) -> bool:
+    from models.bundle.smp import is_lightning_checkpoint
+
+    return is_lightning_checkpoint(p)
+
+
+def _load_torchgeo(path: Path, *, trust_pickle: bool, options: Mapping[str, Any]) -> Bundle:
+    from models.bundle.smp.load import load_torchgeo_checkpoint
+
+    refuse_options("TorchGeo checkpoint", options, path)
+    return load_torchgeo_checkpoint(path, trust_pickle=trust_pickle)
+
+
+register(
+    ModelSource(
+        "smp",
+        _is_smp,
+        _load_smp,
+        "a segmentation-models-pytorch save_pretrained folder (config.json, model.safetensors)",
+    )
+)
+register(ModelSource("torchgeo", _is_torchgeo, _load_torchgeo, "a TorchGeo SemanticSegmentationTask .ckpt"))

@@ -2,11 +2,12 @@
 
 Names: ``unet`` and ``fcn`` (ours), ``nnunet`` (the folds of an nnU-Net v2 model, rebuilt from its
 plans with dynamic-network-architectures: :mod:`models.nets.nnunet`), ``monai.<ClassName>`` for any
-network class in ``monai.networks.nets``, and ``monai_config`` for a MONAI bundle's ``network_def``
-(built by MONAI's ``ConfigParser``, see :mod:`models.nets.monai_config`). ``torchscript`` / ``export`` /
-``onnx`` name self-contained archives: they are files, not classes, so :mod:`models.bundle.load` reads
-them with the rest of the bundle and this registry only knows their names (to list them and to refuse
-building them).
+network class in ``monai.networks.nets``, ``monai_config`` for a MONAI bundle's ``network_def``
+(built by MONAI's ``ConfigParser``, see :mod:`models.nets.monai_config`), and ``smp.<ClassName>`` for
+the networks of segmentation-models-pytorch (:mod:`models.nets.smp`; it needs the vision environment).
+``torchscript`` / ``export`` / ``onnx`` name self-contained archives: they are files, not classes, so
+:mod:`models.bundle.load` reads them with the rest of the bundle and this registry only knows their
+names (to list them and to refuse building them).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ LOCAL_MODELS: dict[str, type[nn.Module]] = {"unet": UNet, "fcn": FCN, "nnunet": 
 ARCHIVE_NAMES = ("torchscript", "export", "onnx")
 MONAI_CONFIG = "monai_config"  # a MONAI bundle's network_def, kept as plain data
 MONAI_PREFIX = "monai."
+SMP_PREFIX = "smp."  # the same as models.nets.smp.SMP_PREFIX, which imports nothing heavy either
 
 
 def _monai_class(name: str) -> type[nn.Module]:
@@ -49,7 +51,11 @@ def resolve(name: str) -> type[nn.Module]:
         return LOCAL_MODELS[name]
     if name.startswith(MONAI_PREFIX):
         return _monai_class(name)
-    known = ", ".join([*LOCAL_MODELS, *ARCHIVE_NAMES, MONAI_CONFIG, "monai.<ClassName>"])
+    if name.startswith(SMP_PREFIX):
+        from models.nets.smp import smp_class
+
+        return smp_class(name)
+    known = ", ".join([*LOCAL_MODELS, *ARCHIVE_NAMES, MONAI_CONFIG, "monai.<ClassName>", "smp.<ClassName>"])
     raise BundleError(f"unknown architecture {name!r}; known: {known}")
 
 
@@ -69,6 +75,10 @@ def build_model(config: Mapping[str, Any]) -> nn.Module:
         if not isinstance(config.get("network_def"), Mapping):
             raise BundleError(f"architecture {MONAI_CONFIG!r} needs a 'network_def' mapping")
         return build_network_def(config["network_def"])
+    if name.startswith(SMP_PREFIX):
+        from models.nets.smp import build_smp
+
+        return build_smp(name, kwargs)
     cls = resolve(name)
     try:
         inspect.signature(cls).bind(**kwargs)
