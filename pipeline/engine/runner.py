@@ -111,6 +111,9 @@ class BlockRunner:
     are small, that many batches run at once (:mod:`pipeline.engine.lanes`) while the next one is gathered;
     their results are blended in the order the batches went in, so the sums are the same as one
     batch at a time.
+
+    ``on_done`` must copy what it keeps of the accumulator: its memory is zeroed and reused by the
+    next block (except in a one-block plan, where a sink may adopt the sums as its result).
     """
 
     plan: BlockPlan
