@@ -16,19 +16,12 @@ slower trimming after each one). Waiting for more than one default block raised 
 by ~55 MB.
 
 ``TILEWISE_MALLOC=default`` leaves glibc's settings alone.
-
-The same first run also freezes the garbage collector's view of what the process already holds
-(``gc.freeze``): the torch, Prefect and GDAL modules are hundreds of thousands of objects that live
-as long as the process, and every full collection during the block pass walked all of them again
-(one took 0.65 s of an 8192² job's block pass, on a loaded machine). Later objects are collected
-as usual; a reference cycle already alive at that moment is never collected (modules, not blocks).
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
-import gc
 import os
 import threading
 
@@ -53,7 +46,6 @@ def ensure_malloc_tuned() -> bool:
     with _tune_lock:
         if _tuned is None:
             _tuned = tune_malloc()
-            gc.freeze()  # full collections no longer walk what the process already holds
         return _tuned
 
 
