@@ -16,7 +16,8 @@ ARGMAX_SLAB_PIXELS = 1 << 20  # pixels per argmax slab: an 8 MB int64 temporary
 class Sink(Protocol):
     """Finalises regions from their complete weighted sums ``(K, *box.shape)`` and weight
     ``(*box.shape)``. Each region lies inside one block's write region. The sink divides (or takes
-    the argmax) itself, so it can write straight into its destination; it may overwrite ``sums``."""
+    the argmax) itself, so it can write straight into its destination; it may overwrite ``sums``.
+    A pixel of weight 0 is uncovered (no window ran, or no data): its sums mean nothing."""
 
     def write(self, box: Box, sums: np.ndarray, weight: np.ndarray) -> None: ...
 
@@ -82,9 +83,35 @@ def argmax_labels(sums: np.ndarray, weight: np.ndarray, nodata_label: int) -> np
     labels = np.empty(weight.shape, dtype=np.uint8)
     step = max(1, ARGMAX_SLAB_PIXELS // max(1, math.prod(weight.shape[1:])))
     for a in range(0, weight.shape[0], step):
-        labels[a : a + step] = np.argmax(sums[:, a : a + step], axis=0)
-    labels[weight <= 0] = nodata_label
+        _argmax_into(sums[:, a : a + step], labels[a : a + step])
+    np.copyto(labels, np.uint8(nodata_label), where=weight <= 0)
     return labels
+
+
+def _argmax_into(sums: np.ndarray, out: np.ndarray) -> None:
+    """``out[...] = np.argmax(sums, axis=0)``, class by class: numpy's argmax over the first axis
+    walks each pixel's classes in a strided inner loop, several times slower than K-1 elementwise
+    passes. A later class wins only when strictly greater, so ties go to the first, as in numpy;
+    a pixel with a NaN score (where numpy's rule is "the first NaN") takes numpy's own argmax."""
+    if sums.shape[0] > 256 or sums.shape[0] == 0:
+        out[...] = np.argmax(sums, axis=0)
+        return
+    best = sums[0].copy()
+    out[...] = 0
+    greater = np.empty(best.shape, dtype=bool)
+    step = np.empty(best.shape, dtype=np.uint8)
+    for k in range(1, sums.shape[0]):
+        np.greater(sums[k], best, out=greater)
+        # where greater, k is above every class so far: a max sets it (faster than a masked copy)
+        np.multiply(greater, np.uint8(k), out=step)
+        np.maximum(out, step, out=out)
+        np.maximum(best, sums[k], out=best)  # NaN in any class leaves NaN here
+    with np.errstate(over="ignore", invalid="ignore"):
+        if np.isfinite(best.sum()):  # a NaN anywhere makes the sum NaN: one cheap pass says there is none
+            return
+    nan = np.isnan(best)
+    if nan.any():
+        out[nan] = np.argmax(sums[:, nan], axis=0)
 
 
 def activate(scores: np.ndarray, activation: str) -> np.ndarray:

@@ -109,7 +109,7 @@ class Lanes:
 
 
 class CallerThreads:
-    """The caller's own torch work (stacking, blending) runs on one thread while lanes compute.
+    """The caller's own torch work (blending) runs on one thread while lanes compute.
 
     That work overlaps the lanes, so more threads would only take cores from them: with the caller's
     OpenMP team spinning between its ops, a 2-D run with two lanes took 1.2x MONAI's time instead of

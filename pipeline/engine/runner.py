@@ -9,6 +9,7 @@ block size or on which worker ran what.
 
 from __future__ import annotations
 
+import math
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
@@ -39,16 +40,28 @@ class BlockInput:
     nodata: np.ndarray | None = None  # (*read.shape) bool, True = no data
     prepare: Callable[..., np.ndarray] | None = None
     mask: np.ndarray | None = None  # (*read.shape) bool, for ``prepare``: where a masked norm applies
+    prepare_into: bool = False  # ``prepare`` takes ``out=`` and writes the batch slot itself
 
-    def patch(self, window: Box) -> np.ndarray:
-        """The model input over ``window`` (a view when ``image`` is already the model input)."""
+    def patch(self, window: Box, out: np.ndarray | None = None) -> np.ndarray:
+        """The model input over ``window`` (a view when ``image`` is already the model input), or
+        written into ``out`` (a batch slot) and returned."""
         where = window.slices(self.block.read.start)
+        raw = self.image[(slice(None), *where)]
         if self.prepare is None:
-            return self.image[(slice(None), *where)]
+            if out is None:
+                return raw
+            np.copyto(out, raw, casting="unsafe")
+            return out
         nodata = None if self.nodata is None else self.nodata[where]
-        if self.mask is not None:
-            return self.prepare(self.image[(slice(None), *where)], nodata, self.mask[where])
-        return self.prepare(self.image[(slice(None), *where)], nodata)
+        if nodata is not None and not nodata.any():
+            nodata = None  # a wholly valid window: nothing to zero after normalising
+        args = (raw, nodata) if self.mask is None else (raw, nodata, self.mask[where])
+        if out is None:
+            return self.prepare(*args)
+        if self.prepare_into:
+            return self.prepare(*args, out=out)
+        out[...] = self.prepare(*args)
+        return out
 
 
 def window_is_empty(window: Box, block_input: BlockInput) -> bool:
@@ -67,7 +80,27 @@ class _Open:
     sealed: bool = False
 
 
-_Batch = list[tuple[_Open, Box, np.ndarray]]
+_Batch = list[tuple[_Open, Box]]
+
+
+def assemble(batch: _Batch) -> np.ndarray:
+    """The batch's model input ``(B, C, *roi)``: each window normalised straight into its slot.
+
+    Runs in the lane that runs the batch, so normalising (elementwise, the same values wherever it
+    runs) is spread over the lanes instead of queueing on the thread that blends.
+    """
+    inputs = [entry.block_input for entry, _ in batch]
+    f32 = np.dtype(np.float32)
+    kinds = {bi.image.dtype if bi.prepare is None else f32 if bi.prepare_into else None for bi in inputs}
+    if len(kinds) == 1 and None not in kinds:
+        (dtype,) = kinds
+        roi = batch[0][1].shape
+        out = np.empty((len(batch), inputs[0].image.shape[0], *roi), dtype=dtype)
+        for slot, (entry, window) in zip(out, batch, strict=True):
+            entry.block_input.patch(window, slot)
+        return out
+    # a prepare function of unknown output: as it returns them; torch.stack copies on all threads
+    return torch.stack([torch.from_numpy(entry.block_input.patch(window)) for entry, window in batch]).numpy()
 
 
 @dataclass
@@ -78,6 +111,9 @@ class BlockRunner:
     are small, that many batches run at once (:mod:`pipeline.engine.lanes`) while the next one is gathered;
     their results are blended in the order the batches went in, so the sums are the same as one
     batch at a time.
+
+    ``on_done`` must copy what it keeps of the accumulator: its memory is zeroed and reused by the
+    next block (except in a one-block plan, where a sink may adopt the sums as its result).
     """
 
     plan: BlockPlan
@@ -97,6 +133,7 @@ class BlockRunner:
     _caller: CallerThreads = field(default_factory=CallerThreads)
     _notify: Callable[[], None] | None = field(default=None, init=False)
     _narrow: bool = field(default=True, init=False)
+    _spare: torch.Tensor | None = field(default=None, init=False)  # a retired block's accumulator memory
 
     def __post_init__(self) -> None:
         ensure_malloc_tuned()  # before the first block: freed buffers are kept for the next one
@@ -108,9 +145,11 @@ class BlockRunner:
         streams = int(getattr(self.predict, "streams", 0) or 0)  # CUDA: a batch in flight per stream
         self._narrow = not streams  # the caller's CPU threads blend for the GPU: keep them all
         self._lanes = Lanes(streams or lanes_for(available, self.batch_size * int(np.prod(self.plan.roi))))
+        self._spare = None  # never carried from one run to the next (a sink may have kept the sums)
         try:
             self._run(inputs)
         finally:
+            self._spare = None
             for _, future in self._in_flight:  # after an error: queued batches never start
                 future.cancel()
             self._in_flight.clear()
@@ -126,7 +165,7 @@ class BlockRunner:
                     self.windows_skipped += 1
                     continue
                 entry.pending += 1
-                self._batch.append((entry, window, block_input.patch(window)))
+                self._batch.append((entry, window))
                 if len(self._batch) >= self.batch_size:
                     self._flush()
             entry.sealed = True
@@ -142,15 +181,16 @@ class BlockRunner:
         if not self._batch:
             return
         batch, self._batch = self._batch, []
-        # torch.stack copies the strided patches on all threads (np.stack uses one)
-        stacked = torch.stack([torch.from_numpy(patch) for _, _, patch in batch]).numpy()
         if self._lanes.count > 1 and self._narrow:
             self._caller.narrow()
-        self._in_flight.append((batch, self._lanes.submit(self.predict, stacked)))
+        self._in_flight.append((batch, self._lanes.submit(self._predict_batch, batch)))
         # queued before waiting, so a lane that frees up starts it at once; inline, taken back at once
         depth = self._lanes.count if self._lanes.count > 1 else 0
         while len(self._in_flight) > depth:
             self._collect()
+
+    def _predict_batch(self, batch: _Batch) -> np.ndarray:
+        return self.predict(assemble(batch))
 
     def _collect(self) -> None:
         """Blend the oldest batch in flight (batches are blended in the order they went in)."""
@@ -161,12 +201,13 @@ class BlockRunner:
         self.windows_run += len(batch)
         if self.channels is None:
             self.channels = int(predictions.shape[1])
-        for (entry, window, _), prediction in zip(batch, predictions, strict=True):
+        for (entry, window), prediction in zip(batch, predictions, strict=True):
             if entry.acc is None:
                 # a batch that spans two blocks: retire the finished one before the next block's
                 # accumulator exists, so two are never held at once
                 self._retire()
-                entry.acc = Accumulator(entry.block_input.block.read, self.channels, self._weights)
+                spare, self._spare = self._spare, None
+                entry.acc = Accumulator(entry.block_input.block.read, self.channels, self._weights, spare)
             start = time.perf_counter()
             entry.acc.add(window, prediction)
             self.blend_s += time.perf_counter() - start  # the weighted sums, for the stage timings
@@ -177,7 +218,13 @@ class BlockRunner:
         while self.channels is not None and self._open and self._open[0].sealed and not self._open[0].pending:
             entry = self._open.popleft()
             self.on_done(entry.block_input, entry.acc, self.channels)
+            # the accumulator counts as let go even when its memory is kept for the next block: the
+            # trims then come once per default-sized block, as they did, and bound fragmentation as before
             let_go = entry.block_input.image.nbytes + (entry.acc.nbytes if entry.acc is not None else 0)
+            # ``on_done`` copies what it keeps, except a sink given the whole scene as one block, which
+            # adopts the sums as its result (ScoreSink); with one block there is no next block anyway
+            if entry.acc is not None and math.prod(self.plan.grid_shape) > 1:
+                self._spare = entry.acc.storage  # the next block's sums reuse its pages
             entry.acc = None  # the batch being flushed may still hold the entry; not its sums
             del entry
             release_free_memory(let_go)  # bounds fragmentation creep with the number of blocks

@@ -378,10 +378,20 @@ class Preprocessor:
         channel once normalised. One plane at a time, so a block costs one plane-sized temporary."""
         x = raw if selected else self.select(raw)
         invalid = np.zeros(x.shape[1:], dtype=bool)
+        # 8- and 16-bit integers: normalise every value the dtype holds once (a table), not the block
+        table = x.dtype.kind in "iu" and x.dtype.itemsize <= 2
+        low, high = (int(np.iinfo(x.dtype).min), int(np.iinfo(x.dtype).max)) if table else (0, 0)
         for c in range(x.shape[0]):
-            plane = x[c : c + 1].astype(np.float32, copy=True)
+            if table:
+                plane = np.arange(low, high + 1).astype(x.dtype).astype(np.float32)[None]
+            else:
+                plane = x[c : c + 1].astype(np.float32, copy=True)
             with np.errstate(invalid="ignore", over="ignore"):
-                invalid |= ~np.isfinite(self._normalise(plane, c)[0])
+                finite = np.isfinite(self._normalise(plane, c)[0])
+            if not table:
+                invalid |= ~finite
+            elif not finite.all():  # some values normalise to inf or NaN: look the block's up
+                invalid |= ~finite[x[c].astype(np.int64) - low]
         if nodata_mask is not None:
             mask = np.asarray(nodata_mask, dtype=bool)
             if mask.shape != x.shape[1:]:
@@ -392,19 +402,28 @@ class Preprocessor:
         return invalid
 
     def prepare(
-        self, selected_raw: np.ndarray, invalid: np.ndarray | None = None, mask: np.ndarray | None = None
+        self,
+        selected_raw: np.ndarray,
+        invalid: np.ndarray | None = None,
+        mask: np.ndarray | None = None,
+        *,
+        out: np.ndarray | None = None,
     ) -> np.ndarray:
         """Normalised float32 model input for raw pixels of the model's channels; ``invalid`` ones 0.
 
         Elementwise, so normalising a window of a block gives the same values as normalising the
         block: the engine keeps blocks raw (a quarter of the memory for 8-bit imagery) and
-        normalises each window as it is batched.
+        normalises each window as it is batched, straight into its batch slot (``out``, float32).
         """
-        x = selected_raw.astype(np.float32, copy=True)
+        if out is None:
+            x = selected_raw.astype(np.float32, copy=True)
+        else:
+            x = out
+            np.copyto(x, selected_raw, casting="unsafe")  # the same conversion as astype
         with np.errstate(invalid="ignore", over="ignore"):
             x = self._normalise(x, mask=mask)
         if invalid is not None:
-            x[:, invalid] = 0.0
+            np.copyto(x, 0.0, where=invalid)
         return x
 
     def apply(

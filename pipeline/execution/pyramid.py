@@ -62,7 +62,7 @@ def build_label_pyramid(
     paths: list[Path] = []
     for k, shape in enumerate(level_shapes(tuple(labels.shape[-2:]))):  # type: ignore[arg-type]
         path = folder / f"level{k + 1}.zarr"
-        gdal_zarr((*lead, *shape), (*lead, TILE_EDGE, TILE_EDGE), path)
+        gdal_zarr((*lead, *shape), (*(1 for _ in lead), TILE_EDGE, TILE_EDGE), path)  # a chunk per band
         dst = str(path)
         list(run(partial(build_tile, src, dst, nodata=nodata), _tiles(shape)))
         paths.append(path)

@@ -100,7 +100,9 @@ def read_block(task: SceneTask, scene: Any, block: Block) -> BlockInput:
     raw = pre.select(raw)
     invalid = pre.invalid(raw, nodata, selected=True)
     mask = pre.norm_mask(raw, block.read)  # nnU-Net's non-zero mask, holes filled (else None)
-    return BlockInput(block, raw, invalid if invalid.any() else None, prepare=pre.prepare, mask=mask)
+    return BlockInput(
+        block, raw, invalid if invalid.any() else None, prepare=pre.prepare, mask=mask, prepare_into=True
+    )
 
 
 def _canvas(task: SceneTask, block: Block) -> tuple[np.ndarray, np.ndarray | None, LabelSink]:

@@ -294,7 +294,8 @@ def write_outputs(
                 clock.timed("probabilities"),
                 atomic_path(paths["probabilities"], overwrite=overwrite) as tmp,
             ):
-                out = zarr.create_array(store=str(tmp), shape=probs.shape, dtype="uint8", chunks=probs.chunks)
+                chunks = (probs.shape[0], *probs.chunks[1:])  # all classes in a chunk, as it always was
+                out = zarr.create_array(store=str(tmp), shape=probs.shape, dtype="uint8", chunks=chunks)
                 _copy_by_chunks(probs, out)
                 out.attrs["class_names"] = list(names)
     if "polygons" in paths and isinstance(meta, GeoMeta):

@@ -292,3 +292,33 @@ def test_window_by_window_prepare_equals_whole_block_apply(s2_crop: np.ndarray, 
         patch = pre.prepare(raw[(slice(None), *where)], invalid[where])
         np.testing.assert_array_equal(patch, whole[(slice(None), *where)])
         assert np.isfinite(patch).all()
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.int16, np.uint16])
+@pytest.mark.parametrize(
+    "norm",
+    [
+        {"kind": "scale", "factor": 1 / 255, "offset": 0.0},  # every value finite: nothing is looked up
+        {"kind": "scale", "factor": 2e36, "offset": 0.0},  # the larger values overflow to inf
+        {"kind": "zscore", "mean": [3.0, 100.0, 7.0, 0.0], "std": [2.0, 1e-44, 5.0, 1.0]},  # std 0 in f32
+    ],
+)
+def test_small_integer_finiteness_table_equals_normalising_the_block(
+    s2_crop: np.ndarray, dtype: Any, norm: dict
+) -> None:
+    """8- and 16-bit input is checked through a table of every value the dtype holds: the mask must be
+    what normalising the block itself gives (here against the float path on the same values)."""
+    info = np.iinfo(dtype)
+    spread = s2_crop[:, :200, :300].astype(np.int64) // 7 + info.min // 2
+    raw = np.clip(spread, info.min, info.max).astype(dtype)
+    raw[0, :5, :5] = info.max
+    raw[2, -5:, -5:] = info.min
+    pre = Preprocessor.from_bundle(config(BANDS, norm), ArrayScene(raw, uri=str(S2_STACK), geo=True))
+    expected = np.zeros(raw.shape[1:], bool)
+    for c in range(raw.shape[0]):  # the float path, plane by plane, as for a float scene
+        with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+            plane = pre._normalise(raw[c : c + 1].astype(np.float32), c)[0]
+        expected |= ~np.isfinite(plane)
+    got = pre.invalid(raw, None)
+    np.testing.assert_array_equal(got, expected)
+    assert got.any() == (norm.get("factor") == 2e36 or norm["kind"] == "zscore")

@@ -1,0 +1,48 @@
+"""The work store's block files: what a merge reads back is what the compute pass stored."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from pipeline.core.box import Box
+from pipeline.execution.workstore import WorkStore, _load_stored_npz
+
+
+def test_block_file_reads_back_exactly(tmp_path):
+    store = WorkStore(tmp_path / "work")
+    store.prepare({"t": 1}, (300, 200), (128, 128), 4, True)
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 4, (100, 90)).astype(np.uint8)
+    probs = rng.integers(0, 255, (4, 100, 90)).astype(np.uint8)
+    pieces = [(Box((0, 120), (128, 140)), rng.random((5, 128, 20)).astype(np.float32)),
+              (Box((120, 0), (140, 140)), rng.random((5, 20, 140)).astype(np.float32))]  # fmt: skip
+    store.put_block((0, 0), Box((10, 10), (110, 100)), labels, probs, pieces)
+    store._cache.clear()  # read it from disk, as a merge of the next row does
+    got = store.get_block((0, 0))
+    with np.load(store.block_path((0, 0))) as data:  # numpy's own reader of the same file
+        expected = {k: data[k] for k in data.files}
+    assert list(got) == list(expected)
+    for name, array in expected.items():
+        assert got[name].dtype == array.dtype and got[name].flags.writeable
+        np.testing.assert_array_equal(got[name], array)
+    read_pieces = store.pieces((0, 0))
+    assert [b for b, _ in read_pieces] == [b for b, _ in pieces]
+    for (_, a), (_, b) in zip(read_pieces, pieces, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_compressed_members_are_read_too(tmp_path):
+    arrays = {"a": np.arange(12, dtype=np.int64).reshape(3, 4), "b": np.linspace(0, 1, 50, dtype=np.float32)}
+    np.savez_compressed(tmp_path / "c.npz", **arrays)
+    got = _load_stored_npz(tmp_path / "c.npz")
+    assert list(got) == ["a", "b"]
+    for name, array in arrays.items():
+        np.testing.assert_array_equal(got[name], array)
+
+
+def test_a_chunk_of_fill_values_is_written_and_reads_back(tmp_path):
+    store = WorkStore(tmp_path / "work")
+    store.prepare({"t": 1}, (64, 64), (32, 32), 2, False)
+    store.labels()[0:32, 0:32] = np.zeros((32, 32), np.uint8)
+    assert (tmp_path / "work" / "labels.zarr" / "0.0").exists()
+    np.testing.assert_array_equal(store.labels("r")[0:32, 0:32], 0)
