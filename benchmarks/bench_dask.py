@@ -34,7 +34,7 @@ def _cluster(workers: int):
     """The same LocalCluster ``tilewise run --workers N`` starts (one torch thread per worker)."""
     from distributed import Client
 
-    from pipeline.execution.distributed import local_cluster
+    from pipeline.execution.cluster import local_cluster
 
     os.environ.setdefault("DASK_TEMPORARY_DIRECTORY", str(OUT / "dask"))
     cluster = local_cluster(workers, threads_per_worker=1, device="cpu")
@@ -144,7 +144,7 @@ def forward_rate(seconds: float) -> None:
 def ceiling(seconds: float) -> None:
     import subprocess
 
-    from pipeline.execution.distributed import worker_environ
+    from pipeline.execution.cluster import worker_environ
 
     make_bundle(OUT / "bundle-dask", 3, [16, 32, 64])
     env = {**os.environ, **worker_environ()}

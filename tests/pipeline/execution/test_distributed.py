@@ -216,7 +216,8 @@ def test_many_small_scenes_spread_over_local_cluster_workers(tmp_path, data, bun
 
 def test_local_cluster_workers_start_with_two_malloc_arenas_small_caches_and_a_light_profiler(monkeypatch):
     """glibc reads MALLOC_ARENA_MAX once, so it must be in a worker's environment before it starts."""
-    from pipeline.execution.distributed import TilewiseWorker, local_cluster, worker_environ
+    from pipeline.execution.cluster import local_cluster, worker_environ
+    from pipeline.execution.distributed import TilewiseWorker
 
     monkeypatch.setenv("TILEWISE_MALLOC", "default")
     assert "MALLOC_ARENA_MAX" not in worker_environ()
