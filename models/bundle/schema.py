@@ -154,6 +154,9 @@ class BundleConfig(_Strict):
     # how windows are laid out and blended: MONAI's grid (any blend the job asks for), or nnU-Net's grid
     # with its own gaussian, which its models were validated with
     grid: Literal["monai", "nnunet"] = "monai"
+    # the weighted sums: float32, or float16 in nnU-Net's tile order as nnUNetPredictor sums them (its
+    # labels exactly; needs an ``nnunet`` architecture, whose ``axes`` give that order)
+    accumulate: Literal["float32", "nnunet"] = "float32"
     # where the activation runs: on each window before blending (tilewise's default), or on the blended
     # scores (MONAI's inferers blend logits); labels are the same argmax either way for softmax
     activation_stage: Literal["window", "blended"] = "window"

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from pipeline.core.blending import Accumulator
+from pipeline.core.blending import Accumulator, HalfAccumulator
 from pipeline.core.box import Box
 from pipeline.core.tiling import Block, BlockPlan
 from pipeline.engine.allocator import ensure_malloc_tuned, release_free_memory
@@ -86,6 +86,9 @@ class BlockRunner:
     batch_size: int = 4
     on_done: Callable[[BlockInput, Accumulator | None, int], None] = lambda b, a, k: None
     channels: int | None = None  # K, learnt from the first prediction when not given
+    # nnU-Net's float16 sums (HalfAccumulator): the scene axes in the network's order, by which a
+    # block's windows are added (nnU-Net's tile order); None: float32 sums in the block's own order
+    order: tuple[int, ...] | None = None
     windows_run: int = 0
     windows_skipped: int = 0
     blend_s: float = 0.0
@@ -120,7 +123,11 @@ class BlockRunner:
         for block_input in inputs:
             entry = _Open(block_input, None)
             self._open.append(entry)
-            for index in self.plan.block_windows(block_input.block):
+            indices = self.plan.block_windows(block_input.block)
+            if self.order is not None:
+                order = self.order
+                indices = iter(sorted(indices, key=lambda i: tuple(i[a] for a in order)))
+            for index in indices:
                 window = self.plan.window(index)
                 if window_is_empty(window, block_input):
                     self.windows_skipped += 1
@@ -166,11 +173,18 @@ class BlockRunner:
                 # a batch that spans two blocks: retire the finished one before the next block's
                 # accumulator exists, so two are never held at once
                 self._retire()
-                entry.acc = Accumulator(entry.block_input.block.read, self.channels, self._weights)
+                entry.acc = self._accumulator(entry.block_input.block)
             start = time.perf_counter()
             entry.acc.add(window, prediction)
             self.blend_s += time.perf_counter() - start  # the weighted sums, for the stage timings
             entry.pending -= 1
+
+    def _accumulator(self, block: Block) -> Accumulator:
+        assert self.channels is not None
+        if self.order is None:
+            return Accumulator(block.read, self.channels, self._weights)
+        spill = [b for b in (box.intersect(self.plan.scene) for box in block.spill) if not b.empty]
+        return HalfAccumulator(block.read, self.channels, self._weights, spill, self.order)
 
     def _retire(self) -> None:
         # Blocks retire in order, and only once K is known (a block may have skipped all its windows).

@@ -39,7 +39,7 @@ from models.bundle.shapes import check_shapes, tensor_shapes
 from models.nets.nnunet import NnUNetNet
 from pipeline.errors import BundleError
 
-OPTIONS = ("folds", "checkpoint", "mirroring", "step")
+OPTIONS = ("folds", "checkpoint", "mirroring", "step", "accumulate")
 
 
 def _channels(folder: NnUNetFolder) -> list[str]:
@@ -146,6 +146,9 @@ def bundle_config(folder: NnUNetFolder, options: Mapping[str, Any], mirror_axes:
     step = float(options.get("step") or 0.5)
     if not 0 < step <= 1:
         raise BundleError(f"step must be in (0, 1], not {step}")
+    accumulate = str(options.get("accumulate") or "nnunet")
+    if accumulate not in ("nnunet", "float32"):
+        raise BundleError(f"accumulate must be nnunet or float32, not {accumulate!r}")
     architecture = {
         "name": "nnunet",
         "network_class_name": arch["network_class_name"],
@@ -158,6 +161,7 @@ def bundle_config(folder: NnUNetFolder, options: Mapping[str, Any], mirror_axes:
         "slice_axis": slice_axis,
         "mirror_axes": mirror_axes,
         "spatial_dims": 3,
+        "separate_folds": accumulate == "nnunet" and len(folder.checkpoints) > 1,
     }
     name = f"{folder.path.parent.name or 'nnunet'}-{folder.configuration_name}"
     return validate_config(
@@ -178,6 +182,7 @@ def bundle_config(folder: NnUNetFolder, options: Mapping[str, Any], mirror_axes:
             "activation_stage": "blended",  # labels are the argmax of the blended logits, as nnU-Net's
             "grid": "nnunet",
             "blend": "nnunet",
+            "accumulate": accumulate,
             "classes": [{"name": c, "color": default_color(i)} for i, c in enumerate(classes)],
             "card": {
                 "description": f"nnU-Net v2 model {folder.path.parent.name}/{folder.path.name}",
@@ -192,6 +197,12 @@ def bundle_config(folder: NnUNetFolder, options: Mapping[str, Any], mirror_axes:
         },
         path=str(folder.path),
     )
+
+
+class NnUNetBundle(Bundle):
+    """A Bundle read from an nnU-Net v2 trained-model folder (``bundle info`` says so)."""
+
+    kind = "nnunet"
 
 
 def load_nnunet(
@@ -224,7 +235,7 @@ def load_nnunet(
     digest.update(json.dumps(config.model_dump(mode="json"), sort_keys=True).encode())
     _check_weights(config, per_fold)
     contents = _Contents(digest.hexdigest(), state, None, None)
-    return Bundle(path, config, per_fold[0][0], trust_pickle=trust_pickle, contents=contents)
+    return NnUNetBundle(path, config, per_fold[0][0], trust_pickle=trust_pickle, contents=contents)
 
 
 def _check_weights(config: BundleConfig, per_fold: list[tuple[Path, dict[str, torch.Tensor]]]) -> None:
