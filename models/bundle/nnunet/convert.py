@@ -70,23 +70,30 @@ def _classes(folder: NnUNetFolder) -> list[str]:
 
 
 def _normalization(folder: NnUNetFolder, channels: int) -> dict[str, Any]:
-    """nnU-Net's per-channel scheme as one tilewise normalisation (every channel must use the same)."""
+    """nnU-Net's per-channel schemes: one tilewise normalisation when every channel uses the same,
+    else ``per_channel`` (e.g. CT and z-score), each channel normalised as nnU-Net normalises it."""
     where = str(folder.plans_path)
     schemes = folder.configuration.get("normalization_schemes") or []
     masks = folder.configuration.get("use_mask_for_norm") or [False] * len(schemes)
-    if len(schemes) != channels:
+    if len(schemes) != channels or len(masks) != channels:
         raise BundleError(
-            f"plans list {len(schemes)} normalisation schemes for {channels} channels", path=where
+            f"plans list {len(schemes)} normalisation schemes ({len(masks)} use_mask_for_norm) for "
+            f"{channels} channels",
+            path=where,
         )
-    kind = schemes[0]
-    if any(s != kind for s in schemes) or (kind == "ZScoreNormalization" and len(set(masks)) > 1):
-        raise BundleError(f"mixed normalisation schemes {schemes} (use_mask_for_norm {masks}) are not "
-                          "supported yet: every channel must use the same", path=where)  # fmt: skip
+    if len(set(schemes)) == 1 and len({bool(m) for m in masks}) == 1:
+        return _scheme(folder, schemes[0], bool(masks[0]), list(range(channels)))
+    pairs = enumerate(zip(schemes, masks, strict=True))
+    return {"kind": "per_channel", "per_channel": [_scheme(folder, k, bool(m), [c]) for c, (k, m) in pairs]}
+
+
+def _scheme(folder: NnUNetFolder, kind: str, mask: bool, channels: list[int]) -> dict[str, Any]:
+    """One nnU-Net scheme over the given channels (CT's foreground properties are per channel)."""
+    where = str(folder.plans_path)
     if kind == "NoNormalization":
         return {"kind": "none"}
     if kind == "ZScoreNormalization":  # each case's own mean/std, over nnU-Net's non-zero mask if asked
-        nonzero = bool(masks[0])
-        return {"kind": "scene_zscore", "nonzero": nonzero, "nonzero_mask": "any", "native_stats": True}
+        return {"kind": "scene_zscore", "nonzero": mask, "nonzero_mask": "any", "native_stats": True}
     if kind == "RescaleTo01Normalization":
         return {"kind": "scene_rescale", "native_stats": True}
     if kind == "RGBTo01Normalization":
@@ -94,7 +101,7 @@ def _normalization(folder: NnUNetFolder, channels: int) -> dict[str, Any]:
     if kind == "CTNormalization":
         props = folder.plans.get("foreground_intensity_properties_per_channel") or {}
         try:
-            per = [props[str(c)] for c in range(channels)]
+            per = [props[str(c)] for c in channels]
             return {
                 "kind": "clip_zscore",
                 "mean": [float(p["mean"]) for p in per],
@@ -183,6 +190,9 @@ def bundle_config(folder: NnUNetFolder, options: Mapping[str, Any], mirror_axes:
             "grid": "nnunet",
             "blend": "nnunet",
             "accumulate": accumulate,
+            # nnU-Net runs one window per forward pass; a batch of several rounds each window's logits
+            # differently in float32, which its float16 sums then occasionally carry into a logit
+            "batch_size": 1 if accumulate == "nnunet" else None,
             "classes": [{"name": c, "color": default_color(i)} for i, c in enumerate(classes)],
             "card": {
                 "description": f"nnU-Net v2 model {folder.path.parent.name}/{folder.path.name}",
