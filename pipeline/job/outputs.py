@@ -281,8 +281,15 @@ def write_outputs(
                 clock.timed("probabilities"),
                 atomic_path(paths["probabilities"], overwrite=overwrite) as tmp,
             ):
-                out = zarr.create_array(store=str(tmp), shape=probs.shape, dtype="uint8", chunks=probs.chunks)
-                _copy_by_chunks(probs, out)
+                if getattr(scene, "crop", None) is not None:  # as the labels: padded back on the file's grid
+                    native = _native_uint8_scores(scene, probs)
+                    out = zarr.create_array(store=str(tmp), shape=native.shape, dtype="uint8")
+                    out[...] = native
+                else:
+                    out = zarr.create_array(
+                        store=str(tmp), shape=probs.shape, dtype="uint8", chunks=probs.chunks
+                    )
+                    _copy_by_chunks(probs, out)
                 out.attrs["class_names"] = list(names)
     if "polygons" in paths and isinstance(meta, GeoMeta):
         from pipeline.execution.mappers import ProcessMap
@@ -343,3 +350,11 @@ def write_outputs(
         )
     if timings is not None:
         timings.update({f"{name}_s": seconds for name, seconds in clock.as_dict().items()})
+
+
+def _native_uint8_scores(scene: Any, probs: Any) -> np.ndarray:
+    """Stored ``round(p * 255)`` scores on the file's voxel grid, as ``to_native_scores`` maps them (outside
+    nnU-Net's crop: background 1, the other classes 0), stored again as ``round(p * 255)``."""
+    stored = np.asarray(probs[...])
+    scores = scene.to_native_scores(stored.astype(np.float32) / 255 if stored.dtype == np.uint8 else stored)
+    return np.rint(np.clip(scores, 0.0, 1.0) * 255.0).astype(np.uint8)

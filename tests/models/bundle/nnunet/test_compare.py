@@ -142,3 +142,42 @@ def test_probabilities_and_names_equal_nnunet(model3d, unseen, tmp_path):
         assert ours.shape == ref.shape, case
         # stored as round(p * 255): within 1/510 of nnU-Net's probabilities, so within the issue's 2e-3
         assert float(np.abs(ours - ref).max()) <= 2e-3, (case, float(np.abs(ours - ref).max()))
+
+
+def test_ome_zarr_outputs_of_a_cropped_case_are_padded_back(model3d, data, tmp_path):
+    """OME-Zarr labels and probabilities of a case nnU-Net crops lie on the input's grid, as the
+    NIfTI ones (held to nnU-Net above) do: the same voxels, background outside the crop."""
+    import zarr
+
+    from tests.models.bundle.nnunet.cases import write_mr
+
+    cases = tmp_path / "cases"
+    cases.mkdir()
+    (mni,) = write_mr(data, cases)[:1]
+    (cases / "mr_0000.nii.gz").unlink()
+    runs = {}
+    for fmt in ("nifti", "zarr"):
+        config = JobConfig.model_validate(
+            {"input": str(cases), "output": str(tmp_path / fmt), "model": str(model3d),
+             "model_options": {"folds": [0], "mirroring": False}, "execution": {"device": "cpu"},
+             "outputs": {"format": fmt, "quicklook": False, "probabilities": True}}
+        )  # fmt: skip
+        (result,) = run_job(config)
+        assert result.status == "ok", result.reason
+        runs[fmt] = {k: Path(v) for k, v in result.outputs.items()}
+    shape = nib.load(mni).shape
+    nifti = np.moveaxis(nib.load(runs["nifti"]["probabilities"]).dataobj.get_unscaled(), -1, 0)
+    probs = zarr.open_array(str(runs["zarr"]["probabilities"]), mode="r")[...]
+    assert probs.shape == (6, *shape) == nifti.shape
+    np.testing.assert_array_equal(probs, nifti)  # both round(p * 255)
+    labels = np.asanyarray(nib.load(runs["nifti"]["labels"]).dataobj)
+    nonzero = np.argwhere(np.asanyarray(nib.load(mni).dataobj) != 0)
+    outside = np.ones(shape, bool)  # outside nnU-Net's crop box: background, probability 1
+    outside[tuple(slice(a, b + 1) for a, b in zip(nonzero.min(0), nonzero.max(0), strict=True))] = False
+    assert outside.any() and (probs[0][outside] == 255).all() and not probs[1:, outside].any()
+    from ome_zarr.io import parse_url
+    from ome_zarr.reader import Reader
+
+    (node, *_) = Reader(parse_url(str(runs["zarr"]["labels"])))()
+    level0 = np.asarray(node.data[0])
+    np.testing.assert_array_equal(level0, labels.transpose(2, 1, 0))  # stored (z, y, x)
