@@ -1,24 +1,30 @@
 """tilewise against nnUNetPredictor on the same case and model, each side in its own fresh process.
 
     PYTHONPATH=$PWD .venv/bin/python benchmarks/bench_nnunet.py speed MODEL_FOLDER CASE_0000.nii.gz
-    PYTHONPATH=$PWD .venv/bin/python benchmarks/bench_nnunet.py memory MODEL_FOLDER --edge 512
+    PYTHONPATH=$PWD .venv/bin/python benchmarks/bench_nnunet.py memory MODEL_FOLDER --edge 512 \
+        [--nnunet-timeout 3600] [--accumulate nnunet|float32]
 
 ``speed``: seconds per case (model load, preprocessing, sliding window, export; step 0.5, mirroring on,
 fold 0) and peak RSS, sides alternated ``--repeat`` times (order matters on a shared machine).
-``memory``: a real CT upsampled to ``edge``³ at the plans' spacing; tilewise's peak RSS writing labels
-only, and nnU-Net's peak computed from the buffers its predictor allocates for such a case (float32
-input, float16 logits and weights, float32 probabilities at export, the label map).
+``memory``: a real CT upsampled to ``edge``³ at the plans' spacing; peak RSS writing labels only
+(no mirroring, fold 0), tilewise and then nnUNetPredictor, each in its own fresh process. nnU-Net's is
+measured when ``--nnunet-timeout`` is given and it finishes within it; otherwise (or also) its peak
+computed from the buffers its predictor allocates for such a case (float32 input, float16 logits and
+weights, float32 logits and probabilities at export, the label map) is printed, labelled as computed.
 
 Measured (``speed``, ``--repeat 2``, on the shared 2-core machine while other jobs ran, so absolute
 times are inflated and noisy): the test model's 3d_fullres, unseen CT case ts_a (112x93x30, written by
 ``tests/models/bundle/nnunet/cases.write_unseen``): nnUNetPredictor 261.7 s and 187.1 s, peak RSS
-680 MB; tilewise 58.3 s and 49.6 s, peak RSS 413-418 MB; best-of ratio tilewise/nnU-Net 0.26.
+680 MB; tilewise 58.3 s and 49.6 s, peak RSS 413-418 MB; best-of ratio tilewise/nnU-Net 0.26 (float32
+sums, batches of 4). With nnU-Net's float16 sums and one window per pass (the default since), ``--repeat
+1`` with the machine less loaded: nnUNetPredictor 44.3 s, 633 MB; tilewise 35.2 s, 499 MB; ratio 0.80.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -33,26 +39,39 @@ def _peak_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def side_nnunet(model: str, case: str, out: str) -> dict[str, float]:
+def side_nnunet(model: str, case: str, out: str, mirroring: str = "1") -> dict[str, float]:
     import torch
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
     t = time.perf_counter()
-    p = nnUNetPredictor(tile_step_size=0.5, use_mirroring=True, perform_everything_on_device=False,
-                        device=torch.device("cpu"), allow_tqdm=False)  # fmt: skip
+    p = nnUNetPredictor(
+        tile_step_size=0.5,
+        use_mirroring=mirroring == "1",
+        perform_everything_on_device=False,
+        device=torch.device("cpu"),
+        allow_tqdm=False,
+    )
     p.initialize_from_trained_model_folder(model, use_folds=(0,), checkpoint_name="checkpoint_final.pth")
     p.predict_from_files_sequential([[case]], out, save_probabilities=False, overwrite=True)
     return {"seconds": time.perf_counter() - t, "peak_rss_mb": _peak_mb()}
 
 
-def side_tilewise(model: str, case: str, out: str, block: str | None = None) -> dict[str, float]:
+def side_tilewise(
+    model: str,
+    case: str,
+    out: str,
+    block: str | None = None,
+    mirroring: str = "1",
+    accumulate: str = "nnunet",
+) -> dict[str, float]:
     sys.path.insert(0, str(ROOT))
     from pipeline.job.config import JobConfig
     from pipeline.job.skeleton import run_job
 
     t = time.perf_counter()
-    cfg = {"input": case, "output": out, "model": model, "model_options": {"folds": [0]},
-           "execution": {"device": "cpu"}, "outputs": {"format": "nifti"}}  # fmt: skip
+    options = {"folds": [0], "mirroring": mirroring == "1", "accumulate": accumulate}
+    cfg = {"input": case, "output": out, "model": model, "model_options": options,
+           "execution": {"device": "cpu"}, "outputs": {"format": "nifti", "quicklook": False}}  # fmt: skip
     if block:
         cfg["tiling"] = {"block_size": [int(block)] * 3}
     (result,) = run_job(JobConfig.model_validate(cfg))
@@ -60,11 +79,13 @@ def side_tilewise(model: str, case: str, out: str, block: str | None = None) -> 
     return {"seconds": time.perf_counter() - t, "peak_rss_mb": _peak_mb()}
 
 
-def _fresh(side: str, *args: str) -> dict[str, float]:
+def _fresh(side: str, *args: str, timeout: float | None = None) -> dict[str, float]:
     code = f"import json, sys; sys.path.insert(0, {str(ROOT)!r}); "
     code += f"from benchmarks.bench_nnunet import side_{side}; "
     code += f"print(json.dumps(side_{side}(*{list(args)!r})))"
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True, timeout=timeout
+    )
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
@@ -91,22 +112,32 @@ def nnunet_buffers_mb(shape: tuple[int, ...], classes: int) -> float:
     return (data + logits + export + labels) / 2**20
 
 
-def memory(model: str, edge: int, block: int) -> None:
+def memory(model: str, edge: int, block: int, nnunet_timeout: float | None, accumulate: str) -> None:
     import nibabel as nib
     import numpy as np
     from scipy.ndimage import zoom
 
-    src = nib.load(ROOT.parent / "shared" / "data" / "medical" / "totalsegmentator" / "example_ct_sm.nii.gz")
+    data = Path(os.environ.get("TILEWISE_DATA", ROOT.parent / "shared" / "data"))  # as the tests find it
+    src = nib.load(data / "medical" / "totalsegmentator" / "example_ct_sm.nii.gz")
     with tempfile.TemporaryDirectory() as tmp:
         x = np.asanyarray(src.dataobj).astype(np.float32)
         big = zoom(x, [edge / n for n in x.shape], order=1).astype(np.int16)
         case = Path(tmp) / "big_0000.nii.gz"
         nib.save(nib.Nifti1Image(big, src.affine), case)
         del x, big
-        ours = _fresh("tilewise", model, str(case), str(Path(tmp) / "out"), str(block))
-    print(
-        json.dumps({"edge": edge, "tilewise": ours, "nnunet_buffers_mb": nnunet_buffers_mb((edge,) * 3, 6)})
-    )
+        ours = _fresh("tilewise", model, str(case), str(Path(tmp) / "out"), str(block), "0", accumulate)
+        print(json.dumps({"edge": edge, "tilewise": ours}), flush=True)
+        theirs: dict[str, object] = {"computed_from_buffers_mb": nnunet_buffers_mb((edge,) * 3, 6)}
+        if nnunet_timeout:
+            try:
+                theirs["measured"] = _fresh("nnunet", model, str(case), str(Path(tmp) / "nn"), "0",
+                                            timeout=nnunet_timeout)  # fmt: skip
+            except subprocess.TimeoutExpired:
+                theirs["measured"] = f"did not finish within {nnunet_timeout:g} s"
+        measured = theirs.get("measured")
+        peak = measured["peak_rss_mb"] if isinstance(measured, dict) else theirs["computed_from_buffers_mb"]
+        ratio = ours["peak_rss_mb"] / float(peak)  # type: ignore[arg-type]
+    print(json.dumps({"edge": edge, "nnunet": theirs, "ratio_tilewise_over_nnunet_rss": ratio}))
 
 
 if __name__ == "__main__":
@@ -117,5 +148,10 @@ if __name__ == "__main__":
     ap.add_argument("--repeat", type=int, default=2)
     ap.add_argument("--edge", type=int, default=512)
     ap.add_argument("--block", type=int, default=128)
+    ap.add_argument("--nnunet-timeout", type=float, default=None, help="also run nnUNetPredictor, this long")
+    ap.add_argument("--accumulate", choices=["nnunet", "float32"], default="nnunet")
     a = ap.parse_args()
-    speed(a.model, a.case, a.repeat) if a.mode == "speed" else memory(a.model, a.edge, a.block)
+    if a.mode == "speed":
+        speed(a.model, a.case, a.repeat)
+    else:
+        memory(a.model, a.edge, a.block, a.nnunet_timeout, a.accumulate)

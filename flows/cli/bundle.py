@@ -64,6 +64,12 @@ def _swatch(color: str) -> Text:
     return Text("  ", style=f"on {color}") + Text(f" {color}")
 
 
+ACCUMULATE = {
+    "nnunet": "float16 in nnU-Net's tile order, its labels exactly",
+    "float32": "float32, more precise than nnU-Net's own",
+}
+
+
 def render(bundle: Bundle) -> Table:
     """The bundle as a two-column table: everything a job will take from it."""
     cfg = bundle.config
@@ -74,6 +80,11 @@ def render(bundle: Bundle) -> Table:
     table.add_column("value", overflow="fold")  # never truncate the hash
     table.add_row("path", str(bundle.path))
     table.add_row("kind", getattr(bundle, "kind", "tilewise"))
+    nnunet = cfg.card.get("nnunet")
+    if isinstance(nnunet, dict):  # an nnU-Net folder, or a bundle imported from one
+        found = f"configuration {nnunet.get('configuration')}, folds {', '.join(nnunet.get('folds', []))}"
+        table.add_row("nnU-Net", f"{found}, checkpoint {nnunet.get('checkpoint')}")
+        table.add_row("sums", f"{cfg.accumulate} (" + ACCUMULATE[cfg.accumulate] + ")")
     table.add_row("architecture", f"{cfg.architecture['name']} {json.dumps(arch, default=str)}")
     table.add_row("spatial dims", str(cfg.spatial_dims))
     bands = f" (bands {cfg.inputs.band_indexes})" if cfg.inputs.band_indexes else ""

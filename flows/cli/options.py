@@ -45,7 +45,12 @@ def band_map(text: str | None, option: str = "--bands") -> dict[str, str] | None
 
 
 def model_options(
-    folds: str | None, checkpoint: str | None, mirroring: bool | None, *, trust_code: bool = False
+    folds: str | None,
+    checkpoint: str | None,
+    mirroring: bool | None,
+    *,
+    trust_code: bool = False,
+    accumulate: str | None = None,
 ) -> dict[str, Any] | None:
     """The options of a model kind (nnU-Net's ``--folds 0,1 --checkpoint best --no-mirroring``, a MONAI
     bundle's ``--trust-code``) as the job's ``model_options``; None when none was given, so a config
@@ -64,4 +69,10 @@ def model_options(
         opts["checkpoint"] = checkpoint
     if mirroring is not None:
         opts["mirroring"] = mirroring
+    if accumulate is not None:
+        if accumulate not in ("nnunet", "float32"):
+            raise typer.BadParameter(
+                f"expected nnunet or float32, got {accumulate!r}", param_hint="--accumulate"
+            )
+        opts["accumulate"] = accumulate
     return opts or None

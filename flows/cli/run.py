@@ -159,6 +159,13 @@ def run_cmd(
     mirroring: Annotated[
         bool | None, typer.Option("--mirroring/--no-mirroring", help="nnU-Net mirroring (default: on)")
     ] = None,
+    accumulate: Annotated[
+        str | None,
+        typer.Option(
+            help="nnU-Net sums: nnunet (float16 in its tile order: its labels exactly, the default) "
+            "or float32 (more precise)"
+        ),
+    ] = None,
     trust_pickle: Annotated[
         bool | None, typer.Option("--trust-pickle", help="allow checkpoints that need full unpickling")
     ] = None,
@@ -205,7 +212,9 @@ def run_cmd(
                 "outputs.overwrite": overwrite,
                 "outputs.keep_work": keep_work,
                 "execution.orchestrator": None if prefect is None else ("prefect" if prefect else "none"),
-                "model_options": model_options(folds, checkpoint, mirroring, trust_code=trust_code),
+                "model_options": model_options(
+                    folds, checkpoint, mirroring, trust_code=trust_code, accumulate=accumulate
+                ),
                 "trust_pickle": trust_pickle,
             },
         )

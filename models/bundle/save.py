@@ -30,6 +30,7 @@ _NORM_KEYS = {
     "clip_zscore": ("mean", "std", "clip_lower", "clip_upper"),
     "scene_zscore": ("nonzero", "channel_wise"),
     "scene_rescale": ("native_stats",),
+    "per_channel": (),
 }
 _OPTIONAL = {
     "grid": "monai",
@@ -39,6 +40,7 @@ _OPTIONAL = {
     "batch_size": None,
     "postprocess": None,
     "resampling": None,
+    "accumulate": "float32",
 }
 
 
@@ -57,17 +59,7 @@ _Dumper.add_representer(list, _represent_list)
 def _yaml_data(cfg: BundleConfig) -> dict[str, Any]:
     """The config as plain data, without fields that do not apply (e.g. ct_window keys for zscore)."""
     data = cfg.model_dump(mode="json")
-    norm = data["inputs"]["normalization"]
-    data["inputs"]["normalization"] = {
-        "kind": norm["kind"],
-        **{k: norm[k] for k in _NORM_KEYS.get(norm["kind"], ())},
-    }
-    if norm["kind"] == "scene_zscore":
-        for key, default in (("nonzero_mask", "channel"), ("native_stats", False)):
-            if norm[key] != default:
-                data["inputs"]["normalization"][key] = norm[key]
-    if norm["kind"] == "ct_window" and (norm["out_min"], norm["out_max"]) != (0.0, 1.0):
-        data["inputs"]["normalization"].update(out_min=norm["out_min"], out_max=norm["out_max"])
+    data["inputs"]["normalization"] = _norm_data(data["inputs"]["normalization"])
     for key, default in _OPTIONAL.items():  # fields older bundles never had stay out of their YAML
         if data.get(key) == default:
             del data[key]
@@ -76,6 +68,19 @@ def _yaml_data(cfg: BundleConfig) -> dict[str, Any]:
     if not data["inputs"]["crop_nonzero"]:
         del data["inputs"]["crop_nonzero"]
     return data
+
+
+def _norm_data(norm: dict[str, Any]) -> dict[str, Any]:
+    out = {"kind": norm["kind"], **{k: norm[k] for k in _NORM_KEYS.get(norm["kind"], ())}}
+    if norm["kind"] == "scene_zscore":
+        for key, default in (("nonzero_mask", "channel"), ("native_stats", False)):
+            if norm[key] != default:
+                out[key] = norm[key]
+    if norm["kind"] == "ct_window" and (norm["out_min"], norm["out_max"]) != (0.0, 1.0):
+        out.update(out_min=norm["out_min"], out_max=norm["out_max"])
+    if norm["kind"] == "per_channel":
+        out["per_channel"] = [_norm_data(n) for n in norm["per_channel"]]
+    return out
 
 
 def config_yaml(config: BundleConfig | Mapping[str, Any]) -> str:

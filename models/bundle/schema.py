@@ -33,7 +33,15 @@ class Normalization(_Strict):
     """How raw pixel values become model input; which fields matter depends on ``kind``."""
 
     kind: Literal[
-        "none", "zscore", "percentile", "ct_window", "scale", "clip_zscore", "scene_zscore", "scene_rescale"
+        "none",
+        "zscore",
+        "percentile",
+        "ct_window",
+        "scale",
+        "clip_zscore",
+        "scene_zscore",
+        "scene_rescale",
+        "per_channel",
     ] = "none"
     mean: list[float] | None = None
     std: list[float] | None = None
@@ -55,9 +63,22 @@ class Normalization(_Strict):
     # scene_zscore, scene_rescale: statistics over the file's own voxels, before any resampling to
     # target_spacing (nnU-Net normalises, then resamples); else over the model's grid (MONAI)
     native_stats: bool = False
+    # per_channel: one normalisation per input channel (nnU-Net's plans may name a scheme per channel,
+    # e.g. CT and z-score); each one's per-channel lists hold its own channel's single value
+    per_channel: list[Normalization] | None = None
 
     @model_validator(mode="after")
     def _by_kind(self) -> Normalization:
+        if self.kind == "per_channel":
+            if not self.per_channel:
+                raise ValueError("per_channel needs 'per_channel': one normalization per channel")
+            if any(n.kind in ("per_channel", "percentile") for n in self.per_channel):
+                raise ValueError("per_channel normalizations cannot be per_channel or percentile")
+            for n in self.per_channel:
+                if any(v is not None and len(v) != 1 for v in (n.mean, n.std, n.clip_lower, n.clip_upper)):
+                    raise ValueError("a per_channel normalization takes one value per list (its channel's)")
+        elif self.per_channel is not None:
+            raise ValueError(f"'per_channel' applies to kind per_channel, not {self.kind}")
         if self.kind in ("zscore", "clip_zscore"):
             if self.mean is None or self.std is None:
                 raise ValueError(f"{self.kind} needs 'mean' and 'std' (one value per channel)")
@@ -99,6 +120,9 @@ class Inputs(_Strict):
             if any(b < 1 for b in self.band_indexes):
                 raise ValueError("band_indexes are 1-based and must be >= 1")
         norm = self.normalization
+        if norm.per_channel is not None and len(norm.per_channel) != n:
+            count = len(norm.per_channel)
+            raise ValueError(f"normalization.per_channel has {count} entries for {n} channels")
         for key in ("mean", "std", "clip_lower", "clip_upper"):
             values = getattr(norm, key)
             if values is not None and len(values) != n:
@@ -175,10 +199,13 @@ class BundleConfig(_Strict):
     # how windows are laid out and blended: MONAI's grid (any blend the job asks for), or nnU-Net's grid
     # with its own gaussian, which its models were validated with
     grid: Literal["monai", "nnunet"] = "monai"
+    # the weighted sums: float32, or float16 in nnU-Net's tile order as nnUNetPredictor sums them (its
+    # labels exactly; needs an ``nnunet`` architecture, whose ``axes`` give that order)
+    accumulate: Literal["float32", "nnunet"] = "float32"
     # where the activation runs: on each window before blending (tilewise's default), on the blended
     # scores (MONAI's inferers blend logits), or on the scores once inverted onto the input's grid (a
-    # MONAI bundle's Activationsd after Invertd: the logits are interpolated, then activated; blended
-    # when nothing is inverted); labels are the same argmax either way for softmax
+    # MONAI bundle's Activationsd after Invertd, nnU-Net's export: the logits are interpolated, then
+    # activated; blended when nothing is inverted); labels are the same argmax either way for softmax
     activation_stage: Literal["window", "blended", "inverted"] = "window"
     blend: Literal["gaussian", "constant", "cosine", "crop", "nnunet"] | None = None  # None: the job's
     sigma_scale: float | None = Field(default=None, gt=0.0)

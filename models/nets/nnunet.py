@@ -76,6 +76,8 @@ class NnUNetNet(nn.Module):
     ``axes[i]`` is the window axis that is the network's axis ``i``; ``slice_axis`` (network axes) is
     the one-voxel axis a 2-D network runs slice by slice over; ``mirror_axes`` are nnU-Net's
     ``inference_allowed_mirroring_axes`` (axes of the network's input), empty for no mirroring.
+    ``separate_folds``: the folds' outputs side by side (``folds * K`` channels) rather than averaged,
+    for nnU-Net's float16 blending, which averages the folds only after blending each.
     """
 
     def __init__(
@@ -91,6 +93,7 @@ class NnUNetNet(nn.Module):
         slice_axis: int | None = None,
         mirror_axes: Sequence[int] = (),
         spatial_dims: int = 3,
+        separate_folds: bool = False,
     ) -> None:
         super().__init__()
         if folds < 1:
@@ -98,6 +101,7 @@ class NnUNetNet(nn.Module):
         if sorted(axes) != list(range(spatial_dims)):
             raise BundleError(f"axes {list(axes)} is not a permutation of {spatial_dims} axes")
         self.out_channels = out_channels
+        self.separate_folds = separate_folds
         self.axes = tuple(int(a) for a in axes)
         self.slice_axis = slice_axis
         self.mirror_axes = tuple(int(a) for a in mirror_axes)
@@ -123,11 +127,14 @@ class NnUNetNet(nn.Module):
         y = x.permute(perm)
         if self.slice_axis is not None:
             y = y.squeeze(2 + self.slice_axis)
-        out = self._mirrored(self.folds[0], y)
-        for net in self.folds[1:]:
-            out = out + self._mirrored(net, y)
-        if len(self.folds) > 1:
-            out = out / len(self.folds)
+        if self.separate_folds:  # each fold blended apart, as nnU-Net does, then averaged after blending
+            out = torch.cat([self._mirrored(net, y) for net in self.folds], dim=1)
+        else:
+            out = self._mirrored(self.folds[0], y)
+            for net in self.folds[1:]:
+                out = out + self._mirrored(net, y)
+            if len(self.folds) > 1:
+                out = out / len(self.folds)
         if self.slice_axis is not None:
             out = out.unsqueeze(2 + self.slice_axis)
         inverse = [0, 1, *(2 + self.axes.index(i) for i in range(len(self.axes)))]

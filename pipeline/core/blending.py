@@ -6,6 +6,8 @@ is numerically MONAI's (a test holds them bit-equal) without importing MONAI, wh
 scaled to 10, rounded to float16, zeros raised to its smallest value), unclamped, so that its models
 blend as nnU-Net blends them. ``cosine`` (a Hann taper) and ``crop`` (keep window centres) are ours.
 The other maps are clamped away from zero, as MONAI does, so every covered pixel has a positive weight.
+
+``HalfAccumulator`` sums as ``nnUNetPredictor`` does, in float16: see its docstring.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import torch
 from pipeline.core.box import Box
 
 BLEND_MODES = ("gaussian", "constant", "cosine", "crop", "nnunet")
+ACCUMULATIONS = ("float32", "nnunet")
 MIN_WEIGHT = 1e-3
 
 
@@ -68,7 +71,8 @@ def _nnunet_gaussian(patch_size: tuple[int, ...]) -> np.ndarray:
     delta = np.zeros(plane)
     delta[tuple(n // 2 for n in plane)] = 1.0
     g = gaussian_filter(delta, [n / 8 for n in plane], 0, mode="constant", cval=0)
-    g = (g / (g.max() / 10)).astype(np.float16)
+    # torch's float64 -> float16 cast, as nnU-Net's ``.to(dtype=torch.float16)`` (numpy's may round otherwise)
+    g = torch.from_numpy(g / (g.max() / 10)).to(torch.float16).numpy()
     g[g == 0] = g[g != 0].min()
     return g.astype(np.float32).reshape(patch_size)
 
@@ -149,6 +153,96 @@ class Accumulator:
         """A copy of the sums and weight over ``box`` stacked as ``(K + 1, *box.shape)`` (a seam piece)."""
         sums, weight = self.view(box)
         return np.concatenate([sums, weight[None]])
+
+
+Piece = tuple[Box, np.ndarray, tuple[int, ...]]  # one window's share of a seam: box, (C + 1, *box), rank
+SeamPiece = tuple[Box, np.ndarray] | Piece  # partial float32 sums and weight, or one window's share
+
+
+class HalfAccumulator(Accumulator):
+    """nnU-Net's float16 sums, reproduced voxel for voxel whatever the block cut.
+
+    ``nnUNetPredictor`` adds each tile's ``prediction * gaussian`` (a float32 product) in place into a
+    float16 array, and the gaussian into a float16 weight array, tile after tile in its global order
+    (lexicographic over the network's axes). A voxel's sum is then a fixed sequence of float16 roundings
+    over the tiles covering it. A block's interior is covered by its own windows only, which the runner
+    adds in that order; for the rest of its footprint (the spill, finalised by the seam merge) each
+    window's float32 contribution is kept apart with its ``rank`` (the window's start in the network's
+    axis order), so that the merge replays every contributor's windows in nnU-Net's order from zero.
+    ``order``: the scene axes in the network's axis order.
+    """
+
+    def __init__(
+        self, region: Box, channels: int, weights: torch.Tensor, spill: list[Box], order: tuple[int, ...]
+    ) -> None:
+        self.region = region
+        self._sums = torch.zeros((channels, *region.shape), dtype=torch.float16)
+        self._weight = torch.zeros(region.shape, dtype=torch.float16)
+        self.sums = self._sums.numpy()
+        self.weight = self._weight.numpy()
+        self._weights = weights
+        self._half = weights.to(torch.float16)  # exact: nnU-Net's gaussian is float16 already
+        self.spill, self.order = spill, order
+        self.pieces: list[Piece] = []
+        self._piece_bytes = 0
+
+    @property
+    def nbytes(self) -> int:
+        return self.sums.nbytes + self.weight.nbytes + self._piece_bytes
+
+    def add(self, window: Box, prediction: np.ndarray) -> None:
+        where = window.slices(self.region.start)
+        product = torch.from_numpy(prediction) * self._weights  # nnU-Net: ``prediction *= gaussian``
+        self._sums[(slice(None), *where)].add_(product)  # float32 into float16, rounded once
+        self._weight[where].add_(self._half)
+        rank = tuple(window.start[a] for a in self.order)
+        for box in self.spill:
+            part = window.intersect(box)
+            if part.empty:
+                continue
+            inner = part.slices(window.start)
+            piece = np.empty((product.shape[0] + 1, *part.shape), np.float32)
+            piece[:-1] = product[(slice(None), *inner)].numpy()
+            piece[-1] = self._weights[inner].numpy()
+            self.pieces.append((part, piece, rank))
+            self._piece_bytes += piece.nbytes
+
+    def clear(self, nodata: np.ndarray) -> None:
+        super().clear(nodata)
+        for box, piece, _ in self.pieces:
+            piece[:, nodata[box.slices(self.region.start)]] = 0.0
+
+
+def replay(band: Box, channels: int, pieces: list[Piece]) -> tuple[np.ndarray, np.ndarray]:
+    """float16 sums and weight over ``band`` from window contributions, added in nnU-Net's order."""
+    sums = torch.zeros((channels, *band.shape), dtype=torch.float16)
+    weight = torch.zeros(band.shape, dtype=torch.float16)
+    for box, piece, _ in sorted(pieces, key=lambda p: p[2]):
+        overlap = box.intersect(band)
+        if overlap.empty:
+            continue
+        part = torch.from_numpy(piece[(slice(None), *overlap.slices(box.start))])
+        where = overlap.slices(band.start)
+        sums[(slice(None), *where)].add_(part[:-1])
+        weight[where].add_(part[-1].to(torch.float16))
+    return sums.numpy(), weight.numpy()
+
+
+def nnunet_finalise(sums: np.ndarray, weight: np.ndarray, folds: int = 1) -> np.ndarray:
+    """float32 scores ``(K, *s)`` from float16 sums ``(folds * K, *s)``, as nnU-Net finishes them: each
+    fold divided by the weight in float16, the folds added and divided by their count in float16.
+    Pixels no window covered get NaN."""
+    s, w = torch.from_numpy(sums), torch.from_numpy(weight)
+    k = s.shape[0] // folds
+    total = torch.div(s[:k], w)
+    for f in range(1, folds):
+        total += torch.div(s[f * k : (f + 1) * k], w)
+    if folds > 1:
+        total /= folds
+    out = total.float().numpy()
+    if w.numel() and float(w.min()) <= 0:
+        out[:, weight <= 0] = np.nan
+    return out
 
 
 def finalise_into(sums: np.ndarray, weight: np.ndarray, out: np.ndarray) -> None:

@@ -7,7 +7,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from pipeline.core.blending import finalise, finalise_into
+from pipeline.core.blending import finalise, finalise_into, nnunet_finalise
 from pipeline.core.box import Box
 
 ARGMAX_SLAB_PIXELS = 1 << 20  # pixels per argmax slab: an 8 MB int64 temporary
@@ -20,6 +20,12 @@ class Sink(Protocol):
     A pixel of weight 0 is uncovered (no window ran, or no data): its sums mean nothing."""
 
     def write(self, box: Box, sums: np.ndarray, weight: np.ndarray) -> None: ...
+
+
+def half_scores(sums: np.ndarray, weight: np.ndarray, folds: int) -> tuple[np.ndarray, np.ndarray]:
+    """nnU-Net's float16 sums (``folds * K`` planes) as finished float32 scores with a unit weight, so
+    the float32 path below (argmax, division) takes them as they are."""
+    return nnunet_finalise(sums, weight, folds), (weight > 0).astype(np.float32)
 
 
 def read_padded(array: Any, box: Box, fill: float = 0.0, dtype: Any = np.float32) -> np.ndarray:
@@ -55,11 +61,14 @@ class ScoreSink:
     receives the division directly, with no intermediate copy.
     """
 
-    def __init__(self, out: Any = None, spatial_shape: tuple[int, ...] = ()) -> None:
+    def __init__(self, out: Any = None, spatial_shape: tuple[int, ...] = (), folds: int = 1) -> None:
         self.out = out
         self.spatial_shape = spatial_shape
+        self.folds = folds  # fold groups of float16 (nnU-Net) sums
 
     def write(self, box: Box, sums: np.ndarray, weight: np.ndarray) -> None:
+        if sums.dtype == np.float16:
+            sums, weight = half_scores(sums, weight, self.folds)
         if self.out is None and box.shape == self.spatial_shape and sums.flags.c_contiguous:
             finalise_into(sums, weight, sums)
             self.out = sums
@@ -151,7 +160,9 @@ class LabelSink:
         probabilities: Any = None,
         origin: tuple[int, ...] | None = None,
         activation: str = "none",
+        folds: int = 1,
     ) -> None:
+        self.folds = folds  # fold groups of float16 (nnU-Net) sums
         self.out = out
         self.nodata_label = nodata_label
         self.probabilities = probabilities
@@ -159,6 +170,8 @@ class LabelSink:
         self.activation = activation  # of the blended scores, for the probabilities only
 
     def write(self, box: Box, sums: np.ndarray, weight: np.ndarray) -> None:
+        if sums.dtype == np.float16:
+            sums, weight = half_scores(sums, weight, self.folds)
         where = box.slices(self.origin)
         self.out[where] = argmax_labels(sums, weight, self.nodata_label)
         if self.probabilities is not None:

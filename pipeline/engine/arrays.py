@@ -76,8 +76,10 @@ def sweep(
     channels: int | None = None,
     read: Callable[[Block], BlockInput] | None = None,
     seam_budget_bytes: int = 64 * 2**20,
+    order: tuple[int, ...] | None = None,
 ) -> RunStats:
-    """Run every block of ``plan`` in sweep order, reading ahead in a thread, into ``sink``."""
+    """Run every block of ``plan`` in sweep order, reading ahead in a thread, into ``sink``; with
+    ``order``, float16 sums as nnU-Net's (``BlockRunner.order``)."""
 
     def read_array(block: Block) -> BlockInput:
         nodata = read_padded_mask(mask, block.read) if mask is not None else None
@@ -92,6 +94,7 @@ def sweep(
         batch_size=batch_size,
         on_done=merger,
         channels=channels,
+        order=order,
     )
     try:
         runner.run(Prefetch(plan.blocks(), read or read_array))

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from pipeline.core.blending import Accumulator
+from pipeline.core.blending import Accumulator, HalfAccumulator
 from pipeline.core.box import Box
 from pipeline.core.tiling import Block, BlockPlan
 from pipeline.engine.allocator import ensure_malloc_tuned, release_free_memory
@@ -122,6 +122,9 @@ class BlockRunner:
     batch_size: int = 4
     on_done: Callable[[BlockInput, Accumulator | None, int], None] = lambda b, a, k: None
     channels: int | None = None  # K, learnt from the first prediction when not given
+    # nnU-Net's float16 sums (HalfAccumulator): the scene axes in the network's order, by which a
+    # block's windows are added (nnU-Net's tile order); None: float32 sums in the block's own order
+    order: tuple[int, ...] | None = None
     windows_run: int = 0
     windows_skipped: int = 0
     blend_s: float = 0.0
@@ -159,7 +162,11 @@ class BlockRunner:
         for block_input in inputs:
             entry = _Open(block_input, None)
             self._open.append(entry)
-            for index in self.plan.block_windows(block_input.block):
+            indices = self.plan.block_windows(block_input.block)
+            if self.order is not None:
+                order = self.order
+                indices = iter(sorted(indices, key=lambda i: tuple(i[a] for a in order)))
+            for index in indices:
                 window = self.plan.window(index)
                 if window_is_empty(window, block_input):
                     self.windows_skipped += 1
@@ -207,11 +214,18 @@ class BlockRunner:
                 # accumulator exists, so two are never held at once
                 self._retire()
                 spare, self._spare = self._spare, None
-                entry.acc = Accumulator(entry.block_input.block.read, self.channels, self._weights, spare)
+                entry.acc = self._accumulator(entry.block_input.block, spare)
             start = time.perf_counter()
             entry.acc.add(window, prediction)
             self.blend_s += time.perf_counter() - start  # the weighted sums, for the stage timings
             entry.pending -= 1
+
+    def _accumulator(self, block: Block, spare: torch.Tensor | None) -> Accumulator:
+        assert self.channels is not None
+        if self.order is None:
+            return Accumulator(block.read, self.channels, self._weights, spare)
+        spill = [b for b in (box.intersect(self.plan.scene) for box in block.spill) if not b.empty]
+        return HalfAccumulator(block.read, self.channels, self._weights, spill, self.order)
 
     def _retire(self) -> None:
         # Blocks retire in order, and only once K is known (a block may have skipped all its windows).
@@ -223,8 +237,8 @@ class BlockRunner:
             let_go = entry.block_input.image.nbytes + (entry.acc.nbytes if entry.acc is not None else 0)
             # ``on_done`` copies what it keeps, except a sink given the whole scene as one block, which
             # adopts the sums as its result (ScoreSink); with one block there is no next block anyway
-            if entry.acc is not None and math.prod(self.plan.grid_shape) > 1:
-                self._spare = entry.acc.storage  # the next block's sums reuse its pages
+            if entry.acc is not None and math.prod(self.plan.grid_shape) > 1:  # float32 sums only
+                self._spare = getattr(entry.acc, "storage", None)  # the next block's sums reuse its pages
             entry.acc = None  # the batch being flushed may still hold the entry; not its sums
             del entry
             release_free_memory(let_go)  # bounds fragmentation creep with the number of blocks

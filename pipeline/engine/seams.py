@@ -10,12 +10,11 @@ from __future__ import annotations
 import os
 import tempfile
 from collections.abc import Callable
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
-from pipeline.core.blending import Accumulator
-from pipeline.core.box import Box
+from pipeline.core.blending import Accumulator, HalfAccumulator, SeamPiece, replay
 from pipeline.core.sinks import Sink
 from pipeline.core.tiling import Block, BlockPlan
 from pipeline.engine.runner import BlockInput
@@ -24,9 +23,9 @@ from pipeline.engine.runner import BlockInput
 class SeamStore(Protocol):
     """Holds the partial sums one block hands to the merge, keyed by block index."""
 
-    def put(self, index: tuple[int, ...], pieces: list[tuple[Box, np.ndarray]]) -> None: ...
+    def put(self, index: tuple[int, ...], pieces: list[SeamPiece]) -> None: ...
 
-    def get(self, index: tuple[int, ...]) -> list[tuple[Box, np.ndarray]]: ...
+    def get(self, index: tuple[int, ...]) -> list[SeamPiece]: ...
 
     def drop(self, index: tuple[int, ...]) -> None: ...
 
@@ -40,13 +39,13 @@ class MemorySeams:
 
     def __init__(self, budget_bytes: int = 64 * 2**20) -> None:
         self.budget_bytes = budget_bytes
-        self._pieces: dict[tuple[int, ...], list[tuple[Box, np.ndarray]]] = {}
-        self._spilled: dict[tuple[int, ...], list[tuple[Box, str]]] = {}
+        self._pieces: dict[tuple[int, ...], list[SeamPiece]] = {}
+        self._spilled: dict[tuple[int, ...], list[tuple[Any, ...]]] = {}  # (box, path, rank?)
         self._dir: tempfile.TemporaryDirectory[str] | None = None
         self.nbytes = 0
 
-    def put(self, index: tuple[int, ...], pieces: list[tuple[Box, np.ndarray]]) -> None:
-        size = sum(a.nbytes for _, a in pieces)
+    def put(self, index: tuple[int, ...], pieces: list[SeamPiece]) -> None:
+        size = sum(p[1].nbytes for p in pieces)
         if self.nbytes + size <= self.budget_bytes:
             self._pieces[index] = pieces
             self.nbytes += size
@@ -54,22 +53,22 @@ class MemorySeams:
         if self._dir is None:
             self._dir = tempfile.TemporaryDirectory(prefix="tilewise-seams-")
         stored = []
-        for i, (box, sums) in enumerate(pieces):
+        for i, (box, sums, *rank) in enumerate(pieces):
             path = os.path.join(self._dir.name, f"{'_'.join(map(str, index))}-{i}.npy")
             np.save(path, sums)
-            stored.append((box, path))
+            stored.append((box, path, *rank))
         self._spilled[index] = stored
 
-    def get(self, index: tuple[int, ...]) -> list[tuple[Box, np.ndarray]]:
+    def get(self, index: tuple[int, ...]) -> list[SeamPiece]:
         if index in self._spilled:
-            return [(box, np.load(path)) for box, path in self._spilled[index]]
+            return [(box, np.load(path), *rank) for box, path, *rank in self._spilled[index]]  # type: ignore[misc]
         return self._pieces.get(index, [])
 
     def drop(self, index: tuple[int, ...]) -> None:
         pieces = self._pieces.pop(index, None)
         if pieces is not None:
-            self.nbytes -= sum(a.nbytes for _, a in pieces)
-        for _, path in self._spilled.pop(index, []):
+            self.nbytes -= sum(p[1].nbytes for p in pieces)
+        for _, path, *_rank in self._spilled.pop(index, []):
             os.unlink(path)
 
     def close(self) -> None:
@@ -80,7 +79,7 @@ class MemorySeams:
 
 def finish_block(
     plan: BlockPlan, block_input: BlockInput, acc: Accumulator | None, channels: int, sink: Sink
-) -> list[tuple[Box, np.ndarray]]:
+) -> list[SeamPiece]:
     """A computed block: write the interior to ``sink``; return the partial sums of the rest.
 
     Nodata pixels get zero weight, so they finalise as uncovered wherever their sums end up.
@@ -93,6 +92,11 @@ def finish_block(
         return []
     if block_input.nodata is not None:
         acc.clear(block_input.nodata)
+    if isinstance(acc, HalfAccumulator):  # each window's share, for the merge to replay in nnU-Net's order
+        pieces = list(acc.pieces)
+        if not block.interior.empty:
+            sink.write(block.interior, *acc.view(block.interior))
+        return pieces
     pieces = []
     for box in block.spill:  # copied before the sink may finalise the interior in place
         inside = box.intersect(plan.scene)
@@ -108,10 +112,14 @@ def merge_seams(
     block: Block,
     channels: int,
     sink: Sink,
-    pieces: Callable[[tuple[int, ...]], list[tuple[Box, np.ndarray]]],
+    pieces: Callable[[tuple[int, ...]], list[SeamPiece]],
 ) -> None:
     """The seam merge: finalise a block's seam band from the partial sums of its contributors."""
     contributions = [piece for c in plan.contributors(block.index) for piece in pieces(c)]
+    if contributions and len(contributions[0]) == 3:  # nnU-Net's float16 sums: replayed in its order
+        for band in block.seam:
+            sink.write(band, *replay(band, contributions[0][1].shape[0] - 1, contributions))
+        return
     for band in block.seam:
         sums = np.zeros((channels + 1, *band.shape), dtype=np.float32)
         for box, partial in contributions:

@@ -153,14 +153,14 @@ class Preprocessor:
         pre.check_scene(scene)
         if stats and pre.normalization.kind == "percentile":
             pre.compute_percentiles(scene, sample_budget)
-        norm = pre.normalization
+        norms = pre.normalization.per_channel or [pre.normalization]
         pre.before_resampling = getattr(cfg, "resampling", None) is not None and bool(
             getattr(scene, "resampled", False)
         )
-        if stats and norm.kind in ("scene_zscore", "scene_rescale"):
-            native = norm.native_stats or pre.before_resampling
+        if stats and any(n.kind in ("scene_zscore", "scene_rescale") for n in norms):
+            native = any(n.native_stats for n in norms) or pre.before_resampling
             on = scene.unresampled() if native and hasattr(scene, "unresampled") else scene
-            if norm.nonzero and norm.nonzero_mask == "any" and (on is scene or pre.before_resampling):
+            if pre.any_mask and (on is scene or pre.before_resampling):
                 pre.compute_holes(on, sample_budget)
             pre.compute_moments(on, sample_budget)
         if stats and pre.before_resampling:
@@ -168,6 +168,17 @@ class Preprocessor:
                 scene.unresampled(), getattr(scene, "separate_axis", None), sample_budget
             )
         return pre
+
+    def _norm_of(self, channel: int) -> Normalization:
+        """The normalisation of one channel (``per_channel``'s own, else the one for all)."""
+        per = self.normalization.per_channel
+        return per[channel] if per else self.normalization
+
+    @property
+    def any_mask(self) -> bool:
+        """Whether some channel is z-scored over nnU-Net's "any channel non-zero" mask."""
+        norms = self.normalization.per_channel or [self.normalization]
+        return any(n.kind == "scene_zscore" and n.nonzero and n.nonzero_mask == "any" for n in norms)
 
     @property
     def in_channels(self) -> int:
@@ -236,8 +247,7 @@ class Preprocessor:
     def norm_mask(self, selected_raw: np.ndarray, box: Box) -> np.ndarray | None:
         """Where an "any" non-zero mask normalises over the scene region ``box``: non-zero in any
         channel, or a hole in that (None for every other normalisation)."""
-        norm = self.normalization
-        if not (norm.kind == "scene_zscore" and norm.nonzero and norm.nonzero_mask == "any"):
+        if not self.any_mask:
             return None
         mask = (selected_raw != 0).any(axis=0)
         if self.holes is not None and len(self.holes):
@@ -249,21 +259,24 @@ class Preprocessor:
     def compute_moments(self, scene: Scene, slab_budget: int = SAMPLE_BUDGET) -> None:
         """Exact mean and (population) standard deviation of valid values, over every voxel of the
         scene, read in slabs of about ``slab_budget`` voxels and combined in float64 (Chan et al.)."""
-        norm = self.normalization
-        groups = self.in_channels if norm.channel_wise else 1
+        wise = self.normalization.channel_wise or self.normalization.kind == "per_channel"
+        groups = self.in_channels if wise else 1
         count, mean, m2 = np.zeros(groups), np.zeros(groups), np.zeros(groups)
         low, high = np.full(groups, np.inf), np.full(groups, -np.inf)
         for box in slabs(tuple(int(n) for n in scene.shape[1:]), slab_budget):
             values = self.select(scene.read(box)).astype(np.float64)
             nodata = scene.read_nodata(box)
-            keep = np.ones(values.shape, bool) if nodata is None else ~np.broadcast_to(nodata, values.shape)
-            keep &= np.isfinite(values)
-            if norm.nonzero and norm.nonzero_mask == "any":
-                keep &= self.norm_mask(values, box)  # type: ignore[operator]
-            elif norm.nonzero:
-                keep &= values != 0
+            valid = np.ones(values.shape, bool) if nodata is None else ~np.broadcast_to(nodata, values.shape)
+            valid &= np.isfinite(values)
+            any_mask = self.norm_mask(values, box)
             for g in range(groups):
-                v = values[g][keep[g]] if norm.channel_wise else values[keep]
+                rule = self._norm_of(g)  # one rule for all channels unless per_channel
+                keep = valid[g] if wise else valid
+                if rule.nonzero and rule.nonzero_mask == "any":
+                    keep = keep & any_mask  # type: ignore[operator]
+                elif rule.nonzero:
+                    keep = keep & ((values[g] if wise else values) != 0)
+                v = values[g][keep] if wise else values[keep]
                 if not v.size:
                     continue
                 low[g], high[g] = min(low[g], float(v.min())), max(high[g], float(v.max()))
@@ -311,17 +324,29 @@ class Preprocessor:
     ) -> np.ndarray:
         """Normalise ``x`` in place: all channels, or the one plane ``channel`` (shaped ``(1, ...)``);
         ``mask`` is :meth:`norm_mask` of ``x`` where it applies."""
-        norm = self.normalization
+        if mask is None and channel is None and self.any_mask:  # all channels here: no holes known
+            mask = (x != 0).any(axis=0)
+        if self.normalization.kind == "per_channel":  # each plane by its own rule, its statistics
+            for c in range(x.shape[0]) if channel is None else [channel]:
+                plane = x[c : c + 1] if channel is None else x
+                self._normalise_with(plane, self._norm_of(c), slice(c, c + 1), slice(0, 1), mask)
+            return x
         pick = slice(None) if channel is None else slice(channel, channel + 1)
+        return self._normalise_with(x, self.normalization, pick, pick, mask if channel is None else None)
+
+    def _normalise_with(
+        self, x: np.ndarray, norm: Normalization, pick: slice, own: slice, mask: np.ndarray | None
+    ) -> np.ndarray:
+        """``x`` (the channels ``pick`` of the scene statistics, ``own`` of ``norm``'s lists) in place."""
         per_channel = (x.shape[0],) + (1,) * (x.ndim - 1)
         if norm.kind in ("zscore", "clip_zscore"):
             assert norm.mean is not None and norm.std is not None  # enforced by the bundle schema
             if norm.kind == "clip_zscore":  # nnU-Net's CT scheme: clip, then z-score
                 assert norm.clip_lower is not None and norm.clip_upper is not None
-                lo = np.asarray(norm.clip_lower, np.float32)[pick].reshape(per_channel)
-                np.clip(x, lo, np.asarray(norm.clip_upper, np.float32)[pick].reshape(per_channel), out=x)
-            x -= np.asarray(norm.mean, np.float32)[pick].reshape(per_channel)
-            x /= np.asarray(norm.std, np.float32)[pick].reshape(per_channel)
+                lo = np.asarray(norm.clip_lower, np.float32)[own].reshape(per_channel)
+                np.clip(x, lo, np.asarray(norm.clip_upper, np.float32)[own].reshape(per_channel), out=x)
+            x -= np.asarray(norm.mean, np.float32)[own].reshape(per_channel)
+            x /= np.asarray(norm.std, np.float32)[own].reshape(per_channel)
         elif norm.kind == "percentile":
             if self.lower_values is None or self.upper_values is None:
                 raise InputError(
@@ -352,9 +377,8 @@ class Preprocessor:
                 )
             mean = self.scene_mean.astype(np.float32)[pick].reshape(per_channel)
             std = self.scene_std.astype(np.float32)[pick].reshape(per_channel)
-            if norm.nonzero and norm.nonzero_mask == "any" and channel is None:
-                where = (x != 0).any(axis=0) if mask is None else mask
-                np.copyto(x, (x - mean) / std, where=where[None])
+            if norm.nonzero and norm.nonzero_mask == "any" and mask is not None:
+                np.copyto(x, (x - mean) / std, where=mask[None])
             elif norm.nonzero and norm.nonzero_mask == "channel":
                 np.copyto(x, (x - mean) / std, where=x != 0)
             else:  # (one plane of an "any" mask: only its finiteness is asked, which is the same)

@@ -62,6 +62,15 @@ class SceneTask:
     channels_last: bool = False
     compile: bool = False
     grid: str = "monai"  # the window grid rule: MONAI's, or nnU-Net's (its models' own)
+    # nnU-Net's float16 sums (pipeline.core.blending.HalfAccumulator): the scene axes in the network's
+    # order, and how many folds the model's output holds side by side; None: float32 sums
+    accumulate_order: tuple[int, ...] | None = None
+    fold_groups: int = 1
+
+    @property
+    def sums_channels(self) -> int:
+        """Planes of the weighted sums: the classes, once per fold when the folds are summed apart."""
+        return self.classes * self.fold_groups
 
     @cached_property
     def plan(self) -> BlockPlan:
@@ -114,6 +123,7 @@ def _canvas(task: SceneTask, block: Block) -> tuple[np.ndarray, np.ndarray | Non
         probabilities=probs,
         origin=block.write.start,
         activation=task.score_activation,
+        folds=task.fold_groups,
     )
     return labels, probs, sink
 
@@ -186,7 +196,8 @@ def compute_blocks(
         importance_map(plan.roi, task.blend, task.sigma_scale, task.overlap),
         batch_size=task.batch_size,
         on_done=done,
-        channels=task.classes,
+        channels=task.sums_channels,
+        order=task.accumulate_order,
     )
     t0 = time.perf_counter()
     try:
@@ -219,7 +230,7 @@ def merge_block(task: SceneTask, index: Index, store: WorkStore | None = None) -
         labels[inner] = own["labels"]
         if probs is not None:
             probs[(slice(None), *inner)] = own["probs"]
-    merge_seams(plan, block, task.classes, sink, store.pieces)
+    merge_seams(plan, block, task.sums_channels, sink, store.pieces)
     store.labels()[block.write.slices()] = labels
     if probs is not None:
         out = store.probabilities()

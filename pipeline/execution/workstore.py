@@ -22,12 +22,15 @@ import struct
 import zipfile
 from collections import OrderedDict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import zarr
 
 from pipeline.core.box import Box
+
+if TYPE_CHECKING:
+    from pipeline.core.blending import SeamPiece
 
 Index = tuple[int, ...]
 # A block's chunk is written whole, even when it is all fill value: zarr otherwise compares every
@@ -169,18 +172,20 @@ class WorkStore:
         interior: Box,
         labels: np.ndarray,
         probs: np.ndarray | None,
-        pieces: list[tuple[Box, np.ndarray]],
+        pieces: list[SeamPiece],
     ) -> None:
         arrays: dict[str, np.ndarray] = {
             "interior": np.array([interior.start, interior.stop], dtype=np.int64).reshape(2, -1),
             "labels": labels,
-            "boxes": np.array([[b.start, b.stop] for b, _ in pieces], dtype=np.int64).reshape(
+            "boxes": np.array([[b.start, b.stop] for b, *_ in pieces], dtype=np.int64).reshape(
                 len(pieces), 2, interior.ndim
             ),
         }
         if probs is not None:
             arrays["probs"] = probs
-        for i, (_, sums) in enumerate(pieces):
+        if pieces and len(pieces[0]) == 3:  # nnU-Net's float16 sums: each window's rank in its order
+            arrays["ranks"] = np.array([p[2] for p in pieces], dtype=np.int64)  # type: ignore[misc]
+        for i, (_, sums, *_rank) in enumerate(pieces):
             arrays[f"piece{i}"] = sums
         _atomic_bytes(self.block_path(index), lambda fh: np.savez(fh, **arrays))
         self._remember(index, arrays)
@@ -193,13 +198,16 @@ class WorkStore:
         self._remember(index, arrays)
         return arrays
 
-    def pieces(self, index: Index) -> list[tuple[Box, np.ndarray]]:
+    def pieces(self, index: Index) -> list[SeamPiece]:
         data = self.get_block(index)
         boxes = data["boxes"]
-        return [
+        out: list[SeamPiece] = [
             (Box(tuple(map(int, b[0])), tuple(map(int, b[1]))), data[f"piece{i}"])
             for i, b in enumerate(boxes)
         ]
+        if "ranks" in data:
+            out = [(box, sums, tuple(map(int, r))) for (box, sums), r in zip(out, data["ranks"], strict=True)]
+        return out
 
     def drop_block(self, index: Index) -> None:
         self._cache.pop(index, None)

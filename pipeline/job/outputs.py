@@ -241,9 +241,7 @@ def write_outputs(
         write_nifti_labels = clock.wrap("labels", write_nifti_labels)
         write_nifti_probabilities = clock.wrap("probabilities", write_nifti_probabilities)
 
-        native = scene.to_native_labels(np.asarray(labels[...]))
-        if invert:  # as MONAI's Invertd then AsDiscreted (and its keep-largest rule, on that grid)
-            native = _inverted_labels(scene, scores, native, post, nodata, late)
+        native = _native_labels(scene, labels, scores if invert else None, post, nodata, late)
         write_nifti_labels(
             native, paths["labels"], scene=scene, class_names=names, class_colors=colors, overwrite=overwrite
         )
@@ -271,7 +269,8 @@ def write_outputs(
         else:
             spacing = meta.spacing if isinstance(meta, VolumeMeta) else None
             if getattr(scene, "crop", None) is not None:  # nnU-Net's crop: pad back on the file's grid
-                labels, spacing = scene.to_native_labels(np.asarray(labels[...])), scene.native_spacing
+                native = _native_labels(scene, labels, scores if invert else None, post, nodata, late)
+                labels, spacing = native, scene.native_spacing
             # NIfTI scenes are (X, Y, Z) in the engine; zarr scenes keep their own axis names
             axes = getattr(scene, "axes", None) or ("xyz"[: len(labels.shape)] if spacing else None)
             if axes is not None and len(axes) != len(labels.shape):
@@ -294,9 +293,14 @@ def write_outputs(
                 clock.timed("probabilities"),
                 atomic_path(paths["probabilities"], overwrite=overwrite) as tmp,
             ):
-                chunks = (probs.shape[0], *probs.chunks[1:])  # all classes in a chunk, as it always was
-                out = zarr.create_array(store=str(tmp), shape=probs.shape, dtype="uint8", chunks=chunks)
-                _copy_by_chunks(probs, out)
+                if getattr(scene, "crop", None) is not None:  # as the labels: padded back on the file's grid
+                    native = _native_uint8_scores(scene, probs, late)
+                    out = zarr.create_array(store=str(tmp), shape=native.shape, dtype="uint8")
+                    out[...] = native
+                else:
+                    chunks = (probs.shape[0], *probs.chunks[1:])  # all classes in a chunk, as it always was
+                    out = zarr.create_array(store=str(tmp), shape=probs.shape, dtype="uint8", chunks=chunks)
+                    _copy_by_chunks(probs, out)
                 out.attrs["class_names"] = list(names)
     if "polygons" in paths and isinstance(meta, GeoMeta):
         from pipeline.execution.mappers import ProcessMap
@@ -357,3 +361,22 @@ def write_outputs(
         )
     if timings is not None:
         timings.update({f"{name}_s": seconds for name, seconds in clock.as_dict().items()})
+
+
+def _native_labels(
+    scene: Any, labels: Any, scores: Any, post: Any, nodata: int, activation: str
+) -> np.ndarray:
+    """Labels on the file's voxel grid: the engine's by nearest neighbour, or, given the stored
+    ``scores`` (a bundle that inverts them), as MONAI's Invertd then AsDiscreted and nnU-Net's export
+    make them (with the keep-largest rule on that grid)."""
+    native = scene.to_native_labels(np.asarray(labels[...]))
+    return native if scores is None else _inverted_labels(scene, scores, native, post, nodata, activation)
+
+
+def _native_uint8_scores(scene: Any, probs: Any, activation: str) -> np.ndarray:
+    """Stored scores on the file's voxel grid, as ``to_native_scores`` maps them (activated there when
+    they are logits; outside nnU-Net's crop: background 1, the other classes 0), as ``round(p * 255)``."""
+    stored = np.asarray(probs[...])
+    stored = stored.astype(np.float32) / 255 if stored.dtype == np.uint8 else stored
+    scores = scene.to_native_scores(stored, _activator(activation))
+    return np.rint(np.clip(scores, 0.0, 1.0) * 255.0).astype(np.uint8)

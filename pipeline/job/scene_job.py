@@ -147,6 +147,16 @@ def window_settings(bundle: Any, config: JobConfig, inverted: bool = False) -> d
     }
 
 
+def accumulation(cfg: Any) -> dict[str, Any]:
+    """nnU-Net's float16 sums for a model that asks for them (``accumulate: nnunet``): its windows are
+    added in the network's axis order, and an ensemble's folds come out side by side, summed apart."""
+    if getattr(cfg, "accumulate", "float32") != "nnunet":
+        return {}
+    arch = cfg.architecture
+    groups = int(arch.get("folds", 1)) if arch.get("separate_folds") else 1
+    return {"accumulate_order": tuple(int(a) for a in arch["axes"]), "fold_groups": groups}
+
+
 def _reported_input(report: Path) -> str | None:
     """The input a finished scene's report names (None if unreadable)."""
     try:
@@ -276,6 +286,7 @@ def _run(
             scores_dtype="float32" if invert else "uint8",
             nodata_label=config.outputs.nodata_label,
             grid=bundle.config.grid,
+            **accumulation(bundle.config),
         )
         state = {
             "uri": source.uri,

@@ -40,7 +40,7 @@ from models.bundle.shapes import check_shapes, tensor_shapes
 from models.nets.nnunet import NnUNetNet
 from pipeline.errors import BundleError
 
-OPTIONS = ("folds", "checkpoint", "mirroring", "step")
+OPTIONS = ("folds", "checkpoint", "mirroring", "step", "accumulate")
 
 
 def _channels(folder: NnUNetFolder) -> list[str]:
@@ -71,23 +71,30 @@ def _classes(folder: NnUNetFolder) -> list[str]:
 
 
 def _normalization(folder: NnUNetFolder, channels: int) -> dict[str, Any]:
-    """nnU-Net's per-channel scheme as one tilewise normalisation (every channel must use the same)."""
+    """nnU-Net's per-channel schemes: one tilewise normalisation when every channel uses the same,
+    else ``per_channel`` (e.g. CT and z-score), each channel normalised as nnU-Net normalises it."""
     where = str(folder.plans_path)
     schemes = folder.configuration.get("normalization_schemes") or []
     masks = folder.configuration.get("use_mask_for_norm") or [False] * len(schemes)
-    if len(schemes) != channels:
+    if len(schemes) != channels or len(masks) != channels:
         raise BundleError(
-            f"plans list {len(schemes)} normalisation schemes for {channels} channels", path=where
+            f"plans list {len(schemes)} normalisation schemes ({len(masks)} use_mask_for_norm) for "
+            f"{channels} channels",
+            path=where,
         )
-    kind = schemes[0]
-    if any(s != kind for s in schemes) or (kind == "ZScoreNormalization" and len(set(masks)) > 1):
-        raise BundleError(f"mixed normalisation schemes {schemes} (use_mask_for_norm {masks}) are not "
-                          "supported yet: every channel must use the same", path=where)  # fmt: skip
+    if len(set(schemes)) == 1 and len({bool(m) for m in masks}) == 1:
+        return _scheme(folder, schemes[0], bool(masks[0]), list(range(channels)))
+    pairs = enumerate(zip(schemes, masks, strict=True))
+    return {"kind": "per_channel", "per_channel": [_scheme(folder, k, bool(m), [c]) for c, (k, m) in pairs]}
+
+
+def _scheme(folder: NnUNetFolder, kind: str, mask: bool, channels: list[int]) -> dict[str, Any]:
+    """One nnU-Net scheme over the given channels (CT's foreground properties are per channel)."""
+    where = str(folder.plans_path)
     if kind == "NoNormalization":
         return {"kind": "none"}
     if kind == "ZScoreNormalization":  # each case's own mean/std, over nnU-Net's non-zero mask if asked
-        nonzero = bool(masks[0])
-        return {"kind": "scene_zscore", "nonzero": nonzero, "nonzero_mask": "any", "native_stats": True}
+        return {"kind": "scene_zscore", "nonzero": mask, "nonzero_mask": "any", "native_stats": True}
     if kind == "RescaleTo01Normalization":
         return {"kind": "scene_rescale", "native_stats": True}
     if kind == "RGBTo01Normalization":
@@ -95,7 +102,7 @@ def _normalization(folder: NnUNetFolder, channels: int) -> dict[str, Any]:
     if kind == "CTNormalization":
         props = folder.plans.get("foreground_intensity_properties_per_channel") or {}
         try:
-            per = [props[str(c)] for c in range(channels)]
+            per = [props[str(c)] for c in channels]
             return {
                 "kind": "clip_zscore",
                 "mean": [float(p["mean"]) for p in per],
@@ -165,6 +172,9 @@ def bundle_config(folder: NnUNetFolder, options: Mapping[str, Any], mirror_axes:
     step = float(options.get("step") or 0.5)
     if not 0 < step <= 1:
         raise BundleError(f"step must be in (0, 1], not {step}")
+    accumulate = str(options.get("accumulate") or "nnunet")
+    if accumulate not in ("nnunet", "float32"):
+        raise BundleError(f"accumulate must be nnunet or float32, not {accumulate!r}")
     architecture = {
         "name": "nnunet",
         "network_class_name": arch["network_class_name"],
@@ -177,6 +187,7 @@ def bundle_config(folder: NnUNetFolder, options: Mapping[str, Any], mirror_axes:
         "slice_axis": slice_axis,
         "mirror_axes": mirror_axes,
         "spatial_dims": 3,
+        "separate_folds": accumulate == "nnunet" and len(folder.checkpoints) > 1,
     }
     name = f"{folder.path.parent.name or 'nnunet'}-{folder.configuration_name}"
     return validate_config(
@@ -199,6 +210,10 @@ def bundle_config(folder: NnUNetFolder, options: Mapping[str, Any], mirror_axes:
             "activation_stage": "inverted",  # as nnU-Net's export (of the blended logits if not resampled)
             "grid": "nnunet",
             "blend": "nnunet",
+            "accumulate": accumulate,
+            # nnU-Net runs one window per forward pass; a batch of several rounds each window's logits
+            # differently in float32, which its float16 sums then occasionally carry into a logit
+            "batch_size": 1 if accumulate == "nnunet" else None,
             "classes": [{"name": c, "color": default_color(i)} for i, c in enumerate(classes)],
             "card": {
                 "description": f"nnU-Net v2 model {folder.path.parent.name}/{folder.path.name}",
@@ -213,6 +228,12 @@ def bundle_config(folder: NnUNetFolder, options: Mapping[str, Any], mirror_axes:
         },
         path=str(folder.path),
     )
+
+
+class NnUNetBundle(Bundle):
+    """A Bundle read from an nnU-Net v2 trained-model folder (``bundle info`` says so)."""
+
+    kind = "nnunet"
 
 
 def load_nnunet(
@@ -245,7 +266,7 @@ def load_nnunet(
     digest.update(json.dumps(config.model_dump(mode="json"), sort_keys=True).encode())
     _check_weights(config, per_fold)
     contents = _Contents(digest.hexdigest(), state, None, None)
-    return Bundle(path, config, per_fold[0][0], trust_pickle=trust_pickle, contents=contents)
+    return NnUNetBundle(path, config, per_fold[0][0], trust_pickle=trust_pickle, contents=contents)
 
 
 def _check_weights(config: BundleConfig, per_fold: list[tuple[Path, dict[str, torch.Tensor]]]) -> None:

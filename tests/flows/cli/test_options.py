@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import typer
 
-from flows.cli.options import int_list
+from flows.cli.options import int_list, model_options
 
 
 def test_int_list_takes_commas_or_x():
@@ -29,3 +29,12 @@ def test_int_list_names_the_option_it_refuses(text, positive, words):
     with pytest.raises(typer.BadParameter, match=words) as caught:
         int_list(text, "--features", positive=positive)
     assert caught.value.param_hint == "--features"
+
+
+def test_nnunet_model_options_take_the_accumulation():
+    assert model_options(None, None, None) is None
+    assert model_options("0,1", "best", False, accumulate="float32") == {
+        "folds": [0, 1], "checkpoint": "best", "mirroring": False, "accumulate": "float32"
+    }  # fmt: skip
+    with pytest.raises(typer.BadParameter, match="nnunet or float32"):
+        model_options(None, None, None, accumulate="float64")

@@ -57,3 +57,46 @@ def test_small_blocks_merge_to_the_scores_of_one_block():
         results[blocks] = np.asarray(sink.out)
     one, many = results.values()
     np.testing.assert_allclose(many, one, atol=1e-5)
+
+
+def test_float16_sums_in_nnunet_order_are_nnunets_whatever_the_blocks(data):
+    """``order``: float16 sums and weights added tile by tile in nnU-Net's order (lexicographic over the
+    network's axes, here the scene's reversed), as ``nnUNetPredictor`` adds them, then divided in float16;
+    one block, and an uneven cut whose seams spill to disk, give that loop's scores bit for bit."""
+    import itertools
+
+    import nibabel as nib
+    import torch
+
+    from pipeline.core.blending import importance_map
+    from pipeline.core.tiling import axis_starts
+
+    ct = np.asanyarray(nib.load(data / "medical" / "totalsegmentator" / "example_ct_sm.nii.gz").dataobj)
+    image = np.ascontiguousarray((ct[30:80, 20:64, 4:24].astype(np.float32) + 200) / 300)[None]
+    torch.manual_seed(0)
+    net = torch.nn.Conv3d(1, 3, 3, padding=1).eval()
+
+    def predict(batch: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            return net(torch.from_numpy(np.ascontiguousarray(batch))).numpy()
+
+    roi, order = (20, 16, 8), (2, 1, 0)
+    g = torch.from_numpy(np.array(importance_map(roi, "nnunet")))
+    sums = torch.zeros((3, *image.shape[1:]), dtype=torch.float16)
+    weight = torch.zeros(image.shape[1:], dtype=torch.float16)
+    starts = [axis_starts(n, r, 0.5, "nnunet") for n, r in zip(image.shape[1:], roi, strict=True)]
+    for start in sorted(itertools.product(*starts), key=lambda s: tuple(s[a] for a in order)):
+        where = tuple(slice(s, s + r) for s, r in zip(start, roi, strict=True))
+        prediction = torch.from_numpy(predict(image[(None, slice(None), *where)])[0])
+        prediction *= g
+        sums[(slice(None), *where)] += prediction
+        weight[where] += g.half()
+    expected = torch.div(sums, weight).float().numpy()
+    assert float(np.abs(expected - predict(image)[0]).max()) > 0  # the windows' edges count
+
+    for block, budget in ((None, 64 * 2**20), ((23, 21, 11), 0)):
+        plan = BlockPlan.build(image.shape[1:], roi, 0.5, block, "nnunet")
+        sink = ScoreSink(spatial_shape=image.shape[1:])
+        sweep(image, predict, plan, sink, blend="nnunet", overlap=0.5, batch_size=1, order=order,
+              seam_budget_bytes=budget)  # fmt: skip
+        np.testing.assert_array_equal(sink.out, expected, err_msg=str(block))

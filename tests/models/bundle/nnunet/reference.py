@@ -21,29 +21,9 @@ def nnunet_predict(
     mirroring: bool = True,
     step: float = 0.5,
     probabilities: bool = False,
-    float32_sums: bool = False,
 ) -> list[np.ndarray] | list[tuple[np.ndarray, np.ndarray]]:
-    """Labels (x, y, z) per case, or (labels, probabilities (K, x, y, z)) with ``probabilities``.
-
-    ``float32_sums``: nnU-Net as it is, except that its sliding-window and fold sums are float32
-    instead of float16 (its buffers name ``torch.half``; its module sees float32 there for the call).
-    The one difference between the two predictors that tilewise keeps on purpose, isolated: with it, any
-    remaining disagreement is a real one."""
+    """Labels (x, y, z) per case, or (labels, probabilities (K, x, y, z)) with ``probabilities``."""
     import torch
-
-    if float32_sums:
-        import nnunetv2.inference.predict_from_raw_data as module
-
-        class Float32Half:  # torch, but with torch.half meaning float32 (torch itself is left alone)
-            def __getattr__(self, name: str) -> object:
-                return torch.float32 if name == "half" else getattr(torch, name)
-
-        module.torch = Float32Half()  # type: ignore[assignment]
-        try:
-            return nnunet_predict(model, cases, folds=folds, checkpoint=checkpoint, mirroring=mirroring,
-                                  step=step, probabilities=probabilities)  # fmt: skip
-        finally:
-            module.torch = torch
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
     predictor = nnUNetPredictor(

@@ -1,10 +1,9 @@
 """tilewise against nnU-Net's own nnUNetPredictor, on the same unseen cases with the same settings.
 
-Both run here, on the CPU, on the real CT cases of ``conftest.unseen``; nothing is precomputed. Labels
-must agree voxel by voxel (>= 99.95 %) and per class (Dice >= 0.997: nnU-Net's float16 logits flip
-near-ties); with nnU-Net's float16 sums made float32 (``reference.nnunet_predict(float32_sums=True)``)
-they must be the same but for at most 2 voxels. tilewise's own results must not depend on block size
-or worker count.
+Both run here, on the CPU, on the real CT cases of ``conftest.unseen``; nothing is precomputed. tilewise
+sums as nnU-Net does (float16, in its tile order: ``accumulate: nnunet``, the default), so the labels must
+be nnU-Net's voxel for voxel, which is more than the issue's bound (Dice >= 0.999, agreement >= 99.95 %).
+tilewise's own results must not depend on block size or worker count.
 """
 
 from __future__ import annotations
@@ -49,64 +48,48 @@ def _tilewise(
     return {case: np.asanyarray(nib.load(out / f"{case}_0000_labels.nii.gz").dataobj) for case in names}
 
 
-def _assert_agrees(
-    ours: dict[str, np.ndarray], theirs: list[np.ndarray], classes: int, min_dice: float = 0.997
-) -> None:
+def _assert_same(ours: dict[str, np.ndarray], theirs: list[np.ndarray], classes: int = 6) -> None:
     for case, ref in zip(CASES, theirs, strict=True):
-        mine = ours[case]
-        assert mine.shape == ref.shape, case
+        assert ours[case].shape == ref.shape, case
         assert len(np.unique(ref)) >= 3, "nnU-Net's labels lack structure: retrain (data/make_model.py)"
-        agreement = float((mine == ref).mean())
-        dices = {k: dice(mine, ref, k) for k in range(classes)}
-        assert agreement >= 0.9995, (case, agreement)
-        # nnU-Net sums logits in float16; the voxels where the two differ were measured to be near-ties
-        # (top-two logit gap <= 0.005 in tilewise's float32 sums, 88 of 312480 on ts_a), which costs a
-        # small class (kidney, ~5800 voxels) up to ~0.0022 Dice (0.9978 measured with mirroring)
-        assert min(dices.values()) >= min_dice, (case, dices)
+        worst = min(dice(ours[case], ref, k) for k in range(classes))
+        differ = int((ours[case] != ref).sum())
+        assert differ == 0, (case, differ, worst)
 
 
 SETTINGS = [
-    # 3-D mirroring is held to the exact (float32-sum) nnU-Net only: stock nnU-Net with mirroring is the
-    # 2-D case's, and running it a third time here cost the suite ~45 s
-    pytest.param("3d", (0,), True, False, id="3d-fold0-mirroring"),
-    pytest.param("3d", (0,), False, True, id="3d-fold0-no-mirroring"),
-    pytest.param("3d", (0, 1), False, True, id="3d-ensemble-folds01"),
-    # nnU-Net's 2-D predictor runs twice here (float16 and float32 sums), slice by slice with mirroring:
-    # over 600 s on the shared 2-core machine
-    pytest.param("2d", (0,), True, True, id="2d-fold0-mirroring", marks=pytest.mark.timeout(1800)),
+    pytest.param("3d", (0,), True, id="3d-fold0-mirroring"),
+    pytest.param("3d", (0,), False, id="3d-fold0-no-mirroring"),
+    pytest.param("3d", (0, 1), False, id="3d-ensemble-folds01"),
+    # nnU-Net's 2-D predictor runs slice by slice with mirroring: minutes on the shared 2-core machine
+    pytest.param("2d", (0,), True, id="2d-fold0-mirroring", marks=pytest.mark.timeout(1800)),
 ]
 
 
-@pytest.mark.parametrize(("config", "folds", "mirroring", "stock"), SETTINGS)
-def test_labels_equal_nnunet_predictor(config, folds, mirroring, stock, request, unseen, tmp_path):
+@pytest.mark.parametrize(("config", "folds", "mirroring"), SETTINGS)
+def test_labels_equal_nnunet_predictor(config, folds, mirroring, request, unseen, tmp_path):
     model = request.getfixturevalue("model3d" if config == "3d" else "model2d")
     ours = _tilewise(model, unseen, tmp_path / "out", folds=list(folds), mirroring=mirroring)
-    exact = nnunet_predict(model, [[unseen / f"{c}_0000.nii.gz"] for c in CASES], folds=folds,
-                           mirroring=mirroring, float32_sums=True)  # fmt: skip
-    for case, ref in zip(CASES, exact, strict=True):
-        # the gap below is all float16: with float32 sums, nnU-Net's labels are tilewise's (the
-        # ensemble's fold average rounds differently in float32: 1 voxel of 312480 measured)
-        assert int((ours[case] != ref).sum()) <= 2, (case, int((ours[case] != ref).sum()))
-    if not stock:
-        return
     theirs = nnunet_predict(
         model, [[unseen / f"{c}_0000.nii.gz"] for c in CASES], folds=folds, mirroring=mirroring
     )
-    # two folds: nnU-Net adds the folds' float16 logits too; kidney Dice measured 0.9951 (not yet
-    # shown to be near-ties only, see docs/models.md), voxel agreement still >= 99.95 %
-    _assert_agrees(ours, theirs, classes=6, min_dice=0.995 if len(folds) > 1 else 0.997)
+    _assert_same(ours, theirs)
 
 
 def test_blocks_and_workers_give_the_one_block_result(model3d, unseen, tmp_path):
-    """An uneven cut of nnU-Net's grid into blocks, and two Dask workers: byte for byte the same."""
-    one = _tilewise(model3d, unseen, tmp_path / "one", folds=[0], mirroring=False)
-    cut = _tilewise(model3d, unseen, tmp_path / "cut", folds=[0], mirroring=False, block_size=[50, 61, 17])
-    dask = _tilewise(
-        model3d, unseen, tmp_path / "dask", folds=[0], mirroring=False, workers=2, block_size=[64, 48, 16]
-    )
+    """An uneven cut of nnU-Net's grid into blocks, and two Dask workers, with a two-fold ensemble (its
+    float16 sums are replayed across the seams in nnU-Net's tile order): byte for byte the same. The
+    float32 sums (``accumulate: float32``) agree with them but for near-ties."""
+    opts = {"folds": [0, 1], "mirroring": False}
+    one = _tilewise(model3d, unseen, tmp_path / "one", **opts)
+    cut = _tilewise(model3d, unseen, tmp_path / "cut", **opts, block_size=[50, 61, 17])
+    dask = _tilewise(model3d, unseen, tmp_path / "dask", **opts, workers=2, block_size=[64, 48, 16])
+    wide = _tilewise(model3d, unseen, tmp_path / "f32", **opts, accumulate="float32", block_size=[50, 61, 17])
     for case in CASES:
         np.testing.assert_array_equal(cut[case], one[case])
         np.testing.assert_array_equal(dask[case], one[case])
+        assert float((wide[case] == one[case]).mean()) >= 0.9995, case
+        assert min(dice(wide[case], one[case], k) for k in range(6)) >= 0.99, case
 
 
 @pytest.mark.parametrize(
@@ -124,15 +107,12 @@ def test_cropped_mr_cases_labels_equal_nnunet_predictor(scheme, mask, model3d, d
     files = write_mr(data, cases)
     names = ("mni", "mr")
     theirs = nnunet_predict(model, [[f] for f in files], folds=(0,), mirroring=False)
-    exact = nnunet_predict(model, [[f] for f in files], folds=(0,), mirroring=False, float32_sums=True)
     ours = _tilewise(model, cases, tmp_path / "out", names=names, folds=[0], mirroring=False)
-    for name, file, ref, ref32 in zip(names, files, theirs, exact, strict=True):
+    for name, file, ref in zip(names, files, theirs, strict=True):
         assert ours[name].shape == ref.shape == nib.load(file).shape
         assert len(np.unique(ref)) >= 3, "nnU-Net's labels lack structure"
-        # crop, normalisation and padding back are exact: nnU-Net with float32 sums gives the same labels
-        np.testing.assert_array_equal(ours[name], ref32, err_msg=name)
-        # stock nnU-Net's float16 sums flip near-ties: 0.99903 measured on the MNI case (CT net, MR input)
-        assert float((ours[name] == ref).mean()) >= 0.999, name
+        # crop, normalisation, float16 sums and padding back as nnU-Net's: the same labels
+        np.testing.assert_array_equal(ours[name], ref, err_msg=name)
     if mask:  # the filled mask's holes reach every block and worker: the one-block result
         cut = _tilewise(model, cases, tmp_path / "cut", names=names, folds=[0], mirroring=False,
                         workers=2, block_size=[40, 37, 9])  # fmt: skip
@@ -148,7 +128,7 @@ def test_probabilities_and_names_equal_nnunet(model3d, unseen, tmp_path):
     from flows.cli.app import app
 
     theirs = nnunet_predict(model3d, [[unseen / f"{c}_0000.nii.gz"] for c in CASES], mirroring=False,
-                            probabilities=True, float32_sums=True)  # fmt: skip
+                            probabilities=True)  # fmt: skip
     out = tmp_path / "out"
     args = ["run", str(unseen), str(out), "--model", str(model3d), "--folds", "0", "--no-mirroring",
             "--probabilities", "--nnunet-names", "--device", "cpu", "--no-prefect"]  # fmt: skip
@@ -160,5 +140,44 @@ def test_probabilities_and_names_equal_nnunet(model3d, unseen, tmp_path):
         img = nib.load(out / f"{case}_probabilities.nii.gz")
         ours = np.moveaxis(np.asarray(img.dataobj, dtype=np.float32), -1, 0)  # (K, x, y, z), p = q / 255
         assert ours.shape == ref.shape, case
-        # stored as round(p * 255): within 1/510 of nnU-Net's (float32-sum) probabilities
-        assert float(np.abs(ours - ref).max()) <= 1 / 510 + 1e-4, (case, float(np.abs(ours - ref).max()))
+        # stored as round(p * 255): within 1/510 of nnU-Net's probabilities, so within the issue's 2e-3
+        assert float(np.abs(ours - ref).max()) <= 2e-3, (case, float(np.abs(ours - ref).max()))
+
+
+def test_ome_zarr_outputs_of_a_cropped_case_are_padded_back(model3d, data, tmp_path):
+    """OME-Zarr labels and probabilities of a case nnU-Net crops lie on the input's grid, as the
+    NIfTI ones (held to nnU-Net above) do: the same voxels, background outside the crop."""
+    import zarr
+
+    from tests.models.bundle.nnunet.cases import write_mr
+
+    cases = tmp_path / "cases"
+    cases.mkdir()
+    (mni,) = write_mr(data, cases)[:1]
+    (cases / "mr_0000.nii.gz").unlink()
+    runs = {}
+    for fmt in ("nifti", "zarr"):
+        config = JobConfig.model_validate(
+            {"input": str(cases), "output": str(tmp_path / fmt), "model": str(model3d),
+             "model_options": {"folds": [0], "mirroring": False}, "execution": {"device": "cpu"},
+             "outputs": {"format": fmt, "quicklook": False, "probabilities": True}}
+        )  # fmt: skip
+        (result,) = run_job(config)
+        assert result.status == "ok", result.reason
+        runs[fmt] = {k: Path(v) for k, v in result.outputs.items()}
+    shape = nib.load(mni).shape
+    nifti = np.moveaxis(nib.load(runs["nifti"]["probabilities"]).dataobj.get_unscaled(), -1, 0)
+    probs = zarr.open_array(str(runs["zarr"]["probabilities"]), mode="r")[...]
+    assert probs.shape == (6, *shape) == nifti.shape
+    np.testing.assert_array_equal(probs, nifti)  # both round(p * 255)
+    labels = np.asanyarray(nib.load(runs["nifti"]["labels"]).dataobj)
+    nonzero = np.argwhere(np.asanyarray(nib.load(mni).dataobj) != 0)
+    outside = np.ones(shape, bool)  # outside nnU-Net's crop box: background, probability 1
+    outside[tuple(slice(a, b + 1) for a, b in zip(nonzero.min(0), nonzero.max(0), strict=True))] = False
+    assert outside.any() and (probs[0][outside] == 255).all() and not probs[1:, outside].any()
+    from ome_zarr.io import parse_url
+    from ome_zarr.reader import Reader
+
+    (node, *_) = Reader(parse_url(str(runs["zarr"]["labels"])))()
+    level0 = np.asarray(node.data[0])
+    np.testing.assert_array_equal(level0, labels.transpose(2, 1, 0))  # stored (z, y, x)

@@ -180,3 +180,20 @@ def test_region_based_model_is_refused_with_a_message_that_says_so(broken):
     with pytest.raises(BundleError, match=r"region-based nnU-Net models .* not supported") as err:
         open_model(broken)
     assert str(broken / "dataset.json") in str(err.value)
+
+
+def test_bundle_info_names_an_nnunet_folder_and_what_it_found(model3d: Path, broken: Path) -> None:
+    """``tilewise bundle info``: the kind is nnunet, with the configuration, folds and checkpoint found."""
+    from typer.testing import CliRunner
+
+    from flows.cli.app import app
+
+    for folder, folds in ((model3d, "folds 0, 1"), (broken, "folds 0,")):
+        res = CliRunner(env={"COLUMNS": "300"}).invoke(app, ["bundle", "info", str(folder)])
+        assert res.exit_code == 0, res.output
+        rows = {line.split("│")[1].strip(): line.split("│")[2].strip() for line in res.output.splitlines()
+                if line.count("│") >= 3}  # fmt: skip
+        assert rows["kind"] == "nnunet", rows
+        assert rows["nnU-Net"].startswith(f"configuration 3d_fullres, {folds}"), rows
+        assert rows["nnU-Net"].endswith("checkpoint checkpoint_final.pth"), rows
+        assert rows["sums"].startswith("nnunet"), rows

@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import numpy as np
 import pytest
@@ -48,21 +50,26 @@ def with_scheme(model: Path, dst: Path, scheme: str, mask: bool) -> Path:
     return dst
 
 
-def nnunet_preprocessed(model: Path, case: Path) -> tuple[np.ndarray, list[list[int]]]:
-    """nnU-Net's network input for ``case`` in the file's (x, y, z) order, and its crop box (x, y, z)."""
+def nnunet_preprocessed(model: Path, case: Path | list[Path]) -> tuple[np.ndarray, list[list[int]]]:
+    """nnU-Net's network input for ``case`` (or its channel files) in the file's (x, y, z) order, and its
+    crop box (x, y, z)."""
     from nnunetv2.preprocessing.preprocessors.default_preprocessor import DefaultPreprocessor
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
     plans = PlansManager(json.loads((model / "plans.json").read_text()))
     dataset = json.loads((model / "dataset.json").read_text())
     config = plans.get_configuration(model.name.split("__")[-1])
-    data, _, props = DefaultPreprocessor(verbose=False).run_case([str(case)], None, plans, config, dataset)
+    files = [str(f) for f in (case if isinstance(case, list) else [case])]
+    data, _, props = DefaultPreprocessor(verbose=False).run_case(files, None, plans, config, dataset)
     return np.asarray(data).transpose(0, 3, 2, 1), props["bbox_used_for_cropping"][::-1]
 
 
-def tilewise_preprocessed(model: Path, case: Path, work: Path) -> tuple[np.ndarray, Box | None]:
-    bundle = open_model(model, options={"folds": [0]})
-    source = open_options(SceneSource("nifti", (str(case),)), bundle, work)
+def tilewise_preprocessed(
+    model: Path, case: Path | list[Path], work: Path, bundle: Any = None
+) -> tuple[np.ndarray, Box | None]:
+    bundle = bundle or open_model(model, options={"folds": [0]})
+    files = tuple(str(f) for f in (case if isinstance(case, list) else [case]))
+    source = open_options(SceneSource("nifti", files), bundle, work)
     source, scene = open_cropped(source, bundle.config)
     try:
         pre = Preprocessor.from_bundle(bundle, scene)
@@ -85,7 +92,54 @@ def test_cropped_and_normalised_as_nnunet(scheme, mask, model3d, mr_cases, tmp_p
         np.testing.assert_allclose(ours, theirs, rtol=0, atol=2e-6 * scale, err_msg=f"{scheme} {case.name}")
 
 
-def test_mixed_schemes_are_refused(model3d, tmp_path):
+MIXED = [
+    pytest.param(["CTNormalization", "ZScoreNormalization"], [False, True], id="ct+zscore-mask"),
+    pytest.param(["ZScoreNormalization", "RescaleTo01Normalization"], [False, False], id="zscore+rescale01"),
+]
+
+
+@pytest.mark.parametrize(("schemes", "masks"), MIXED)
+def test_mixed_schemes_normalise_each_channel_as_nnunet(schemes, masks, model3d, data, tmp_path):
+    """Two channels with their own schemes (plans' ``normalization_schemes`` per channel): the real MNI
+    T1 and a shifted copy, whose non-zero boxes and masks differ, so the crop and the "any channel
+    non-zero" mask are both channels'."""
+    import nibabel as nib
+
+    from models.bundle.nnunet.convert import bundle_config
+    from models.bundle.nnunet.folder import read_folder
+
+    model = with_scheme(model3d, tmp_path, "ZScoreNormalization", False)
+    plans = json.loads((model / "plans.json").read_text())
+    plans["configurations"]["3d_fullres"].update(normalization_schemes=schemes, use_mask_for_norm=masks)
+    props = plans["foreground_intensity_properties_per_channel"]  # nnU-Net asks for every channel's
+    props["1"] = {k: v * 0.5 if isinstance(v, float) else v for k, v in props["0"].items()}
+    (model / "plans.json").write_text(json.dumps(plans))
+    dataset = json.loads((model / "dataset.json").read_text())
+    dataset["channel_names"] = {"0": "A", "1": "B"}
+    (model / "dataset.json").write_text(json.dumps(dataset))
+    mni = nib.load(data / "medical" / "nilearn" / "mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz")
+    x = np.ascontiguousarray(np.asanyarray(mni.dataobj)[::3, ::3, ::3]).astype(np.int16)
+    shifted = np.zeros_like(x)  # the same head moved by a few voxels: its own non-zero box and mask
+    shifted[5:, :-4, 2:] = x[:-5, 4:, :-2]
+    files = [tmp_path / "mni_0000.nii.gz", tmp_path / "mni_0001.nii.gz"]
+    affine = mni.affine.copy()
+    affine[:3, :3] *= 3
+    for f, v in zip(files, (x, shifted), strict=True):
+        nib.save(nib.Nifti1Image(v, affine), f)
+    # the network's weights do not matter here (one input channel): the plans' bundle config does
+    cfg = bundle_config(read_folder(model, folds=[0]), {}, [])
+    assert cfg.inputs.normalization.kind == "per_channel"
+    theirs, bbox = nnunet_preprocessed(model, files)
+    ours, crop = tilewise_preprocessed(model, files, tmp_path / "work", SimpleNamespace(config=cfg))
+    assert crop is not None
+    assert [list(v) for v in zip(crop.start, crop.stop, strict=True)] == [list(b) for b in bbox]
+    assert ours.shape == theirs.shape == (2, *crop.shape)
+    for c in range(2):
+        scale = max(1.0, float(np.abs(theirs[c]).max()))
+        np.testing.assert_allclose(ours[c], theirs[c], rtol=0, atol=2e-6 * scale, err_msg=f"{schemes[c]}")
+
+
+def test_unknown_scheme_is_refused(model3d, tmp_path):
     from pipeline.errors import BundleError
 
     model = with_scheme(model3d, tmp_path, "ZScoreNormalization", False)
