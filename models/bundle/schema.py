@@ -168,11 +168,14 @@ class Resampling(_Strict):
     score_order: Literal[0, 1] = 1
     score_order_z: Literal[0, 1] = 0
     score_force_separate_z: bool | None = None
+    # the logits resampled back: computed in float64 and stored as float16, as nnU-Net's export does
+    # (the dtype of its float16 sums), or kept float32 (``--accumulate float32``)
+    score_dtype: Literal["float16", "float32"] = "float16"
 
     def as_tuple(self) -> tuple[Any, ...]:
         """The reader's ``resampling`` option (``pipeline.formats.spline.NnUNetResampling``)."""
         return (self.order, self.order_z, self.force_separate_z, self.score_order, self.score_order_z,
-                self.score_force_separate_z)  # fmt: skip
+                self.score_force_separate_z, self.score_dtype)  # fmt: skip
 
 
 class BundleConfig(_Strict):

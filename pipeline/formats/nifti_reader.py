@@ -328,11 +328,23 @@ class NiftiScene:
         if x.shape[lead:] != self.spatial_shape:
             raise InputError(f"array shape {x.shape} does not match the scene {self.shape}", path=self.uri)
         if self._factor is not None:
+            x = self._scores_in(x) if lead else x
             for axis, n in enumerate(self._native):
                 x = self._back(x, lead, axis, (0, n), 0, order)
+            x = self._scores_out(x) if lead else x
         if activation is not None:
             x = activation(x)
         return self._restore(x, lead)
+
+    def _scores_in(self, x: np.ndarray) -> np.ndarray:
+        """Scores about to be resampled back: float64 where nnU-Net's export is reproduced (it resizes
+        its float16 logits in float64, then stores the result as float16: ``_scores_out``)."""
+        half = self._nnunet is not None and self._nnunet.score_dtype == "float16"
+        return x.astype(np.float64) if half else x
+
+    def _scores_out(self, x: np.ndarray) -> np.ndarray:
+        half = self._nnunet is not None and self._nnunet.score_dtype == "float16"
+        return x.astype(np.float16).astype(np.float32) if half else x
 
     def _restore(self, x: np.ndarray, lead: int) -> np.ndarray:
         """The cropped engine-oriented array on the file's grid: crop padded back, axes un-reoriented."""
@@ -372,10 +384,10 @@ class NiftiScene:
             b = min(a + slab, n0)
             c = self._coords(a, b, 1 / self._factor[0])
             lo, hi = needed(np.clip(c, 0, m0 - 1), 1)
-            x = self._back(np.asarray(scores[:, lo : min(hi, m0)]), 1, 0, (a, b), lo, 1)
+            x = self._back(self._scores_in(np.asarray(scores[:, lo : min(hi, m0)])), 1, 0, (a, b), lo, 1)
             for axis in range(1, len(self._native)):
                 x = self._back(x, 1, axis, (0, self._native[axis]), 0, 1)
-            labels[a:b] = act(x).argmax(axis=0)
+            labels[a:b] = act(self._scores_out(x)).argmax(axis=0)
         return self._restore(labels, 0)
 
     def to_native_labels(self, labels_engine: np.ndarray) -> np.ndarray:

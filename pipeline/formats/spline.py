@@ -120,6 +120,7 @@ class NnUNetResampling(NamedTuple):
     score_order: int = 1
     score_order_z: int = 0
     score_force_separate_z: bool | None = None
+    score_dtype: str = "float16"  # the scores back: float64 sums stored as float16, as nnU-Net's export
 
 
 def resample_region(

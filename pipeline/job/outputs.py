@@ -249,7 +249,12 @@ def write_outputs(
             stored = np.asarray(probs[...])  # the work store keeps round(p * 255) as uint8
             stored = stored.astype(np.float32) / 255 if stored.dtype == np.uint8 else stored
             scores = scene.to_native_scores(stored, _activator(late))
-            write_nifti_probabilities(scores, paths["probabilities"], scene=scene, overwrite=overwrite)
+            # exact float scores (inverted from the work store's float32) stay float32: rounding them to
+            # the uint8 step (1/510) would add to what the way back already costs
+            kind = np.float32 if invert else np.uint8
+            write_nifti_probabilities(
+                scores, paths["probabilities"], scene=scene, dtype=kind, overwrite=overwrite
+            )
     elif fmt == "zarr":
         from pipeline.formats.zarr_writer import write_geo_zarr, write_ome_zarr_labels
 

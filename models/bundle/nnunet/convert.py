@@ -202,7 +202,11 @@ def bundle_config(folder: NnUNetFolder, options: Mapping[str, Any], mirror_axes:
             },
             "orientation": "native",
             "target_spacing": spacing_scene if slice_axis is None else None,
-            "resampling": _resampling(folder) if slice_axis is None else None,
+            "resampling": (
+                {**_resampling(folder), "score_dtype": "float16" if accumulate == "nnunet" else "float32"}
+                if slice_axis is None
+                else None
+            ),
             "invert": "scores",  # labels: the argmax of the logits resampled back, as nnU-Net's export
             "patch_size": patch_scene,
             "overlap": 1.0 - step,

@@ -42,13 +42,16 @@ def test_resampled_case_equals_nnunet_predictor(model3d, resampled_case, tmp_pat
     agreement = float((ours == exact_seg).mean())
     dices = {k: dice(ours, exact_seg, k) for k in range(6)}
     assert agreement >= 0.9995 and min(dices.values()) >= 0.999, (agreement, dices)
+    print(f"ts_r labels vs nnU-Net: {int((ours != exact_seg).sum())} voxels differ, Dice {dices}")
     # measured: identical (normalised then resampled input within 1 float32 ulp of nnU-Net's)
     assert int((ours != exact_seg).sum()) <= 2, int((ours != exact_seg).sum())
     img = nib.load(tmp_path / "one" / "ts_r_0000_probabilities.nii.gz")
     probs = np.moveaxis(np.asarray(img.dataobj, dtype=np.float32), -1, 0)
     gap = float(np.abs(probs - exact_p).max())
     print(f"ts_r probabilities vs nnU-Net: max abs difference {gap:.5f}")
-    assert gap <= 1 / 510 + 1e-4, gap  # stored as round(p * 255)
+    # float32 on disk (from the exact scores); the float16 logits nnU-Net stores after resampling flip
+    # by one float16 step where tilewise's float64 sums round the other way: 0.00097 measured
+    assert gap <= 2e-3, gap
     cut = _tilewise(model3d, resampled_case, tmp_path / "cut", names=("ts_r",), folds=[0], mirroring=False,
                     workers=2, block_size=[50, 61, 17])["ts_r"]  # fmt: skip
     np.testing.assert_array_equal(cut, ours)
