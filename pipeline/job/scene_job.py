@@ -236,7 +236,7 @@ def _run(
         raise ConfigError(f"cannot write {source.kind} input as {fmt}", path=source.uri)
     timings: dict[str, float] = {}
     t = time.perf_counter()
-    from pipeline.execution.preprocess import open_cropped
+    from pipeline.execution.scene_passes import open_cropped
 
     source, scene = open_cropped(source, bundle.config)
     try:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +11,7 @@ import pytest
 from models.bundle import BundleConfig, validate_config
 from pipeline.core.box import Box
 from pipeline.errors import InputError
-from pipeline.execution.preprocess import Preprocessor, sample_boxes
+from pipeline.execution.preprocess import Preprocessor
 from pipeline.formats.scene import GeoMeta, Scene
 from tests.pipeline.formats.sample_data import S2_STACK, read_window
 
@@ -179,18 +178,6 @@ def test_percentile_large_scene_reads_sparse_sample() -> None:
     lo, hi = np.percentile(raw, [2, 98])
     assert pre.lower_values is not None and pre.upper_values is not None
     assert abs(pre.lower_values[0] - lo) < 15 and abs(pre.upper_values[0] - hi) < 15
-
-
-@pytest.mark.parametrize("shape", [(1000, 1000), (5, 100000), (40, 300, 500), (7,)])
-def test_sample_boxes_stay_inside_and_within_budget(shape: tuple[int, ...]) -> None:
-    budget = 1 << 14
-    boxes = sample_boxes(shape, budget)
-    scene_box = Box.from_shape(shape)
-    assert all(scene_box.contains(b) and not b.empty for b in boxes)
-    assert sum(b.size for b in boxes) <= budget
-    if math.prod(shape) <= budget:
-        assert boxes == [scene_box]
-    assert len(set(boxes)) == len(boxes)
 
 
 def test_nan_and_nodata_become_zero_and_are_reported() -> None:

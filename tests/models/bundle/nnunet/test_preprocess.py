@@ -18,7 +18,8 @@ import pytest
 
 from models.bundle.sources import open_model
 from pipeline.core.box import Box
-from pipeline.execution.preprocess import Preprocessor, open_cropped
+from pipeline.execution.preprocess import Preprocessor
+from pipeline.execution.scene_passes import open_cropped
 from pipeline.formats.source import SceneSource
 from pipeline.job.scene_job import open_options
 from tests.models.bundle.nnunet.cases import write_mr
