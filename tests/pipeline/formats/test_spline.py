@@ -53,7 +53,7 @@ def _ranges(x: np.ndarray, axis: int | None) -> np.ndarray:
 def test_resampled_as_nnunet_and_block_exact(zooms, plan, axis, tmp_path):
     path = _relabelled(tmp_path, zooms)
     scene = open_nifti(
-        str(path), orientation="native", target_spacing=plan, resampling=(3, 0, None, 1, 0, None)
+        str(path), orientation="native", target_spacing=plan, resampling=(3, 0, None, 1, 0, None, "float32")
     )
     native = raw(path)[None].astype(np.float32)
     spacing = tuple(float(s) for s in scene.native_spacing)
@@ -83,6 +83,19 @@ def test_resampled_as_nnunet_and_block_exact(zooms, plan, axis, tmp_path):
     assert float(np.abs(ours - back).max()) <= 2e-6 * scale
     # labels from the scores slab by slab (the export holds one slab): the whole array's argmax
     np.testing.assert_array_equal(scene.to_native_argmax(scores, slab=7), ours.argmax(axis=0))
+    # nnU-Net's export as it runs: float16 logits (a realistic range) resized in float64, kept float16
+    half = open_nifti(
+        str(path), orientation="native", target_spacing=plan, resampling=(3, 0, None, 1, 0, None)
+    )
+    logits = (scores * (8.0 / scale)).astype(np.float16)
+    back16 = nnunet_resampling.resample_data_or_seg_to_shape(logits, native.shape[1:], plan, spacing, order=1,
+                                                             order_z=0, force_separate_z=None)  # fmt: skip
+    assert back16.dtype == np.float16
+    ours16 = half.to_native_scores(logits.astype(np.float32))
+    same = float((ours16 == back16.astype(np.float32)).mean())
+    assert same >= 0.999, same  # float64 sums in another order flip a float16 rounding now and then
+    assert float(np.abs(ours16 - back16).max()) <= 2.0**-7  # by one float16 step at most (|x| <= 8)
+    np.testing.assert_array_equal(half.to_native_argmax(logits.astype(np.float32), slab=7), ours16.argmax(0))
     for grid in ("extent", "monai"):  # tilewise's and MONAI's linear returns, too
         linear = open_nifti(str(path), orientation="native", target_spacing=plan, spacing_grid=grid)
         logits = np.random.default_rng(0).normal(size=(3, *linear.spatial_shape)).astype(np.float32)
