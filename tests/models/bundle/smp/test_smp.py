@@ -165,6 +165,23 @@ def test_the_folder_runs_as_it_is_with_a_sidecar(trained, imported, s2, tmp_path
         res = runner.invoke(app, ["run", str(EAST512), str(tmp_path / out), "-m", str(model)])
         assert res.exit_code == 0, res.output
     np.testing.assert_array_equal(_labels(tmp_path / "direct"), _labels(tmp_path / "imported"))
+    # Dask worker processes given the folder as it is (the job saves it once as a bundle for them)
+    res = runner.invoke(
+        app,
+        [
+            "run",
+            str(EAST512),
+            str(tmp_path / "dask"),
+            "-m",
+            str(folder),
+            "--workers",
+            "2",
+            "--block-size",
+            "256",
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    np.testing.assert_array_equal(_labels(tmp_path / "dask"), _labels(tmp_path / "direct"))
 
 
 def test_deeplabv3plus_imports_with_the_same_forward(tmp_path) -> None:

@@ -144,6 +144,12 @@ def test_the_checkpoint_runs_as_it_is_with_a_sidecar(task_ckpt, imported, s2, tm
     assert direct.kind == "torchgeo" and direct.config.inputs == load_bundle(imported).config.inputs
     res = runner.invoke(app, ["bundle", "info", str(ckpt)])
     assert res.exit_code == 0 and "torchgeo" in res.output and "smp.Unet" in res.output, res.output
+    res = runner.invoke(app, ["plan", str(SAMPLES), "-m", str(ckpt)])
+    assert res.exit_code == 0, res.output
+    for model, out in ((ckpt, "direct"), (imported, "imported")):
+        res = runner.invoke(app, ["run", str(SAMPLES), str(tmp_path / out), "-m", str(model)])
+        assert res.exit_code == 0, res.output
+    np.testing.assert_array_equal(_labels(tmp_path / "direct"), _labels(tmp_path / "imported"))
 
 
 def test_a_checkpoint_that_needs_pickle_is_refused_unless_trusted(task_ckpt, tmp_path) -> None:
