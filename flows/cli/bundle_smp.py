@@ -65,6 +65,31 @@ def spec_from(spec: Path | None, **given: Any) -> dict[str, Any]:
     return data
 
 
+def _description(
+    spec: Path | None,
+    bands: str | None,
+    band_indexes: str | None,
+    mean: str | None,
+    std: str | None,
+    scale: float | None,
+    classes: str | None,
+    patch_size: int | None,
+    gsd: float | None,
+) -> dict[str, Any]:
+    """What both imports need to know beyond the weights: the spec file, overridden by the options."""
+    return spec_from(
+        spec,
+        channels=_names(bands),
+        band_indexes=int_list(band_indexes, "--band-indexes", positive=True),
+        mean=_floats(mean, "--mean"),
+        std=_floats(std, "--std"),
+        scale=scale,
+        classes=_names(classes),
+        patch_size=patch_size,
+        gsd=gsd,
+    )
+
+
 def _report(bundle: Any) -> None:
     arch = bundle.config.architecture
     Console().print(
@@ -92,17 +117,7 @@ def import_smp_cmd(
     with reported(ctx):
         if out.exists() and not overwrite:
             raise OutputError("exists; pass --overwrite to replace it", path=str(out))
-        description = spec_from(
-            spec,
-            channels=_names(bands),
-            band_indexes=int_list(band_indexes, "--band-indexes", positive=True),
-            mean=_floats(mean, "--mean"),
-            std=_floats(std, "--std"),
-            scale=scale,
-            classes=_names(classes),
-            patch_size=patch_size,
-            gsd=gsd,
-        )
+        description = _description(spec, bands, band_indexes, mean, std, scale, classes, patch_size, gsd)
         from models.bundle.smp.load import import_model, load_smp_folder
         from pipeline.errors import BundleError
 
@@ -132,17 +147,7 @@ def import_torchgeo_cmd(
     with reported(ctx):
         if out.exists() and not overwrite:
             raise OutputError("exists; pass --overwrite to replace it", path=str(out))
-        description = spec_from(
-            spec,
-            channels=_names(bands),
-            band_indexes=int_list(band_indexes, "--band-indexes", positive=True),
-            mean=_floats(mean, "--mean"),
-            std=_floats(std, "--std"),
-            scale=scale,
-            classes=_names(classes),
-            patch_size=patch_size,
-            gsd=gsd,
-        )
+        description = _description(spec, bands, band_indexes, mean, std, scale, classes, patch_size, gsd)
         from models.bundle.smp.load import import_model, load_torchgeo_checkpoint
         from pipeline.errors import BundleError
 
