@@ -336,15 +336,17 @@ class NiftiScene:
             x = activation(x)
         return self._restore(x, lead)
 
+    @property
+    def _half_scores(self) -> bool:
+        """Whether scores go back as nnU-Net's export sends them: its float16 logits resized in float64
+        (``_scores_in``), the result stored as float16 (``_scores_out``)."""
+        return self._nnunet is not None and self._nnunet.score_dtype == "float16"
+
     def _scores_in(self, x: np.ndarray) -> np.ndarray:
-        """Scores about to be resampled back: float64 where nnU-Net's export is reproduced (it resizes
-        its float16 logits in float64, then stores the result as float16: ``_scores_out``)."""
-        half = self._nnunet is not None and self._nnunet.score_dtype == "float16"
-        return x.astype(np.float64) if half else x
+        return x.astype(np.float64) if self._half_scores else x
 
     def _scores_out(self, x: np.ndarray) -> np.ndarray:
-        half = self._nnunet is not None and self._nnunet.score_dtype == "float16"
-        return x.astype(np.float16).astype(np.float32) if half else x
+        return x.astype(np.float16).astype(np.float32) if self._half_scores else x
 
     def _restore(self, x: np.ndarray, lead: int) -> np.ndarray:
         """The cropped engine-oriented array on the file's grid: crop padded back, axes un-reoriented."""
