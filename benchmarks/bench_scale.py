@@ -127,7 +127,7 @@ def workers(edge: int, pairs: int) -> None:
 
 
 def write_mosaic(tile: Path, tiles: int, dest: Path) -> Path:
-    """A VRT of ``tiles``² copies of one scene side by side (its georeferencing grown to match)."""
+    """A VRT of ``tiles``² copies of one scene side by side, covering the one scene's extent."""
     import rasterio
 
     with rasterio.open(tile) as src:
@@ -146,7 +146,9 @@ def write_mosaic(tile: Path, tiles: int, dest: Path) -> Path:
             for c in range(tiles)
         )
         bands.append(f'<VRTRasterBand dataType="{gdal_type}" band="{b}">{sources}</VRTRasterBand>')
-    geo = f"{t.c}, {t.a}, {t.b}, {t.f}, {t.d}, {t.e}"
+    # pixels shrunk so the mosaic covers the tile's own extent: a synthetic scene of 300 m pixels repeated
+    # tiles x tiles times would span ~30,000 km, which no projection can take to WGS84 for the STAC item
+    geo = f"{t.c}, {t.a / tiles}, {t.b}, {t.f}, {t.d}, {t.e / tiles}"
     dest.write_text(
         f'<VRTDataset rasterXSize="{w * tiles}" rasterYSize="{h * tiles}"><SRS>{crs}</SRS>'
         f"<GeoTransform>{geo}</GeoTransform>{''.join(bands)}</VRTDataset>"

@@ -69,9 +69,15 @@ def model_card(bundle: Any) -> ModelCard:
 
 
 def _footprint(meta: GeoMeta, shape: tuple[int, int]) -> tuple[dict[str, Any] | None, list[float] | None]:
-    """The scene outline and bbox in WGS84 (densified edges, so a reprojected outline stays close)."""
+    """The scene outline and bbox in WGS84 (densified edges, so a reprojected outline stays close).
+
+    An outline no projection can take to WGS84 (a grid that runs off the CRS's area) gives a null
+    geometry, which STAC allows: the item keeps the exact native grid in ``proj:*``, and the outputs
+    of hours of blocks are not lost for want of a bbox."""
     if meta.crs is None:
         return None, None
+    from rasterio._err import CPLE_BaseError  # the root of GDAL's errors; rasterio does not export it
+    from rasterio.errors import RasterioError
     from rasterio.warp import transform_geom
 
     height, width = shape
@@ -84,7 +90,10 @@ def _footprint(meta: GeoMeta, shape: tuple[int, int]) -> tuple[dict[str, Any] | 
     )
     coords = [(t.c + t.a * c + t.b * r, t.f + t.d * c + t.e * r) for c, r in ring]
     geom = {"type": "Polygon", "coordinates": [[*coords, coords[0]]]}
-    wgs84 = transform_geom(meta.crs, "EPSG:4326", geom)
+    try:
+        wgs84 = transform_geom(meta.crs, "EPSG:4326", geom)
+    except (RasterioError, CPLE_BaseError):
+        return None, None
     xs = [p[0] for p in wgs84["coordinates"][0]]
     ys = [p[1] for p in wgs84["coordinates"][0]]
     wgs84["coordinates"] = [[list(p) for p in wgs84["coordinates"][0]]]

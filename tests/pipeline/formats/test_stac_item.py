@@ -86,3 +86,26 @@ def test_the_validator_never_fetches(s2_item):
     broken["properties"]["proj:shape"] = [512]
     with pytest.raises(pystac.errors.STACValidationError, match="proj"):
         validate(broken)
+
+
+def test_a_grid_that_runs_off_its_crs_gets_a_null_geometry_not_a_lost_scene():
+    """98304 pixels of 300 m east of a UTM zone's origin span ~30,000 km: GDAL cannot take that outline
+    to WGS84. The item still validates and keeps the exact native grid; an ordinary grid gets its outline."""
+    from affine import Affine
+    from rasterio.crs import CRS
+
+    from pipeline.formats.scene import GeoMeta
+    from pipeline.formats.stac_item import ModelCard, build_item
+
+    card = ModelCard("b", "unet", ["r"], [64, 64], {"kind": "none"}, ["land", "water"],
+                     ["#000000", "#ffffff"], "h", "w.safetensors")  # fmt: skip
+    utm = CRS.from_epsg(32618)
+    grid = Affine(300.0, 0, 101985.0, 0, -300.0, 2826915.0)
+    off = build_item("off", meta=GeoMeta(utm, grid), shape=(98304, 98304), nodata=255, outputs={}, model=card,
+                     source="mosaic.vrt")  # fmt: skip
+    assert off.geometry is None and off.bbox is None
+    assert ProjectionExtension.ext(off).shape == [98304, 98304]
+    validate(off.to_dict())
+    ok = build_item("ok", meta=GeoMeta(utm, grid), shape=(1024, 1024), nodata=255, outputs={}, model=card,
+                    source="tile.tif")  # fmt: skip
+    assert ok.geometry["type"] == "Polygon" and -80 < ok.bbox[0] < ok.bbox[2] < -70
