@@ -96,7 +96,8 @@ def render(bundle: Bundle) -> Table:
     table.add_row("overlap", f"{cfg.overlap:g}")
     if cfg.spatial_dims == 3:
         table.add_row("orientation", cfg.orientation)
-    table.add_row("target spacing", str(cfg.target_spacing) if cfg.target_spacing else "as is")
+    spacing = " x ".join("as is" if s is None else f"{s:g}" for s in cfg.target_spacing or [])
+    table.add_row("target spacing", spacing or "as is")
     stages = {"blended": " (of the blended scores)", "inverted": " (of the scores back on the input's grid)"}
     stage = stages.get(cfg.activation_stage, "")
     table.add_row("activation", cfg.output_activation + stage)

@@ -264,6 +264,10 @@ def plan_cmd(
         bool | None,
         typer.Option("--prefect/--no-prefect", help="plan a tracked Prefect flow run (as `run --prefect`)"),
     ] = None,
+    folds: Annotated[
+        str | None, typer.Option(help="nnU-Net folds to ensemble, e.g. 0,1 (default: all)")
+    ] = None,
+    accumulate: Annotated[str | None, typer.Option(help="nnU-Net sums: nnunet (float16) or float32")] = None,
 ) -> None:
     """Dry run: the scenes, their window grid and blocks, and a memory estimate. Computes nothing."""
     from flows.cli.baseline import run_baseline_mb
@@ -288,6 +292,9 @@ def plan_cmd(
                 "tiling.overlap": overlap,
                 "tiling.block_size": int_list(block_size, "--block-size"),
                 "execution.orchestrator": None if prefect is None else ("prefect" if prefect else "none"),
+                "model_options": model_options(
+                    folds, None, None, trust_code=trust_code, accumulate=accumulate
+                ),
             },
         )
         if not cfg.model:
@@ -297,7 +304,7 @@ def plan_cmd(
         if model_kind(cfg.model) == "tilewise":  # its model.yaml says all a plan needs: no torch
             bundle: Any = read_header(cfg.model)
         else:  # a model kept as its users keep it: its importer loads its framework
-            bundle = open_model(cfg.model, options={"trust_code": True} if trust_code else None)
+            bundle = open_model(cfg.model, trust_pickle=cfg.trust_pickle, options=cfg.model_options)
         baseline = run_baseline_mb(bundle, tracked=tracked(cfg))  # a plain run loads no Prefect
         note = unseen_activations(dict(bundle.config.architecture))
         out, table = Console(), Table(title=f"plan with {bundle.config.name}")
@@ -314,8 +321,9 @@ def plan_cmd(
                         shape = scene.shape
                     finally:
                         scene.close()
-                    grid = BlockPlan.build(shape[1:], roi, ovl, block)
-                    mb = plan_peak_mb(scene, bundle, cfg, roi, block, baseline_mb=baseline, light=True)
+                    grid = BlockPlan.build(shape[1:], roi, ovl, block, bundle.config.grid)
+                    mb = plan_peak_mb(scene, bundle, cfg, roi, block, baseline_mb=baseline, overlap=ovl,
+                                      light=True)  # fmt: skip
                     row = (
                         source.uri,
                         "x".join(map(str, shape)),

@@ -187,7 +187,8 @@ class BundleConfig(_Strict):
     spatial_dims: Literal[2, 3]
     inputs: Inputs
     orientation: str = "RAS"
-    target_spacing: list[float] | None = None
+    # a null entry keeps the file's spacing on that axis (nnU-Net's 2-D configurations: between slices)
+    target_spacing: list[float | None] | None = None
     # how target_spacing lays out the engine grid: both grids spanning the same extent, or MONAI's
     # Spacing (first voxel centres aligned, the step exactly the spacing ratio)
     spacing_grid: Literal["extent", "monai"] = "extent"
@@ -254,10 +255,16 @@ class BundleConfig(_Strict):
             raise ValueError(f"class names must be unique, got {names}")
         if len(self.patch_size) != dims or any(p < 1 for p in self.patch_size):
             raise ValueError(f"patch_size must be {dims} positive integers, got {self.patch_size}")
-        if self.target_spacing is not None and (
-            len(self.target_spacing) != dims or any(s <= 0 for s in self.target_spacing)
+        spacing = self.target_spacing
+        if spacing is not None and (
+            len(spacing) != dims
+            or any(s is not None and s <= 0 for s in spacing)
+            or (None in spacing and dims != 3)
         ):
-            raise ValueError(f"target_spacing must be null or {dims} positive numbers")
+            raise ValueError(
+                f"target_spacing must be null or {dims} positive numbers (null entries only in 3-D: "
+                "the file's own spacing on that axis)"
+            )
         return self
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -253,19 +253,31 @@ def default_block_size(
     roi: Sequence[int],
     channels: int,
     budget_bytes: int = 256 * 2**20,
+    block_bytes: Callable[[tuple[int, ...]], float] | None = None,
 ) -> tuple[int, ...]:
-    """Largest cubic block whose float32 accumulator (``channels + 1`` planes) fits the budget.
+    """Largest cubic block whose float32 accumulator (``channels + 1`` planes) fits the budget, or, with
+    ``block_bytes`` (what the accumulator of the worst block of a plan cut so holds, e.g. nnU-Net's
+    float16 sums of each fold and the windows' shares of the seams), whose ``block_bytes`` does.
 
     The edge is rounded down to a multiple of 256 (of 32 in 3-D) so write regions align with output
     chunks, never below the window, and never larger than the scene needs.
     """
     dims = len(spatial_shape)
+    align = 256 if dims <= 2 else 32
+
+    def clamp(edge: int) -> tuple[int, ...]:
+        return tuple(max(r, min(edge, max(n, r))) for n, r in zip(spatial_shape, roi, strict=True))
+
+    if block_bytes is not None:  # from the whole scene down, the first edge that fits, else the least
+        top = max(max(n, r) for n, r in zip(spatial_shape, roi, strict=True))
+        sizes = list(dict.fromkeys(clamp(edge) for edge in range(-(-top // align) * align, 0, -align)))
+        costs = [block_bytes(b) for b in sizes]
+        fits = [b for b, c in zip(sizes, costs, strict=True) if c <= budget_bytes]
+        return fits[0] if fits else min(zip(costs, sizes, strict=True))[1]
     voxels = budget_bytes // (4 * (channels + 1))
     edge = round(voxels ** (1 / dims))  # the float root of a perfect power may fall just below it
     while edge > 1 and edge**dims > voxels:
         edge -= 1
     while (edge + 1) ** dims <= voxels:
         edge += 1
-    align = 256 if dims <= 2 else 32
-    edge = max(align, edge // align * align)
-    return tuple(max(r, min(edge, max(n, r))) for n, r in zip(spatial_shape, roi, strict=True))
+    return clamp(max(align, edge // align * align))

@@ -1,10 +1,10 @@
 """NIfTI volumes in, on exactly the input's voxel grid, in the engine's orientation and spacing.
 
 The engine works in one orientation (the bundle's, default RAS, or ``native``: the file's own voxel
-axes, as nnU-Net's models see them) and optionally one spacing; the file
-keeps its own. Reorientation is a pure flip/permutation of voxel axes (no interpolation), so
-``to_native_labels`` inverts it exactly, and written labels overlay the input voxel-for-voxel in
-ITK-SNAP, 3D Slicer and napari.
+axes, as nnU-Net's models see them) and optionally one spacing (:mod:`pipeline.formats.nifti_grid`
+resamples, both ways); the file keeps its own. Reorientation is a pure flip/permutation of voxel axes
+(no interpolation), so ``to_native_labels`` inverts it exactly, and written labels overlay the input
+voxel-for-voxel in ITK-SNAP, 3D Slicer and napari.
 
 Axis rule: a file's voxel axes are padded to 3 (a 2-D file is ``(X, Y, 1)``) and reoriented. A file
 with only two dims in its header is exposed as ``(C, a, b)``: its missing axis is dropped after
@@ -28,20 +28,12 @@ from nibabel import orientations as nio
 from pipeline.core.box import Box
 from pipeline.errors import ConfigError, FormatError, InputError
 from pipeline.formats.nifti_files import CACHE_THRESHOLD_BYTES, VoxelSource, shape4
+from pipeline.formats.nifti_grid import SPACING_GRIDS, SpacingGrid
 from pipeline.formats.scene import VolumeMeta
-from pipeline.formats.spline import (
-    NnUNetResampling,
-    needed,
-    new_shape,
-    resample_axis,
-    resample_region,
-    separate_axis,
-)
+from pipeline.formats.spline import NnUNetResampling
 
 NATIVE = "NATIVE"  # orientation: keep the file's voxel axes as they are
-# how a target spacing lays out the engine grid: both grids spanning the same extent (nnU-Net's, and
-# tilewise's default), or MONAI's ``Spacing`` (first voxel centres aligned, the step exactly the ratio)
-SPACING_GRIDS = ("extent", "monai")
+__all__ = ["NATIVE", "SPACING_GRIDS", "NiftiScene", "group_channel_files", "open_nifti"]
 _CHANNEL_FILE = re.compile(r"^(?P<case>.+)_(?P<idx>\d{4})(?P<ext>\.nii(?:\.gz)?)$")
 
 
@@ -66,23 +58,6 @@ def group_channel_files(paths: Iterable[str | os.PathLike[str]]) -> list[list[st
         else:
             groups.extend([members[i]] for i in idx)
     return sorted(groups)
-
-
-def _src_coords(a: int, b: int, f: float) -> np.ndarray:
-    """Source coordinates of target voxels ``a..b-1`` when both grids span the same extent."""
-    return (np.arange(a, b) + 0.5) * f - 0.5
-
-
-def _resample_axis(x: np.ndarray, axis: int, s: np.ndarray, order: int) -> np.ndarray:
-    """Separable resampling along one axis (order 0: nearest, 1: linear), edges clamped."""
-    n = x.shape[axis]
-    s = np.clip(s, 0, n - 1)
-    if order == 0:
-        return np.take(x, np.floor(s + 0.5).astype(np.intp), axis=axis)
-    i0 = np.floor(s).astype(np.intp)
-    w = (s - i0).astype(np.float32).reshape([-1 if d == axis else 1 for d in range(x.ndim)])
-    x = x.astype(np.float32, copy=False)
-    return np.take(x, i0, axis=axis) * (1 - w) + np.take(x, np.minimum(i0 + 1, n - 1), axis=axis) * w
 
 
 class NiftiScene:
@@ -163,37 +138,20 @@ class NiftiScene:
         self._native = self._uncropped if self.crop is None else self.crop.shape
         native_spacing = tuple(float(zooms[self._perm[e]]) for e in keep)
         codes = "".join(orientation.upper()[e] for e in keep)
-        self._factor: tuple[float, ...] | None = None
+        self._grid: SpacingGrid | None = None  # the engine grid, when a target spacing resamples
         spatial, spacing = self._native, native_spacing
-        self._order = order
-        if spacing_grid not in SPACING_GRIDS:
-            raise ConfigError(f"spacing_grid must be one of {', '.join(SPACING_GRIDS)}, not {spacing_grid!r}")
-        self._monai = spacing_grid == "monai"
-        self._nnunet = NnUNetResampling(*resampling) if resampling is not None else None
-        self.separate_axis: int | None = None  # the axis resampled with order_z (nnU-Net), if any
-        self._score_axis: int | None = None
         if target_spacing is not None:
-            if len(target_spacing) != len(spatial):
-                raise ConfigError(f"target_spacing {tuple(target_spacing)} has not {len(spatial)} values")
-            pairs = list(zip(spatial, spacing, target_spacing, strict=True))
-            if self._monai:  # MONAI's Spacing: first voxel centres aligned, the step exactly t / s
-                spatial = tuple(max(1, int(np.round((n - 1) * s / t + 1.0))) for n, s, t in pairs)
-                factor = tuple(t / s for _, s, t in pairs)
-            elif self._nnunet is not None:  # nnU-Net's own rounding
-                spatial = tuple(max(1, v) for v in new_shape(spatial, spacing, target_spacing))
-                factor = tuple(n / m for n, m in zip(self._native, spatial, strict=True))
-            else:  # both grids span the same extent
-                spatial = tuple(max(1, round(n * s / t)) for n, s, t in pairs)
-                factor = tuple(n / m for n, m in zip(self._native, spatial, strict=True))
-            if spatial != self._native or (self._monai and any(f != 1.0 for f in factor)):
-                self._factor = factor
-                spacing = tuple(s * f for s, f in zip(native_spacing, self._factor, strict=True))
-                if self._nnunet is not None:
-                    r = self._nnunet
-                    self.separate_axis = separate_axis(native_spacing, target_spacing, r.force_separate_z)
-                    self._score_axis = separate_axis(target_spacing, native_spacing, r.score_force_separate_z)
+            nnunet = NnUNetResampling(*resampling) if resampling is not None else None
+            self._grid = SpacingGrid.build(self._native, native_spacing, target_spacing, order, spacing_grid,
+                                           nnunet)  # fmt: skip
+            if self._grid is not None:
+                spatial, spacing = self._grid.shape, self._grid.spacing(native_spacing)
+        elif spacing_grid not in SPACING_GRIDS:
+            raise ConfigError(f"spacing_grid must be one of {', '.join(SPACING_GRIDS)}, not {spacing_grid!r}")
+        # the axis nnU-Net resamples with order_z, if any (its per-slice clip range follows it)
+        self.separate_axis: int | None = None if self._grid is None else self._grid.separate_axis
         dtype = np.result_type(*(s.dtype for s in self._sources))
-        floats = self._factor and (order > 0 or self._nnunet is not None)
+        floats = self._grid is not None and (order > 0 or self._grid.nnunet is not None)
         self.dtype = np.dtype(np.float32) if floats and dtype.kind != "f" else dtype
         self.channels = sum(s.channels for s in self._sources)
         self.shape: tuple[int, ...] = (self.channels, *spatial)
@@ -222,11 +180,11 @@ class NiftiScene:
     @property
     def resampled(self) -> bool:
         """Whether the engine grid differs from the file's (a target spacing resamples it)."""
-        return self._factor is not None
+        return self._grid is not None
 
     def unresampled(self) -> NiftiScene:
         """This scene (cropped alike) on its own voxel grid: where nnU-Net takes per-case statistics."""
-        if self._factor is None:
+        if self._grid is None:
             return self
         uris, orientation, _, order, cache_dir, threshold, grid, crop, _ = self._args
         return NiftiScene(uris, orientation, None, order, cache_dir, threshold, grid, crop)
@@ -266,57 +224,20 @@ class NiftiScene:
         With nnU-Net's resampling (:func:`~pipeline.formats.spline.resample_region`),
         ``prepare(native, native_box)`` (its normalisation) runs on the file's voxels before they are
         resampled, and cubic values are clipped to ``value_range`` as ``skimage`` clips them."""
-        if self._factor is None:
+        if self._grid is None:
             return self._read_native(box, fill)
         out = np.full((self.channels, *box.shape), fill, dtype=self.dtype)
         inside = box.intersect(Box.from_shape(self.spatial_shape))
-        if inside.empty:
-            return out
-        if self._nnunet is not None:
-
-            def native(region: Box) -> np.ndarray:
-                x = self._read_native(region, fill)
-                return x if prepare is None else prepare(x, region)
-
-            x = resample_region(native, self._native, self._factor, inside, self._nnunet,
-                                self.separate_axis, value_range)  # fmt: skip
+        if not inside.empty:
+            x = self._grid.read(lambda region: self._read_native(region, fill), inside, prepare, value_range)
             out[(slice(None), *inside.slices(box.start))] = x
-            return out
-        coords = [
-            np.clip(self._coords(a, b, f), 0, n - 1)
-            for a, b, f, n in zip(inside.start, inside.stop, self._factor, self._native, strict=True)
-        ]
-        lo = [int(np.floor(c[0])) for c in coords]
-        hi = [min(int(np.floor(c[-1])) + 2, n) for c, n in zip(coords, self._native, strict=True)]
-        x = self._read_native(Box(tuple(lo), tuple(hi)), fill)
-        for axis, (c, a) in enumerate(zip(coords, lo, strict=True)):
-            x = _resample_axis(x, axis + 1, c - a, self._order)
-        out[(slice(None), *inside.slices(box.start))] = x
         return out
-
-    def _coords(self, a: int, b: int, f: float) -> np.ndarray:
-        """Source coordinates of target voxels ``a..b-1`` at step ``f`` under the spacing grid rule."""
-        return np.arange(a, b) * f if self._monai else _src_coords(a, b, f)
 
     def read_nodata(self, box: Box) -> np.ndarray | None:
         """NaN voxels (and outside) for float data that has any; ``None`` otherwise."""
         if self.dtype.kind != "f" or self._nan_free:
             return None
         return np.isnan(self.read(box, fill=np.nan)).any(axis=0)
-
-    def _back(
-        self, x: np.ndarray, lead: int, axis: int, span: tuple[int, int], lo: int, order: int
-    ) -> np.ndarray:
-        """Engine-grid values along ``axis`` (``x`` holds engine indices ``lo..``) at the file's voxels
-        ``span``: nnU-Net's score orders for scores with its resampling, else ``order``."""
-        assert self._factor is not None
-        f, m = self._factor[axis], self.spatial_shape[axis]
-        if self._nnunet is not None and lead:  # nnU-Net's export of logits/probabilities
-            r = self._nnunet
-            o = r.score_order_z if axis == self._score_axis else r.score_order
-            return resample_axis(x, lead + axis, _src_coords(*span, 1 / f), o, lo, m)
-        c = np.clip(self._coords(*span, 1 / f), 0, m - 1)
-        return _resample_axis(x, lead + axis, c - lo, order)
 
     def _to_native(
         self,
@@ -327,26 +248,11 @@ class NiftiScene:
     ) -> np.ndarray:
         if x.shape[lead:] != self.spatial_shape:
             raise InputError(f"array shape {x.shape} does not match the scene {self.shape}", path=self.uri)
-        if self._factor is not None:
-            x = self._scores_in(x) if lead else x
-            for axis, n in enumerate(self._native):
-                x = self._back(x, lead, axis, (0, n), 0, order)
-            x = self._scores_out(x) if lead else x
+        if self._grid is not None:
+            x = self._grid.to_native(x, lead, order)
         if activation is not None:
             x = activation(x)
         return self._restore(x, lead)
-
-    @property
-    def _half_scores(self) -> bool:
-        """Whether scores go back as nnU-Net's export sends them: its float16 logits resized in float64
-        (``_scores_in``), the result stored as float16 (``_scores_out``)."""
-        return self._nnunet is not None and self._nnunet.score_dtype == "float16"
-
-    def _scores_in(self, x: np.ndarray) -> np.ndarray:
-        return x.astype(np.float64) if self._half_scores else x
-
-    def _scores_out(self, x: np.ndarray) -> np.ndarray:
-        return x.astype(np.float16).astype(np.float32) if self._half_scores else x
 
     def _restore(self, x: np.ndarray, lead: int) -> np.ndarray:
         """The cropped engine-oriented array on the file's grid: crop padded back, axes un-reoriented."""
@@ -378,19 +284,9 @@ class NiftiScene:
             raise InputError(
                 f"array shape {scores.shape} does not match the scene {self.shape}", path=self.uri
             )
-        if self._factor is None:
+        if self._grid is None:
             return self._restore(act(np.array(scores[...], np.float32)).argmax(axis=0).astype(np.uint8), 0)
-        n0, m0 = self._native[0], self.spatial_shape[0]
-        labels = np.empty(self._native, np.uint8)
-        for a in range(0, n0, slab):
-            b = min(a + slab, n0)
-            c = self._coords(a, b, 1 / self._factor[0])
-            lo, hi = needed(np.clip(c, 0, m0 - 1), 1)
-            x = self._back(self._scores_in(np.asarray(scores[:, lo : min(hi, m0)])), 1, 0, (a, b), lo, 1)
-            for axis in range(1, len(self._native)):
-                x = self._back(x, 1, axis, (0, self._native[axis]), 0, 1)
-            labels[a:b] = act(self._scores_out(x)).argmax(axis=0)
-        return self._restore(labels, 0)
+        return self._restore(self._grid.argmax(scores, slab, act), 0)
 
     def to_native_labels(self, labels_engine: np.ndarray) -> np.ndarray:
         """Labels on the engine grid back to the file's voxel grid (nearest, then exact un-reorient)."""
@@ -423,7 +319,8 @@ def open_nifti(
 ) -> NiftiScene:
     """Open a NIfTI file, or a list of channel files sharing one grid, as a lazily read scene.
 
-    ``order`` is the interpolation used when ``target_spacing`` resamples (1 for images, 0 for labels);
+    ``order`` is the interpolation used when ``target_spacing`` resamples (1 for images, 0 for labels;
+    a ``None`` in it keeps the file's spacing along that axis);
     ``spacing_grid`` is how the resampled grid is laid out (``SPACING_GRIDS``).
     A ``.nii.gz`` bigger than ``cache_threshold_bytes`` uncompressed is decompressed once into a zarr
     cache under ``cache_dir`` (gzip cannot seek); smaller ones are loaded once and kept. ``crop``

@@ -139,14 +139,18 @@ def resample_region(
     volume (the spline's halo included) is edge-replicated here."""
     orders = [spec.order_z if a == sep else spec.order for a in range(len(native))]
     coords = [source_coords(a, b, f) for a, b, f in zip(box.start, box.stop, factor, strict=True)]
-    spans = [needed(c, o) for c, o in zip(coords, orders, strict=True)]
+    # an axis whose spacing is kept (a 2-D configuration's through-plane axis) is read as it is: a spline
+    # at whole coordinates interpolates the samples themselves, as skimage's does to within rounding
+    moved = [f != 1.0 for f in factor]
+    ends = zip(box.start, box.stop, strict=True)
+    spans = [needed(c, o) if m else e for c, o, m, e in zip(coords, orders, moved, ends, strict=True)]
     want = Box(tuple(a for a, _ in spans), tuple(b for _, b in spans))
     real = want.intersect(Box.from_shape(tuple(native)))
     x = read(real)
     pad = [(0, 0)] + [(r0 - w0, w1 - r1) for w0, w1, r0, r1 in zip(want.start, want.stop, real.start,
                                                                   real.stop, strict=True)]  # fmt: skip
     x = np.pad(x, pad, mode="edge") if any(p != (0, 0) for p in pad) else x
-    for axis in [a for a in range(len(orders)) if a != sep]:
+    for axis in [a for a in range(len(orders)) if a != sep and moved[a]]:
         x = resample_axis(x, axis + 1, coords[axis], orders[axis], want.start[axis], native[axis])
     if value_range is not None:
         lo, hi = value_range[..., 0], value_range[..., 1]
@@ -158,6 +162,6 @@ def resample_region(
         else:
             lo, hi = lo[:, :1], hi[:, :1]
         x = np.clip(x, lo.reshape(shape), hi.reshape(shape))
-    if sep is not None:
+    if sep is not None and moved[sep]:
         x = resample_axis(x, sep + 1, coords[sep], orders[sep], want.start[sep], native[sep])
     return x

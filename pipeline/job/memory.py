@@ -1,8 +1,9 @@
 """Peak RSS of a worker process: what ``tilewise plan`` promises and what a run then reports.
 
 A worker's peak is its baseline (Python, torch, GDAL, the model: measured, never guessed) plus the
-larger of two phases. While blocks run it holds one accumulator (``K + 1`` float32 planes over a
-block's footprint), up to three input blocks in the source dtype (retiring, computing, read ahead;
+larger of two phases. While blocks run it holds one accumulator (:func:`sums_bytes`: ``K + 1``
+float32 planes over a block's footprint, or nnU-Net's float16 sums of each fold and every window's
+share of the seams), up to three input blocks in the source dtype (retiring, computing, read ahead;
 see docs/architecture.md), and the batches in flight with the network's activations. While outputs
 are written it may hold the whole label raster (polygons of a scene up to 64 Mpx, small-object
 removal) or, for volumes, the label and score volumes mapped back to the file's grid.
@@ -15,6 +16,7 @@ import os
 import resource
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 MB = 2**20
@@ -90,6 +92,84 @@ def unseen_activations(architecture: dict[str, Any]) -> str:
     return f"{kind} model: its activations are not counted" if kind else ""
 
 
+@dataclass(frozen=True)
+class Sums:
+    """How a model's blocks accumulate: float32 sums of ``classes`` (``Accumulator``), or nnU-Net's
+    float16 sums (``half``: ``HalfAccumulator``), ``folds`` sets of them when an ensemble's folds are
+    blended apart and averaged at the end (``separate_folds``)."""
+
+    classes: int
+    folds: int = 1
+    half: bool = False
+
+    @classmethod
+    def of(cls, config: Any, classes: int) -> Sums:
+        """What a bundle's ``accumulate`` and architecture ask for."""
+        if getattr(config, "accumulate", "float32") != "nnunet":
+            return cls(classes)
+        arch = config.architecture
+        return cls(classes, int(arch.get("folds", 1)) if arch.get("separate_folds") else 1, True)
+
+    def block_bytes(
+        self, spatial: Sequence[int], roi: Sequence[int], overlap: float, block: Sequence[int], grid: str
+    ) -> tuple[float, float]:
+        """The most any block of the plan holds (bytes): its accumulator, and the partial sums a seam merge
+        reads at once (its contributors' shares: itself and its lower neighbours, the one written
+        behind among them), which runs beside the next block's accumulator.
+
+        float32 sums and weight span the block's footprint, and what a block hands over (its spill) is
+        at most that. nnU-Net's float16 sums and weight (``K * folds + 1`` planes) span it too, and every
+        window keeps its float32 share of the spill (the footprint less the interior the block
+        finalises) apart, for the merge to replay in nnU-Net's order: per axis these are sums over the
+        block's windows (the grid is separable), so the count is exact."""
+        from pipeline.core.tiling import make_axis_plans
+
+        planes = self.classes * self.folds + 1
+        axes = make_axis_plans(spatial, roi, overlap, block, grid)
+        terms = [[_axis_terms(a, k) for k in range(len(a.writes))] for a in axes]
+        if not self.half:
+            footprint = math.prod(max(t[0] for t in axis) for axis in terms)
+            return 4.0 * planes * footprint, 4.0 * planes * footprint
+        held = max(
+            2.0 * planes * math.prod(t[0] for t in combo) + _shares(planes, combo)
+            for combo in _product([sorted(set(axis)) for axis in terms])
+        )
+        # a merge of block c reads blocks c - 1 and c along each axis: their shares add up axis by axis
+        pairs = [sorted({_pair(axis, c) for c in range(len(axis))}) for axis in terms]
+        merged = max(_shares(planes, combo) for combo in _product(pairs))
+        return held, merged
+
+
+def _pair(axis: list[tuple[int, int, int]], c: int) -> tuple[int, int, int]:
+    """The per-axis sums of blocks ``c - 1`` and ``c`` (the contributors of a merge along one axis)."""
+    both = axis[max(c - 1, 0) : c + 1]
+    return 0, sum(t[1] for t in both), sum(t[2] for t in both)
+
+
+def _shares(planes: int, combo: Sequence[tuple[int, int, int]]) -> float:
+    """float32 bytes of the windows' shares of the spill: over the windows, their voxels in the scene
+    less those in the interior (products of the per-axis sums)."""
+    return 4.0 * planes * (math.prod(t[1] for t in combo) - math.prod(t[2] for t in combo))
+
+
+def _axis_terms(axis: Any, k: int) -> tuple[int, int, int]:
+    """Block ``k`` along one axis: its footprint's length, and over the windows it owns the sum of their
+    lengths inside the scene and inside its interior."""
+    lo, hi = axis.owned(k)
+    a, b = axis.footprint(k)
+    i0, i1 = axis.interior(k)
+    starts = axis.starts[lo:hi]
+    inside = sum(max(0, min(s + axis.roi, axis.size) - max(s, 0)) for s in starts)
+    interior = sum(max(0, min(s + axis.roi, i1) - max(s, i0)) for s in starts)
+    return b - a, inside, interior
+
+
+def _product(per_axis: Sequence[Sequence[tuple[int, int, int]]]) -> list[tuple[tuple[int, int, int], ...]]:
+    import itertools
+
+    return list(itertools.product(*per_axis))
+
+
 def _activation_planes(architecture: dict[str, Any], dims: int) -> float:
     """Float32 planes a U-Net-like forward holds per input pixel, all levels together: each level
     keeps about four tensors of its width (conv, norm, activation, skip) at ``1 / 2^(dims*level)``.
@@ -117,19 +197,26 @@ def estimate_peak_mb(
     clean_up: bool = False,
     probabilities: bool = False,
     gdal_cache_mb: float = 64.0,
+    sums: tuple[float, float] | None = None,
+    folds: int = 1,
 ) -> float:
     """Peak RSS (MB) of one worker process running one scene at a time. ``gdal_cache_mb`` is GDAL's
-    block cache, which a run fills (reading the scene, writing the COG) and the baseline has not."""
+    block cache, which a run fills (reading the scene, writing the COG) and the baseline has not.
+    ``sums``: a block's accumulator and the partial sums a seam merge reads beside it
+    (:meth:`Sums.block_bytes`; default float32 sums of ``classes``, one block's spill merged at a
+    time); ``folds``: the network's outputs per class (an ensemble's folds side by side)."""
     dims = len(spatial)
     footprint = math.prod(min(b + r, max(n, r)) for n, r, b in zip(spatial, roi, block, strict=True))
-    # the accumulator and three source blocks (retiring, computing, read ahead), then the float32
-    # copies the pass keeps beside them: the preprocessed block and the one read ahead, the block being
-    # written behind (its accumulator) and its scores. Measured: 8192² and 16384² scenes with a 1x1
-    # model peak ~570 MB above the baseline with 1792² blocks (numpy's share seen by tracemalloc, the
-    # rest torch's), flat in the scene size.
-    blocks = footprint * (4 * (classes + 1) + 3 * channels * itemsize + 4 * (2 * classes + 1 + 2 * channels))
+    # the accumulator and three source blocks (retiring, computing, read ahead), then what the pass
+    # keeps beside them: the float32 preprocessed block and the one read ahead, the block being written
+    # behind and merged (the partial sums handed on, at most an accumulator) and its float32 scores. Measured:
+    # 8192² and 16384² scenes with a 1x1 model peak ~570 MB above the baseline with 1792² blocks
+    # (numpy's share seen by tracemalloc, the rest torch's), flat in the scene size.
+    held, merged = sums if sums is not None else (4.0 * (classes + 1) * footprint,) * 2
+    blocks = held + merged + footprint * (3 * channels * itemsize + 4 * (classes + 2 * channels))
     window = math.prod(roi)
-    batches = lanes * batch_size * window * 4 * (channels + classes + _activation_planes(architecture, dims))
+    outputs_per_window = channels + classes * folds + _activation_planes(architecture, dims)
+    batches = lanes * batch_size * window * 4 * outputs_per_window
     pixels = math.prod(spatial)
     outputs = 0.0
     if dims == 2 and (whole_labels or (polygons and pixels <= WHOLE_POLYGON_PX)):
@@ -149,6 +236,7 @@ def plan_peak_mb(
     block: tuple[int, ...],
     *,
     baseline_mb: float,
+    overlap: float,
     light: bool = False,
 ) -> float:
     """The peak RSS ``tilewise plan`` promises for this scene in one worker process (``estimate_peak_mb``).
@@ -165,9 +253,12 @@ def plan_peak_mb(
         cpu = device == "cpu" or (device == "auto" and not _has_cuda())
         threads = cpu_lanes() if cpu else 1
     lanes = lanes_for(threads, batch * math.prod(roi)) if cpu else 1
+    spatial = tuple(int(n) for n in scene.shape[1:])
+    cfg = bundle.config
+    sums = Sums.of(cfg, bundle.num_classes)
     return estimate_peak_mb(
         baseline_mb=baseline_mb,
-        spatial=tuple(int(n) for n in scene.shape[1:]),
+        spatial=spatial,
         roi=roi,
         block=block,
         channels=len(bundle.config.inputs.channels),
@@ -180,6 +271,8 @@ def plan_peak_mb(
         clean_up=config.outputs.min_object_size > 0 or config.outputs.keep_largest,
         probabilities=config.outputs.probabilities,
         gdal_cache_mb=gdal_cache_mb(),
+        sums=sums.block_bytes(spatial, roi, overlap, block, cfg.grid) if sums.half else None,
+        folds=sums.folds,
     )
 
 

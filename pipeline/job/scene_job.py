@@ -29,7 +29,7 @@ from pipeline.job.config import JobConfig
 from pipeline.job.discover import WORK_DIR, mirrored_dir, scene_stem
 from pipeline.job.inversion import inverted_activation, inverts_scores
 from pipeline.job.leasing import scene_lease
-from pipeline.job.memory import peak_rss_mb, plan_peak_mb, rss_mb
+from pipeline.job.memory import Sums, peak_rss_mb, plan_peak_mb, rss_mb
 from pipeline.job.report import class_counts, class_table, pixel_area_m2, write_report
 from pipeline.job.results import SceneResult, failed_result
 
@@ -118,7 +118,16 @@ def plan_scene(scene: Any, bundle: Any, config: JobConfig) -> tuple[tuple[int, .
         block = tuple(max(b, r) for b, r in zip(block, roi, strict=True))
     else:
         budget = config.tiling.memory_budget_mb * 2**20
-        block = default_block_size(spatial, roi, bundle.num_classes, budget)
+        sums = Sums.of(bundle.config, bundle.num_classes)
+        if sums.half:  # nnU-Net's float16 sums of each fold, and each window's share of the seams
+            grid = bundle.config.grid
+
+            def measure(b: tuple[int, ...]) -> float:
+                return sums.block_bytes(spatial, roi, float(overlap), b, grid)[0]
+
+            block = default_block_size(spatial, roi, bundle.num_classes, budget, block_bytes=measure)
+        else:
+            block = default_block_size(spatial, roi, bundle.num_classes, budget)
     return roi, float(overlap), block
 
 
@@ -150,11 +159,10 @@ def window_settings(bundle: Any, config: JobConfig, inverted: bool = False) -> d
 def accumulation(cfg: Any) -> dict[str, Any]:
     """nnU-Net's float16 sums for a model that asks for them (``accumulate: nnunet``): its windows are
     added in the network's axis order, and an ensemble's folds come out side by side, summed apart."""
-    if getattr(cfg, "accumulate", "float32") != "nnunet":
+    sums = Sums.of(cfg, 0)
+    if not sums.half:
         return {}
-    arch = cfg.architecture
-    groups = int(arch.get("folds", 1)) if arch.get("separate_folds") else 1
-    return {"accumulate_order": tuple(int(a) for a in arch["axes"]), "fold_groups": groups}
+    return {"accumulate_order": tuple(int(a) for a in cfg.architecture["axes"]), "fold_groups": sums.folds}
 
 
 def _reported_input(report: Path) -> str | None:
@@ -303,7 +311,7 @@ def _run(
         resumed = store.prepare(
             state, task.spatial_shape, block, task.classes, task.probabilities, task.scores_dtype
         )
-        estimate = plan_peak_mb(scene, bundle, config, roi, block, baseline_mb=rss_mb())
+        estimate = plan_peak_mb(scene, bundle, config, roi, block, baseline_mb=rss_mb(), overlap=overlap)
         t = time.perf_counter()
         stats = executor.run(task, progress, scene=scene)
         timings["blocks_s"] = time.perf_counter() - t

@@ -12,7 +12,8 @@ What nnU-Net does to a case, and where it lives here:
   mean/std, over the non-zero mask with ``use_mask_for_norm``), ``RescaleTo01Normalization`` is
   ``scene_rescale``, ``RGBTo01Normalization`` is ``scale`` by 1/255, ``NoNormalization`` is ``none``;
   per-case statistics come from an exact pass over the case's own voxels before the block pass;
-- the configuration's spacing is the bundle's ``target_spacing`` (3-D configurations);
+- the configuration's spacing is the bundle's ``target_spacing`` (a 2-D configuration's is in-plane:
+  the slice axis keeps the case's own spacing, ``None``), resampled with nnU-Net's own rules;
 - the window grid and gaussian are nnU-Net's (``grid: nnunet``, ``blend: nnunet``), the step
   ``tile_step_size`` (overlap ``1 - step``), logits blended so that labels are the argmax of nnU-Net's
   blended logits (resampled back first, where the case was resampled), and probabilities their
@@ -164,11 +165,18 @@ def bundle_config(folder: NnUNetFolder, options: Mapping[str, Any], mirror_axes:
         raise BundleError(f"patch {patch} / transpose_forward {tf} do not describe a 3-D volume",
                           path=str(folder.plans_path))  # fmt: skip
     axes = [2 - t for t in tf]  # network axis i is SimpleITK axis tf[i], i.e. voxel axis 2 - tf[i]
-    patch_scene, spacing_scene = [0, 0, 0], [0.0, 0.0, 0.0]
+    # a 2-D configuration's spacing is in-plane: the case keeps its own between slices (None), as
+    # DefaultPreprocessor prepends the case's spacing along the slice axis
+    spacing3 = [None, *cfg["spacing"]] if slice_axis is not None else list(cfg["spacing"])
+    if len(spacing3) != 3:
+        raise BundleError(
+            f"spacing {cfg['spacing']} does not match patch {patch}", path=str(folder.plans_path)
+        )
+    patch_scene = [0, 0, 0]
+    spacing_scene: list[float | None] = [0.0, 0.0, 0.0]
     for i, a in enumerate(axes):
         patch_scene[a] = patch3[i]
-        if slice_axis is None:
-            spacing_scene[a] = float(cfg["spacing"][i])
+        spacing_scene[a] = None if spacing3[i] is None else float(spacing3[i])
     step = float(options.get("step") or 0.5)
     if not 0 < step <= 1:
         raise BundleError(f"step must be in (0, 1], not {step}")
@@ -201,12 +209,11 @@ def bundle_config(folder: NnUNetFolder, options: Mapping[str, Any], mirror_axes:
                 "crop_nonzero": True,  # nnU-Net's DefaultPreprocessor crops every case
             },
             "orientation": "native",
-            "target_spacing": spacing_scene if slice_axis is None else None,
-            "resampling": (
-                {**_resampling(folder), "score_dtype": "float16" if accumulate == "nnunet" else "float32"}
-                if slice_axis is None
-                else None
-            ),
+            "target_spacing": spacing_scene,
+            "resampling": {
+                **_resampling(folder),
+                "score_dtype": "float16" if accumulate == "nnunet" else "float32",
+            },
             "invert": "scores",  # labels: the argmax of the logits resampled back, as nnU-Net's export
             "patch_size": patch_scene,
             "overlap": 1.0 - step,

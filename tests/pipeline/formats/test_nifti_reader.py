@@ -14,7 +14,6 @@ from pipeline.errors import InputError
 from pipeline.formats.nifti_reader import group_channel_files, open_nifti
 from tests.pipeline.formats.sample_data import (
     CT,
-    CT_SEG,
     MNI_T1,
     MR,
     MR_SEG,
@@ -105,46 +104,6 @@ def test_4d_and_multi_file_channel_sets(tmp_path: Path) -> None:
     assert str(c0) in str(err.value) and str(bad) in str(err.value)
 
 
-def test_resample_2x_and_back_matches_ground_truth(tmp_path: Path) -> None:
-    """A perfect model at 6 mm: the one-hot GT read through the scene (linear, like any image),
-    argmax on the engine grid, labels mapped back by nearest neighbour (scores: linearly)."""
-    for image, seg in ((CT, CT_SEG), (MR, MR_SEG)):
-        src = nib.load(seg)
-        gt = np.asarray(src.dataobj)
-        ids = np.unique(gt)
-        onehot = (np.searchsorted(ids, gt)[..., None] == np.arange(len(ids))).astype(np.uint8)
-        path = tmp_path / f"onehot_{seg.name}"
-        nib.save(nib.Nifti1Image(onehot, src.affine, src.header), path)
-        s = open_nifti(path, orientation="RAS", target_spacing=(6.0, 6.0, 6.0))
-        assert s.spatial_shape == tuple(round(k / 2) for k in gt.shape)
-        assert s.meta.spacing == pytest.approx((6.0, 6.0, 6.0), rel=0.05)
-        scores = whole(s)
-        back = ids[s.to_native_labels(scores.argmax(0))]
-        assert back.shape == gt.shape and (back == gt).mean() >= 0.95
-        assert (ids[s.to_native_scores(scores).argmax(0)] == gt).mean() >= 0.97
-        # labels resampled by nearest neighbour both ways lose a little more at organ borders
-        nearest = open_nifti(seg, orientation="RAS", target_spacing=(6.0, 6.0, 6.0), order=0)
-        labels = whole(nearest)[0]
-        assert labels.dtype == np.uint8 and (nearest.to_native_labels(labels) == gt).mean() >= 0.93
-        img = open_nifti(image, target_spacing=(6.0, 6.0, 6.0))
-        assert img.dtype == np.float32 and img.spatial_shape == s.spatial_shape
-        assert img.to_native_scores(whole(img)).shape == (1, *gt.shape)
-
-
-def test_resampled_reads_do_not_depend_on_the_box_cut() -> None:
-    s = open_nifti(MR, target_spacing=(4.5, 4.0, 5.0))
-    full = whole(s)
-    nx, ny, nz = s.spatial_shape
-    pieces = np.zeros_like(full)
-    for x0 in range(0, nx, 17):
-        for z0 in range(0, nz, 5):
-            box = Box((x0, 0, z0), (min(x0 + 17, nx), ny, min(z0 + 5, nz)))
-            pieces[(slice(None), *box.slices())] = s.read(box)
-    assert np.array_equal(pieces, full)
-    padded = s.read(Box((-2, -2, -2), (nx + 2, ny + 2, nz + 2)), fill=-1)
-    assert np.array_equal(padded[:, 2:-2, 2:-2, 2:-2], full) and padded[0, 0].max() == -1
-
-
 def test_two_d_files_keep_two_dims_and_z1_stays_3d(tmp_path: Path) -> None:
     src = nib.load(MR)
     slab = np.asarray(src.dataobj)[:, :, 7]
@@ -182,30 +141,6 @@ def test_pickles_as_a_reopen_and_reads_remote_uris(tmp_path: Path) -> None:
     assert remote.uri == "memory://bucket/mr.nii.gz"
     assert np.array_equal(whole(remote), whole(open_nifti(MR)))
     fs.rm("/bucket/mr.nii.gz")
-
-
-@pytest.mark.parametrize("name", ["example_ct_sm.nii.gz", "example_mr_sm.nii.gz"])  # RAS and LPS files
-@pytest.mark.parametrize("pixdim", [(2.5, 2.5, 2.0), (4.0, 3.5, 5.0)])
-def test_monai_spacing_grid_reads_what_monai_spacingd_makes(data: Path, name: str, pixdim: tuple) -> None:
-    """``spacing_grid="monai"``: the engine grid and its voxels are MONAI's Orientationd + Spacingd
-    (bilinear, border), and a bundle's target spacing yields the same spacing in the scene's metadata."""
-    from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged, Orientationd, Spacingd
-
-    path = data / "medical" / "totalsegmentator" / name
-    pre = Compose(
-        [
-            LoadImaged("image"),
-            EnsureChannelFirstd("image"),
-            Orientationd("image", axcodes="RAS"),
-            Spacingd("image", pixdim=pixdim, mode="bilinear"),
-        ]
-    )
-    theirs = np.asarray(pre({"image": str(path)})["image"])
-    scene = open_nifti(str(path), orientation="RAS", target_spacing=pixdim, spacing_grid="monai")
-    assert scene.resampled and scene.spatial_shape == theirs.shape[1:]
-    mine = scene.read(Box.from_shape(scene.spatial_shape))
-    np.testing.assert_allclose(mine, theirs, rtol=1e-5, atol=1e-3)
-    np.testing.assert_allclose(scene.meta.spacing, pixdim)
 
 
 def test_crop_shows_the_region_and_maps_labels_and_scores_back_padded() -> None:

@@ -23,10 +23,13 @@ from tests.pipeline.formats.sample_data import CT, need, raw
 pytestmark = pytest.mark.usefixtures("data")
 nnunet_resampling = pytest.importorskip("nnunetv2.preprocessing.resampling.default_resampling")
 
-# native zooms (x, y, z), the plan's spacing, the axis nnU-Net resamples separately
+# native zooms (x, y, z), the plan's spacing, the axis nnU-Net resamples separately; a 2-D configuration
+# keeps the case's own spacing between its slices (None: DefaultPreprocessor's ``[original_spacing[0]]``)
 CASES = [
     pytest.param((2.5, 2.2, 4.0), (3.0, 3.0, 3.0), None, id="cubic-3d"),
     pytest.param((0.8, 0.9, 3.6), (1.2, 1.2, 2.5), 2, id="anisotropic-separate-z"),
+    pytest.param((2.5, 2.2, 4.0), (3.0, 3.0, None), None, id="2d-in-plane-cubic"),
+    pytest.param((0.8, 0.9, 3.6), (1.2, 1.2, None), 2, id="2d-in-plane-separate-z"),
 ]
 
 
@@ -57,6 +60,8 @@ def test_resampled_as_nnunet_and_block_exact(zooms, plan, axis, tmp_path):
     )
     native = raw(path)[None].astype(np.float32)
     spacing = tuple(float(s) for s in scene.native_spacing)
+    plan = tuple(s if p is None else p for s, p in zip(spacing, plan, strict=True))
+    assert scene.resampled and (scene.shape[3] == native.shape[3] or plan[2] != spacing[2])
     assert scene.separate_axis == axis == separate_axis(spacing, plan)
     theirs = nnunet_resampling.resample_data_or_seg_to_spacing(native, spacing, plan, order=3, order_z=0,
                                                                 force_separate_z=None)  # fmt: skip

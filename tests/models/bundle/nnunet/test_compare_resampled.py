@@ -3,7 +3,8 @@ and resamples the blended logits back before the argmax; tilewise must do the sa
 
 ts_a relabelled to 2.5 x 2.2 x 4 mm (``cases.write_unseen(resampled_spacing=...)``); fold 0, no
 mirroring. Held to stock nnU-Net (tilewise sums in float16 as it does, test_compare.py): labels and
-probabilities; an uneven block size with two Dask workers gives the one-block result.
+probabilities; an uneven block size with two Dask workers gives the one-block result. The 2-D
+configuration resamples the same case in-plane only (its slices keep their 4 mm) and back the same way.
 """
 
 from __future__ import annotations
@@ -54,4 +55,30 @@ def test_resampled_case_equals_nnunet_predictor(model3d, resampled_case, tmp_pat
     assert gap <= 2e-3, gap
     cut = _tilewise(model3d, resampled_case, tmp_path / "cut", names=("ts_r",), folds=[0], mirroring=False,
                     workers=2, block_size=[50, 61, 17])["ts_r"]  # fmt: skip
+    np.testing.assert_array_equal(cut, ours)
+
+
+def test_2d_configuration_on_the_resampled_case_equals_nnunet_predictor(model2d, resampled_case, tmp_path):
+    """nnU-Net's 2-D configuration has a 2-entry spacing: DefaultPreprocessor resamples each case to 3 x 3
+    mm in-plane and keeps its 4 mm between slices, and the export takes the logits back the same way.
+    tilewise's ``target_spacing`` keeps that axis (None); an uneven block cut gives the one-block result."""
+    case = resampled_case / "ts_r_0000.nii.gz"
+    exact_seg, exact_p = nnunet_predict(model2d, [[case]], mirroring=False, probabilities=True)[0]
+    # the small 2-D model finds liver and vertebrae here (as on the plans' grid, test_compare.py)
+    assert len(np.unique(exact_seg)) >= 3, "nnU-Net's labels lack structure"
+    ours = _tilewise(model2d, resampled_case, tmp_path / "one", names=("ts_r",), folds=[0], mirroring=False,
+                     probabilities=True)["ts_r"]  # fmt: skip
+    assert ours.shape == exact_seg.shape == nib.load(case).shape
+    agreement = float((ours == exact_seg).mean())
+    dices = {k: dice(ours, exact_seg, k) for k in range(6)}
+    print(f"ts_r 2-D labels vs nnU-Net: {int((ours != exact_seg).sum())} voxels differ, Dice {dices}")
+    assert agreement >= 0.9995 and min(dices.values()) >= 0.999, (agreement, dices)
+    assert int((ours != exact_seg).sum()) <= 2, int((ours != exact_seg).sum())
+    img = nib.load(tmp_path / "one" / "ts_r_0000_probabilities.nii.gz")
+    probs = np.moveaxis(np.asarray(img.dataobj, dtype=np.float32), -1, 0)
+    gap = float(np.abs(probs - exact_p).max())
+    print(f"ts_r 2-D probabilities vs nnU-Net: max abs difference {gap:.5f}")
+    assert gap <= 2e-3, gap
+    cut = _tilewise(model2d, resampled_case, tmp_path / "cut", names=("ts_r",), folds=[0], mirroring=False,
+                    block_size=[70, 45, 9])["ts_r"]  # fmt: skip
     np.testing.assert_array_equal(cut, ours)
