@@ -20,6 +20,7 @@ from typing import Any
 import torch
 import yaml
 
+from models.bundle.header import load_yaml
 from models.bundle.load import Bundle, _Contents
 from models.bundle.save import config_yaml
 from models.bundle.schema import BundleConfig, default_color, validate_config
@@ -150,7 +151,7 @@ def load_onnx_file(p: Path, *, trust_pickle: bool = False) -> OnnxFileBundle:
     meta = net.session.get_modelmeta().custom_metadata_map
     if METADATA_KEY in meta:
         try:
-            config = validate_config(yaml.safe_load(meta[METADATA_KEY]), path=str(p))
+            config = validate_config(load_yaml(meta[METADATA_KEY]), path=str(p))
         except yaml.YAMLError as exc:
             raise BundleError(f"embedded {METADATA_KEY} is not valid YAML", path=str(p)) from exc
         config = config.model_copy(update={"architecture": {**config.architecture, "path": p.name}})
