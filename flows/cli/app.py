@@ -15,7 +15,7 @@ import typer
 
 from flows.cli.bundle import bundle_app
 from flows.cli.errors import set_debug
-from flows.cli.process import end_now_if_allowed, forbid_quick_end
+from flows.cli.process import end_now_if_allowed, forbid_quick_end, own_process
 from flows.cli.run import info_cmd, plan_cmd, run_cmd
 from flows.cli.serve import serve_cmd
 from flows.cli.train import evaluate_cmd, train_cmd
@@ -27,6 +27,7 @@ class _App(typer.Typer):
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         forbid_quick_end()  # only what this call's command allows
+        own_process()
         try:
             return super().__call__(*args, **kwargs)
         except SystemExit as done:

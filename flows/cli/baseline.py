@@ -9,10 +9,10 @@ tilewise, torch and Prefect. The model adds its weights as stored (float32 in me
 what torch allocates building it. ``TILEWISE_BASELINE_MB`` sets the modules' figure outright (a fleet
 whose workers were measured).
 
-A plain one-off run (flows.oneoff) loads no Prefect: its modules measured 265 MB here against a tracked
-run's 309 MB plus the run engine's 110 MB, so the plan asks which run it is planning (``--prefect``, or
-PREFECT_API_URL set, as ``tilewise run`` decides). benchmarks/bench_plan_memory.py checks the plan
-against the run.
+A plain one-off run (flows.oneoff) loads no Prefect (nor boto3): its modules measured 265 MB here (257 MB
+without boto3) against a tracked run's 309 MB plus the run engine's 110 MB, so the plan asks which run
+it is planning (``--prefect``, or PREFECT_API_URL set, as ``tilewise run`` decides).
+benchmarks/bench_plan_memory.py checks the plan against the run.
 """
 
 from __future__ import annotations
@@ -29,7 +29,9 @@ _MODULES = {
     "plain": "flows.oneoff, pipeline.job.skeleton, pipeline.job.scene_job, pipeline.job.outputs, torch",
     "tracked": "flows.folder, pipeline.job.skeleton, pipeline.job.scene_job, pipeline.job.outputs, torch",
 }
-PROBE = "import {}\nfrom pipeline.job.memory import rss_mb\nprint(rss_mb())\n"
+# a plain run loads its modules as ``tilewise run`` does: without boto3 (flows.cli.process.lean_start)
+_START = {"plain": "import flows.cli.process as p\np.own_process()\np.lean_start()\n", "tracked": ""}
+PROBE = "{}import {}\nfrom pipeline.job.memory import rss_mb\nprint(rss_mb())\n"
 WEIGHTS = {".safetensors", ".pt", ".pth", ".ts", ".onnx", ".bin", ".ckpt", ".pkl"}
 BUILD_MB = 10.0  # torch's own allocations on a first model build (measured: s2-water, 1.9 MB weights)
 
@@ -69,7 +71,7 @@ def modules_mb(tracked: bool = False) -> float:
     if isinstance(cached.get(key), (int, float)):
         return float(cached[key])
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
-    probe = [sys.executable, "-c", PROBE.format(_MODULES[mode])]
+    probe = [sys.executable, "-c", PROBE.format(_START[mode], _MODULES[mode])]
     done = subprocess.run(probe, capture_output=True, text=True, env=env, timeout=600)
     if done.returncode != 0:
         raise RuntimeError(f"cannot measure a run's baseline memory: {done.stderr.strip()[-500:]}")

@@ -218,10 +218,12 @@ def run_cmd(
                 "trust_pickle": trust_pickle,
             },
         )
-        from flows.cli.process import allow_quick_end, settled_start
+        from flows.cli.process import allow_quick_end, lean_start, settled_start
         from flows.oneoff import choose_runner, tracked
 
         with settled_start() as settle:  # the job's modules (torch, ...) load with the collector off
+            if not tracked(cfg):
+                lean_start()  # no boto3, one entry-point scan (in a process this command owns)
             job = choose_runner(cfg)
             import pipeline.job.skeleton  # noqa: F401  (torch and the block machinery, whichever runner)
 

@@ -8,11 +8,21 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import yaml
 
 from models.bundle.schema import CONFIG_NAME, BundleConfig, validate_config
 from pipeline.errors import BundleError
+
+# libyaml's parser when PyYAML was built with it (the wheels are): the same safe constructors and
+# resolver as ``yaml.safe_load``, 15x faster on a bundle's model.yaml (70 ms in Python here)
+_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+def load_yaml(text: str) -> Any:
+    """``yaml.safe_load(text)``, parsed by libyaml where it is there."""
+    return yaml.load(text, Loader=_LOADER)
 
 
 def _one_line(exc: Exception) -> str:
@@ -33,7 +43,7 @@ def read_config(path: str | Path) -> tuple[Path, bytes, BundleConfig]:
         raise BundleError(f"no {CONFIG_NAME} in the bundle folder", path=str(folder))
     raw = cfg_path.read_bytes()
     try:
-        data = yaml.safe_load(raw.decode("utf-8"))
+        data = load_yaml(raw.decode("utf-8"))
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
         raise BundleError(f"not valid YAML: {_one_line(exc)}", path=str(cfg_path)) from exc
     return folder, raw, validate_config(data, path=str(cfg_path))

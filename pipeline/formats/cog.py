@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from collections.abc import Callable, Sequence
 from contextlib import suppress
 from pathlib import Path
@@ -19,7 +20,7 @@ from xml.etree import ElementTree as ET
 import numpy as np
 import rasterio
 import rasterio.shutil
-from rasterio.errors import RasterioError
+from rasterio.errors import NotGeoreferencedWarning, RasterioError
 from rasterio.windows import Window
 
 from pipeline.atomic import atomic_path, temp_sibling
@@ -146,7 +147,11 @@ def _write_cog(
                     stage.write_text(_vrt(shape, gdal_source, overview_sources, pam), encoding="utf-8")
                     if overview_sources:
                         options["OVERVIEWS"] = "FORCE_USE_EXISTING"
-                opened = rasterio.open(stage, "r+") if gdal_source else rasterio.open(stage, "w", **profile)
+                with warnings.catch_warnings():  # the VRT is georeferenced just below, where the scene is
+                    warnings.simplefilter("ignore", NotGeoreferencedWarning)
+                    opened = (
+                        rasterio.open(stage, "r+") if gdal_source else rasterio.open(stage, "w", **profile)
+                    )
                 with opened as dst:
                     if gdal_source is not None:  # a scene without georeferencing keeps none
                         if meta.crs is not None:
@@ -184,8 +189,13 @@ def _band_colours(count: int) -> list[str]:
     AVERAGE overviews zeroed every band there (fixed deliberately; full-resolution pixels unchanged)."""
     from rasterio.io import MemoryFile
 
-    with MemoryFile() as mem, mem.open(driver="GTiff", width=1, height=1, count=count, dtype="uint8") as ds:
-        return ["Undefined" if c.name == "alpha" else c.name.capitalize() for c in ds.colorinterp]
+    with warnings.catch_warnings():  # a scratch dataset: it has no georeferencing to warn about
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        with (
+            MemoryFile() as mem,
+            mem.open(driver="GTiff", width=1, height=1, count=count, dtype="uint8") as ds,
+        ):
+            return ["Undefined" if c.name == "alpha" else c.name.capitalize() for c in ds.colorinterp]
 
 
 def _vrt(shape: tuple[int, int, int], source: str, overviews: Sequence[str], pam: str | None) -> str:

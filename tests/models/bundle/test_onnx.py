@@ -4,6 +4,7 @@ raster give the labels of the torch bundle."""
 
 from __future__ import annotations
 
+import pickle
 import shutil
 from pathlib import Path
 
@@ -46,6 +47,17 @@ def test_an_exported_file_carries_the_whole_bundle(bundle, exported: Path) -> No
     assert ours.config.model_dump(include=set(same)) == bundle.config.model_dump(include=set(same))
     with pytest.raises(OutputError, match="exists"):
         export_onnx(bundle, exported)
+
+
+def test_the_first_build_runs_the_session_that_read_the_metadata(bundle, exported: Path) -> None:
+    loaded = open_model(exported)
+    opened = loaded._opened
+    assert opened is not None and pickle.loads(pickle.dumps(loaded))._opened is None
+    first, second = loaded.build(), loaded.build()
+    assert first is opened and second.session is not opened.session  # reused once, then new ones
+    x = torch.rand(3, 3, 32, 32)
+    assert torch.equal(first(x), second(x))
+    torch.testing.assert_close(first(x), bundle.build()(x), atol=1e-4, rtol=0)
 
 
 def test_onnx_scores_on_a_real_raster_equal_torch_and_the_job_gives_the_same_labels(

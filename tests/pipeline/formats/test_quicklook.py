@@ -11,8 +11,9 @@ from PIL import Image
 
 from pipeline.core.box import Box
 from pipeline.errors import InputError, OutputError
+from pipeline.formats.colours import parse_color
 from pipeline.formats.geotiff import open_geotiff
-from pipeline.formats.quicklook import label_centre, write_quicklook
+from pipeline.formats.quicklook import _overlay, label_centre, write_quicklook
 from pipeline.formats.scene import VolumeMeta
 from tests.pipeline.formats.sample_data import (
     CT,
@@ -259,3 +260,38 @@ def test_colours_take_every_spelling_and_their_alpha_scales_the_blend(tmp_path):
     w = 128 / 255
     np.testing.assert_array_equal(got[4:6], np.rint((1 - w) * base[4:6] + w * np.array([0, 255, 0])))
     assert (got[6:8] == (118, 183, 178)).all()  # class 3's default colour, Tableau's #76b7b2
+
+
+def _blend_in_float(base, labels, colors, alpha, nodata):
+    """The overlay as it was written before its table: the image blended in float64, pixel by pixel."""
+    lut, weight = np.zeros((256, 3)), np.zeros(256)
+    for k, rgba in enumerate(parse_color(c, index=i) for i, c in enumerate(colors[:256])):
+        lut[k], weight[k] = rgba[:3], alpha * rgba[3] / 255
+    if nodata is not None and 0 <= nodata < 256:
+        weight[nodata] = 0.0
+    ids = np.clip(labels.astype(np.int64), 0, 255)
+    hit = (weight[ids] > 0) & (labels >= 0) & (labels < 256)
+    w = weight[ids[hit]][:, None]
+    out = base.astype(np.float64)
+    out[hit] = (1.0 - w) * out[hit] + w * lut[ids[hit]]
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+
+def test_the_overlay_table_gives_the_float_blend_byte_for_byte():
+    rng = np.random.default_rng(0)
+    for trial in range(24):
+        n = int(rng.integers(1, 300))
+        colors = ["#{:02x}{:02x}{:02x}{:02x}".format(*rng.integers(0, 256, 4)) for _ in range(n)]
+        base = rng.integers(0, 256, (40, 50, 3), dtype=np.uint8)
+        labels = rng.integers(-3, n + 3, (40, 50)).astype([np.int16, np.int32, np.float32][trial % 3])
+        if trial % 4 == 0:
+            labels = np.clip(labels, 0, 255).astype(np.uint8)
+        alpha, nodata = float(rng.uniform(0, 1)), [None, 255, 0][trial % 3]
+        expected = _blend_in_float(base, labels, colors, alpha, nodata)
+        np.testing.assert_array_equal(_overlay(base, labels, colors, alpha, nodata), expected)
+    every = np.repeat(np.arange(256, dtype=np.uint8)[:, None, None], 3, axis=2).repeat(5, axis=1)
+    classes = np.tile(np.arange(5), (256, 1))  # every value under every class
+    colors = ["#ff000080", "#00ff00", "#0000ff40", "#123456", "#fedcba"]
+    for alpha in (0.0, 0.3, 0.5, 1.0):
+        expected = _blend_in_float(every, classes, colors, alpha, 255)
+        np.testing.assert_array_equal(_overlay(every, classes, colors, alpha, 255), expected)
