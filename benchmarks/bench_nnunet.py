@@ -2,7 +2,7 @@
 
     PYTHONPATH=$PWD .venv/bin/python benchmarks/bench_nnunet.py speed MODEL_FOLDER CASE_0000.nii.gz
     PYTHONPATH=$PWD .venv/bin/python benchmarks/bench_nnunet.py memory MODEL_FOLDER --edge 512 \
-        [--nnunet-timeout 3600] [--accumulate nnunet|float32]
+        [--block EDGE] [--nnunet-timeout 3600] [--accumulate nnunet|float32]
 
 ``speed``: seconds per case (model load, preprocessing, sliding window, export; step 0.5, mirroring on,
 fold 0) and peak RSS, sides alternated ``--repeat`` times (order matters on a shared machine).
@@ -112,7 +112,7 @@ def nnunet_buffers_mb(shape: tuple[int, ...], classes: int) -> float:
     return (data + logits + export + labels) / 2**20
 
 
-def memory(model: str, edge: int, block: int, nnunet_timeout: float | None, accumulate: str) -> None:
+def memory(model: str, edge: int, block: int | None, nnunet_timeout: float | None, accumulate: str) -> None:
     import nibabel as nib
     import numpy as np
     from scipy.ndimage import zoom
@@ -125,7 +125,8 @@ def memory(model: str, edge: int, block: int, nnunet_timeout: float | None, accu
         case = Path(tmp) / "big_0000.nii.gz"
         nib.save(nib.Nifti1Image(big, src.affine), case)
         del x, big
-        ours = _fresh("tilewise", model, str(case), str(Path(tmp) / "out"), str(block), "0", accumulate)
+        out = str(Path(tmp) / "out")
+        ours = _fresh("tilewise", model, str(case), out, str(block or ""), "0", accumulate)
         print(json.dumps({"edge": edge, "tilewise": ours}), flush=True)
         theirs: dict[str, object] = {"computed_from_buffers_mb": nnunet_buffers_mb((edge,) * 3, 6)}
         if nnunet_timeout:
@@ -147,7 +148,7 @@ if __name__ == "__main__":
     ap.add_argument("case", nargs="?")
     ap.add_argument("--repeat", type=int, default=2)
     ap.add_argument("--edge", type=int, default=512)
-    ap.add_argument("--block", type=int, default=128)
+    ap.add_argument("--block", type=int, default=None, help="block edge; default: the job's own sizing")
     ap.add_argument("--nnunet-timeout", type=float, default=None, help="also run nnUNetPredictor, this long")
     ap.add_argument("--accumulate", choices=["nnunet", "float32"], default="nnunet")
     a = ap.parse_args()

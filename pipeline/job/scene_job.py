@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from pipeline.core.tile_order import ordered_block_size
 from pipeline.core.tiling import default_block_size
 from pipeline.errors import ConfigError, InputError, OutputError, TilewiseError, redact
 from pipeline.execution.preprocess import Preprocessor
@@ -118,7 +119,12 @@ def plan_scene(scene: Any, bundle: Any, config: JobConfig) -> tuple[tuple[int, .
         block = tuple(max(b, r) for b, r in zip(block, roi, strict=True))
     else:
         budget = config.tiling.memory_budget_mb * 2**20
-        block = default_block_size(spatial, roi, bundle.num_classes, budget)
+        ordered = accumulation(bundle.config)
+        if ordered:  # nnU-Net's float16 sums: slabs across its first axis, where no window is kept apart
+            channels = bundle.num_classes * ordered["fold_groups"]
+            block = ordered_block_size(spatial, roi, channels, ordered["accumulate_order"], budget)
+        else:
+            block = default_block_size(spatial, roi, bundle.num_classes, budget)
     return roi, float(overlap), block
 
 
