@@ -18,6 +18,22 @@ times are inflated and noisy): the test model's 3d_fullres, unseen CT case ts_a 
 680 MB; tilewise 58.3 s and 49.6 s, peak RSS 413-418 MB; best-of ratio tilewise/nnU-Net 0.26 (float32
 sums, batches of 4). With nnU-Net's float16 sums and one window per pass (the default since), ``--repeat
 1`` with the machine less loaded: nnUNetPredictor 44.3 s, 633 MB; tilewise 35.2 s, 499 MB; ratio 0.80.
+
+Measured (``memory``, tilewise side; test model 3d_fullres, fold 0, no mirroring, labels only, nnU-Net's
+float16 sums, the default blocks: slabs across the network's first axis; the shared 2-core machine under
+other jobs' load, so times are inflated, and the model is ~97 % of them): edge 192 (1127 windows, 2
+slabs) 396 s, peak RSS 747 MB; edge 256 (3100 windows, 4 slabs) 1187 s, 985 MB. nnU-Net's buffers
+compute to 452 MB and 1072 MB there: at these sizes tilewise's own ~500 MB (torch, the model) dominates.
+Edge 512 (27783 windows, 16 slabs of 512x512x32) needs 1-2 h of model time here; its RSS, sampled each
+second over the first 8 slabs (stopped for the deadline): 0.94-1.0 GB computing slab 0, then peaks of
+1882, 2397, 2514 and 2580 MB (2^20 bytes) as slabs 1-4 merged, unchanged through slabs 5-7 (a plateau,
+RSS 2.2-2.4 GB between merges). Against nnU-Net's 8576 MB computed from its buffers that is a ratio of
+0.30, at the issue's bound, and 2580 MB is over 2.5 GB (2560 MB): not met yet. What it holds: ~950 MB
+before any block (torch, the model, the case's 256 MB of int16 voxels, kept whole below the reader's
+256 MB cache threshold), a slab's 147 MB of float16 sums, ~200 MB of window products per slab, held twice
+(the slab computing and the one its write and seam merge still hold), the interior's float32 scores
+while finalised, and ~500 MB more that grew over slabs 1-4: likely freed window products kept by glibc
+(2 arenas, 256 MB trim threshold: allocator.py).
 """
 
 from __future__ import annotations
