@@ -25,8 +25,8 @@ other jobs' load, so times are inflated, and the model is ~97 % of them): edge 1
 slabs) 396 s, peak RSS 747 MB; edge 256 (3100 windows, 4 slabs) 1187 s, 985 MB. nnU-Net's buffers
 compute to 452 MB and 1072 MB there: at these sizes tilewise's own ~500 MB (torch, the model) dominates.
 Edge 512 (27783 windows, 16 slabs of 512x512x32) needs 1-2 h of model time here; its RSS, sampled each
-second over the first 8 slabs (stopped for the deadline): 0.94-1.0 GB computing slab 0, then peaks of
-1882, 2397, 2514 and 2580 MB (2^20 bytes) as slabs 1-4 merged, unchanged through slabs 5-7 (a plateau,
+second over the first 13 slabs (stopped for the deadline): 0.94-1.0 GB computing slab 0, then peaks of
+1882, 2397, 2514 and 2580 MB (2^20 bytes) as slabs 1-4 merged, unchanged through slabs 5-12 (a plateau,
 RSS 2.2-2.4 GB between merges). Against nnU-Net's 8576 MB computed from its buffers that is a ratio of
 0.30, at the issue's bound, and 2580 MB is over 2.5 GB (2560 MB): not met yet. What it holds: ~950 MB
 before any block (torch, the model, the case's 256 MB of int16 voxels, kept whole below the reader's
