@@ -2,7 +2,7 @@
 
     PYTHONPATH=$PWD .venv/bin/python benchmarks/bench_nnunet.py speed MODEL_FOLDER CASE_0000.nii.gz
     PYTHONPATH=$PWD .venv/bin/python benchmarks/bench_nnunet.py memory MODEL_FOLDER --edge 512 \
-        [--nnunet-timeout 3600] [--accumulate nnunet|float32]
+        [--block EDGE] [--nnunet-timeout 3600] [--accumulate nnunet|float32]
 
 ``speed``: seconds per case (model load, preprocessing, sliding window, export; step 0.5, mirroring on,
 fold 0) and peak RSS, sides alternated ``--repeat`` times (order matters on a shared machine).
@@ -18,6 +18,22 @@ times are inflated and noisy): the test model's 3d_fullres, unseen CT case ts_a 
 680 MB; tilewise 58.3 s and 49.6 s, peak RSS 413-418 MB; best-of ratio tilewise/nnU-Net 0.26 (float32
 sums, batches of 4). With nnU-Net's float16 sums and one window per pass (the default since), ``--repeat
 1`` with the machine less loaded: nnUNetPredictor 44.3 s, 633 MB; tilewise 35.2 s, 499 MB; ratio 0.80.
+
+Measured (``memory``, tilewise side; test model 3d_fullres, fold 0, no mirroring, labels only, nnU-Net's
+float16 sums, the default blocks: slabs across the network's first axis; the shared 2-core machine under
+other jobs' load, so times are inflated, and the model is ~97 % of them): edge 192 (1127 windows, 2
+slabs) 396 s, peak RSS 747 MB; edge 256 (3100 windows, 4 slabs) 1187 s, 985 MB. nnU-Net's buffers
+compute to 452 MB and 1072 MB there: at these sizes tilewise's own ~500 MB (torch, the model) dominates.
+Edge 512 (27783 windows, 16 slabs of 512x512x32) needs 1-2 h of model time here; its RSS, sampled each
+second over the first 13 slabs (stopped for the deadline): 0.94-1.0 GB computing slab 0, then peaks of
+1882, 2397, 2514 and 2580 MB (2^20 bytes) as slabs 1-4 merged, unchanged through slabs 5-12 (a plateau,
+RSS 2.2-2.4 GB between merges). Against nnU-Net's 8576 MB computed from its buffers that is a ratio of
+0.30, at the issue's bound, and 2580 MB is over 2.5 GB (2560 MB): not met yet. What it holds: ~950 MB
+before any block (torch, the model, the case's 256 MB of int16 voxels, kept whole below the reader's
+256 MB cache threshold), a slab's 147 MB of float16 sums, ~200 MB of window products per slab, held twice
+(the slab computing and the one its write and seam merge still hold), the interior's float32 scores
+while finalised, and ~500 MB more that grew over slabs 1-4: likely freed window products kept by glibc
+(2 arenas, 256 MB trim threshold: allocator.py).
 """
 
 from __future__ import annotations
@@ -112,7 +128,7 @@ def nnunet_buffers_mb(shape: tuple[int, ...], classes: int) -> float:
     return (data + logits + export + labels) / 2**20
 
 
-def memory(model: str, edge: int, block: int, nnunet_timeout: float | None, accumulate: str) -> None:
+def memory(model: str, edge: int, block: int | None, nnunet_timeout: float | None, accumulate: str) -> None:
     import nibabel as nib
     import numpy as np
     from scipy.ndimage import zoom
@@ -125,7 +141,8 @@ def memory(model: str, edge: int, block: int, nnunet_timeout: float | None, accu
         case = Path(tmp) / "big_0000.nii.gz"
         nib.save(nib.Nifti1Image(big, src.affine), case)
         del x, big
-        ours = _fresh("tilewise", model, str(case), str(Path(tmp) / "out"), str(block), "0", accumulate)
+        out = str(Path(tmp) / "out")
+        ours = _fresh("tilewise", model, str(case), out, str(block or ""), "0", accumulate)
         print(json.dumps({"edge": edge, "tilewise": ours}), flush=True)
         theirs: dict[str, object] = {"computed_from_buffers_mb": nnunet_buffers_mb((edge,) * 3, 6)}
         if nnunet_timeout:
@@ -147,7 +164,7 @@ if __name__ == "__main__":
     ap.add_argument("case", nargs="?")
     ap.add_argument("--repeat", type=int, default=2)
     ap.add_argument("--edge", type=int, default=512)
-    ap.add_argument("--block", type=int, default=128)
+    ap.add_argument("--block", type=int, default=None, help="block edge; default: the job's own sizing")
     ap.add_argument("--nnunet-timeout", type=float, default=None, help="also run nnUNetPredictor, this long")
     ap.add_argument("--accumulate", choices=["nnunet", "float32"], default="nnunet")
     a = ap.parse_args()

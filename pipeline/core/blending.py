@@ -155,8 +155,11 @@ class Accumulator:
         return np.concatenate([sums, weight[None]])
 
 
-Piece = tuple[Box, np.ndarray, tuple[int, ...]]  # one window's share of a seam: box, (C + 1, *box), rank
-SeamPiece = tuple[Box, np.ndarray] | Piece  # partial float32 sums and weight, or one window's share
+# One window's share of a seam: box, its float32 products ``(C, *box)`` (``C + 1`` with the weight
+# plane where nodata zeroed it; else the weight is the importance map's, recomputed), its rank. Or a
+# block's leading share: box, its float16 sums and weight ``(C + 1, *box)``, rank unused.
+Piece = tuple[Box, np.ndarray, tuple[int, ...]]
+SeamPiece = tuple[Box, np.ndarray] | Piece  # partial float32 sums and weight, or a share in nnU-Net's order
 
 
 class HalfAccumulator(Accumulator):
@@ -166,14 +169,22 @@ class HalfAccumulator(Accumulator):
     float16 array, and the gaussian into a float16 weight array, tile after tile in its global order
     (lexicographic over the network's axes). A voxel's sum is then a fixed sequence of float16 roundings
     over the tiles covering it. A block's interior is covered by its own windows only, which the runner
-    adds in that order; for the rest of its footprint (the spill, finalised by the seam merge) each
-    window's float32 contribution is kept apart with its ``rank`` (the window's start in the network's
-    axis order), so that the merge replays every contributor's windows in nnU-Net's order from zero.
-    ``order``: the scene axes in the network's axis order.
+    adds in that order. For the rest of its footprint (the spill, finalised by the seam merge): in the
+    ``lead`` cells no other block's window comes first (``pipeline.core.tile_order``), so the float16
+    sums there are handed on as they are; in the ``spill`` cells each window's float32 product is kept
+    apart with its ``rank`` (the window's start in the network's axis order), so that the merge replays
+    every contributor's windows in nnU-Net's order after the leading sums. ``order``: the scene axes in
+    the network's axis order.
     """
 
     def __init__(
-        self, region: Box, channels: int, weights: torch.Tensor, spill: list[Box], order: tuple[int, ...]
+        self,
+        region: Box,
+        channels: int,
+        weights: torch.Tensor,
+        spill: list[Box],
+        order: tuple[int, ...],
+        lead: Sequence[Box] = (),
     ) -> None:
         self.region = region
         self._sums = torch.zeros((channels, *region.shape), dtype=torch.float16)
@@ -182,7 +193,7 @@ class HalfAccumulator(Accumulator):
         self.weight = self._weight.numpy()
         self._weights = weights
         self._half = weights.to(torch.float16)  # exact: nnU-Net's gaussian is float16 already
-        self.spill, self.order = spill, order
+        self.spill, self.order, self.lead = spill, order, list(lead)
         self.pieces: list[Piece] = []
         self._piece_bytes = 0
 
@@ -200,31 +211,61 @@ class HalfAccumulator(Accumulator):
             part = window.intersect(box)
             if part.empty:
                 continue
-            inner = part.slices(window.start)
-            piece = np.empty((product.shape[0] + 1, *part.shape), np.float32)
-            piece[:-1] = product[(slice(None), *inner)].numpy()
-            piece[-1] = self._weights[inner].numpy()
+            piece = product[(slice(None), *part.slices(window.start))].numpy().copy()
             self.pieces.append((part, piece, rank))
             self._piece_bytes += piece.nbytes
 
     def clear(self, nodata: np.ndarray) -> None:
         super().clear(nodata)
-        for box, piece, _ in self.pieces:
-            piece[:, nodata[box.slices(self.region.start)]] = 0.0
+        for i, (box, piece, rank) in enumerate(self.pieces):
+            hole = nodata[box.slices(self.region.start)]
+            if not hole.any():
+                continue
+            weight = self._weights[box.slices(window_start(rank, self.order))].numpy()
+            piece = np.concatenate([piece, weight[None]])  # the weight kept, zero where nodata
+            piece[:, hole] = 0.0
+            self.pieces[i] = (box, piece, rank)
+
+    def seam_pieces(self) -> list[Piece]:
+        """What the seam merge needs of this block: each window's share, then the leading sums."""
+        lead: list[Piece] = []
+        for box in self.lead:
+            sums, weight = self.view(box)
+            lead.append((box, np.concatenate([sums, weight[None]]), (0,) * box.ndim))
+        return self.pieces + lead
 
 
-def replay(band: Box, channels: int, pieces: list[Piece]) -> tuple[np.ndarray, np.ndarray]:
-    """float16 sums and weight over ``band`` from window contributions, added in nnU-Net's order."""
+def window_start(rank: tuple[int, ...], order: tuple[int, ...]) -> tuple[int, ...]:
+    """A window's start in scene axes from its rank (its start in the network's axis order)."""
+    start = [0] * len(order)
+    for r, a in zip(rank, order, strict=True):
+        start[a] = r
+    return tuple(start)
+
+
+def replay(
+    band: Box, channels: int, pieces: list[Piece], weights: np.ndarray, order: tuple[int, ...]
+) -> tuple[np.ndarray, np.ndarray]:
+    """float16 sums and weight over ``band``: the leading sums, then each window's share added in
+    nnU-Net's order (its weight from ``weights``, the importance map, unless the share carries it)."""
     sums = torch.zeros((channels, *band.shape), dtype=torch.float16)
     weight = torch.zeros(band.shape, dtype=torch.float16)
-    for box, piece, _ in sorted(pieces, key=lambda p: p[2]):
+    half = torch.tensor(np.asarray(weights), dtype=torch.float16)  # exact: float16 values
+    for box, piece, rank in sorted(pieces, key=lambda p: (p[1].dtype != np.float16, p[2])):
         overlap = box.intersect(band)
         if overlap.empty:
             continue
         part = torch.from_numpy(piece[(slice(None), *overlap.slices(box.start))])
         where = overlap.slices(band.start)
-        sums[(slice(None), *where)].add_(part[:-1])
-        weight[where].add_(part[-1].to(torch.float16))
+        if piece.dtype == np.float16:  # a block's leading sums: nothing comes before them
+            sums[(slice(None), *where)].copy_(part[:channels])
+            weight[where].copy_(part[channels])
+            continue
+        sums[(slice(None), *where)].add_(part[:channels])
+        if piece.shape[0] > channels:
+            weight[where].add_(part[channels].to(torch.float16))
+        else:
+            weight[where].add_(half[overlap.slices(window_start(rank, order))])
     return sums.numpy(), weight.numpy()
 
 

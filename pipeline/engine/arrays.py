@@ -86,11 +86,12 @@ def sweep(
         return BlockInput(block, read_padded(image, block.read), nodata)
 
     seams = MemorySeams(seam_budget_bytes)
-    merger = SweepMerger(plan, sink, seams)
+    weights = importance_map(plan.roi, blend, sigma_scale, overlap)
+    merger = SweepMerger(plan, sink, seams, None if order is None else (weights, order))
     runner = BlockRunner(
         plan,
         predict,
-        importance_map(plan.roi, blend, sigma_scale, overlap),
+        weights,
         batch_size=batch_size,
         on_done=merger,
         channels=channels,

@@ -21,6 +21,7 @@ import torch
 
 from pipeline.core.blending import Accumulator, HalfAccumulator
 from pipeline.core.box import Box
+from pipeline.core.tile_order import leading_spill
 from pipeline.core.tiling import Block, BlockPlan
 from pipeline.engine.allocator import ensure_malloc_tuned, release_free_memory
 from pipeline.engine.lanes import CallerThreads, Lanes, lanes_for
@@ -224,8 +225,8 @@ class BlockRunner:
         assert self.channels is not None
         if self.order is None:
             return Accumulator(block.read, self.channels, self._weights, spare)
-        spill = [b for b in (box.intersect(self.plan.scene) for box in block.spill) if not b.empty]
-        return HalfAccumulator(block.read, self.channels, self._weights, spill, self.order)
+        lead, spill = leading_spill(self.plan, block, self.order)
+        return HalfAccumulator(block.read, self.channels, self._weights, spill, self.order, lead)
 
     def _retire(self) -> None:
         # Blocks retire in order, and only once K is known (a block may have skipped all its windows).

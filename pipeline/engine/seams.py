@@ -93,7 +93,7 @@ def finish_block(
     if block_input.nodata is not None:
         acc.clear(block_input.nodata)
     if isinstance(acc, HalfAccumulator):  # each window's share, for the merge to replay in nnU-Net's order
-        pieces = list(acc.pieces)
+        pieces = acc.seam_pieces()
         if not block.interior.empty:
             sink.write(block.interior, *acc.view(block.interior))
         return pieces
@@ -113,12 +113,17 @@ def merge_seams(
     channels: int,
     sink: Sink,
     pieces: Callable[[tuple[int, ...]], list[SeamPiece]],
+    ordered: tuple[np.ndarray, tuple[int, ...]] | None = None,
 ) -> None:
-    """The seam merge: finalise a block's seam band from the partial sums of its contributors."""
+    """The seam merge: finalise a block's seam band from the partial sums of its contributors.
+
+    ``ordered``: the importance map and the network's axis order, for nnU-Net's float16 sums."""
     contributions = [piece for c in plan.contributors(block.index) for piece in pieces(c)]
     if contributions and len(contributions[0]) == 3:  # nnU-Net's float16 sums: replayed in its order
+        if ordered is None:
+            raise ValueError("float16 seam shares need the importance map and the axis order to replay")
         for band in block.seam:
-            sink.write(band, *replay(band, contributions[0][1].shape[0] - 1, contributions))
+            sink.write(band, *replay(band, channels, contributions, *ordered))  # type: ignore[arg-type]
         return
     for band in block.seam:
         sums = np.zeros((channels + 1, *band.shape), dtype=np.float32)
@@ -135,8 +140,14 @@ class SweepMerger:
     """Merges each block's seams as soon as its contributors are computed (sweep order),
     and frees partial sums once every block that needs them has merged."""
 
-    def __init__(self, plan: BlockPlan, sink: Sink, seams: SeamStore) -> None:
-        self.plan, self.sink, self.seams = plan, sink, seams
+    def __init__(
+        self,
+        plan: BlockPlan,
+        sink: Sink,
+        seams: SeamStore,
+        ordered: tuple[np.ndarray, tuple[int, ...]] | None = None,
+    ) -> None:
+        self.plan, self.sink, self.seams, self.ordered = plan, sink, seams, ordered
         self.remaining: dict[tuple[int, ...], int] = {}
         self.peak_seam_bytes = 0
 
@@ -145,7 +156,7 @@ class SweepMerger:
         self.seams.put(block.index, finish_block(self.plan, block_input, acc, channels, self.sink))
         if isinstance(self.seams, MemorySeams):
             self.peak_seam_bytes = max(self.peak_seam_bytes, self.seams.nbytes)  # in memory, not spilled
-        merge_seams(self.plan, block, channels, self.sink, self.seams.get)
+        merge_seams(self.plan, block, channels, self.sink, self.seams.get, self.ordered)
         for c in self.plan.contributors(block.index):
             left = self.remaining.get(c, len(self.plan.consumers(c))) - 1
             self.remaining[c] = left

@@ -230,7 +230,11 @@ def merge_block(task: SceneTask, index: Index, store: WorkStore | None = None) -
         labels[inner] = own["labels"]
         if probs is not None:
             probs[(slice(None), *inner)] = own["probs"]
-    merge_seams(plan, block, task.sums_channels, sink, store.pieces)
+    ordered = None  # nnU-Net's float16 sums replay window shares: their weight is the importance map
+    if task.accumulate_order is not None:
+        weights = importance_map(plan.roi, task.blend, task.sigma_scale, task.overlap)
+        ordered = (weights, task.accumulate_order)
+    merge_seams(plan, block, task.sums_channels, sink, store.pieces, ordered)
     store.labels()[block.write.slices()] = labels
     if probs is not None:
         out = store.probabilities()

@@ -121,7 +121,9 @@ class Sums:
         at most that. nnU-Net's float16 sums and weight (``K * folds + 1`` planes) span it too, and every
         window keeps its float32 share of the spill (the footprint less the interior the block
         finalises) apart, for the merge to replay in nnU-Net's order: per axis these are sums over the
-        block's windows (the grid is separable), so the count is exact."""
+        block's windows (the grid is separable). An upper bound: it counts each share with its weight
+        plane and in every spill cell, where ``HalfAccumulator`` recomputes the weight and hands a
+        block's leading cells on as float16 sums (``pipeline.core.tile_order``)."""
         from pipeline.core.tiling import make_axis_plans
 
         planes = self.classes * self.folds + 1

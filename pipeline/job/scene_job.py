@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from pipeline.core.tile_order import ordered_block_size
 from pipeline.core.tiling import default_block_size
 from pipeline.errors import ConfigError, InputError, OutputError, TilewiseError, redact
 from pipeline.execution.preprocess import Preprocessor
@@ -118,14 +119,10 @@ def plan_scene(scene: Any, bundle: Any, config: JobConfig) -> tuple[tuple[int, .
         block = tuple(max(b, r) for b, r in zip(block, roi, strict=True))
     else:
         budget = config.tiling.memory_budget_mb * 2**20
-        sums = Sums.of(bundle.config, bundle.num_classes)
-        if sums.half:  # nnU-Net's float16 sums of each fold, and each window's share of the seams
-            grid = bundle.config.grid
-
-            def measure(b: tuple[int, ...]) -> float:
-                return sums.block_bytes(spatial, roi, float(overlap), b, grid)[0]
-
-            block = default_block_size(spatial, roi, bundle.num_classes, budget, block_bytes=measure)
+        ordered = accumulation(bundle.config)
+        if ordered:  # nnU-Net's float16 sums: slabs across its first axis, where no window is kept apart
+            channels = bundle.num_classes * ordered["fold_groups"]
+            block = ordered_block_size(spatial, roi, channels, ordered["accumulate_order"], budget)
         else:
             block = default_block_size(spatial, roi, bundle.num_classes, budget)
     return roi, float(overlap), block

@@ -94,9 +94,27 @@ def test_float16_sums_in_nnunet_order_are_nnunets_whatever_the_blocks(data):
     expected = torch.div(sums, weight).float().numpy()
     assert float(np.abs(expected - predict(image)[0]).max()) > 0  # the windows' edges count
 
-    for block, budget in ((None, 64 * 2**20), ((23, 21, 11), 0)):
+    # one block; an uneven cut whose seams spill to disk; slabs across the network's first axis (scene
+    # axis 2), where each block hands on its float16 sums whole past its end (tile_order.leading_spill)
+    for block, budget in ((None, 64 * 2**20), ((23, 21, 11), 0), ((50, 44, 9), 0)):
         plan = BlockPlan.build(image.shape[1:], roi, 0.5, block, "nnunet")
         sink = ScoreSink(spatial_shape=image.shape[1:])
         sweep(image, predict, plan, sink, blend="nnunet", overlap=0.5, batch_size=1, order=order,
               seam_budget_bytes=budget)  # fmt: skip
         np.testing.assert_array_equal(sink.out, expected, err_msg=str(block))
+
+    # nodata (zero weight, uncovered) reaching across the seams: the shares that hold it keep their
+    # weight plane; whatever the cut, the one-block scores
+    mask = np.zeros(image.shape[1:], dtype=bool)
+    mask[:9, :, :] = True
+    mask[20:30, 10:20, 5:15] = np.random.default_rng(2).random((10, 10, 10)) < 0.3
+    scores = []
+    for block in (None, (23, 21, 11), (50, 44, 9)):
+        plan = BlockPlan.build(image.shape[1:], roi, 0.5, block, "nnunet")
+        sink = ScoreSink(spatial_shape=image.shape[1:])
+        sweep(image, predict, plan, sink, blend="nnunet", overlap=0.5, batch_size=1, order=order, mask=mask,
+              seam_budget_bytes=0)  # fmt: skip
+        scores.append(np.asarray(sink.out))
+    assert np.isnan(scores[0]).any() and not np.isnan(scores[0]).all()
+    for other in scores[1:]:
+        np.testing.assert_array_equal(other, scores[0])

@@ -20,8 +20,9 @@ from tests.models.bundle.nnunet.conftest import MODEL_3D
 @pytest.mark.parametrize("folds", [1, 2])
 def test_nnunet_sums_are_what_the_half_accumulator_holds(folds):
     """The most any block's ``HalfAccumulator`` holds (its float16 sums and each window's float32 share
-    of the spill), filled window by window, and the most a seam merge reads at once, are the estimate to
-    the byte; two folds hold more than one."""
+    of the spill), filled window by window, and the most a seam merge reads at once, are within the
+    estimate, which counts each share's weight plane as well (the accumulator recomputes it): an upper
+    bound, by at most that one plane in ``K * folds``; two folds hold more than one."""
     spatial, roi, block, classes = (150, 120, 56), (48, 48, 16), (64, 64, 32), 6
     plan = BlockPlan.build(spatial, roi, 0.5, block, "nnunet")
     weights = torch.ones(roi)
@@ -37,7 +38,9 @@ def test_nnunet_sums_are_what_the_half_accumulator_holds(folds):
     # a seam merge reads the pieces of the block and its lower neighbours at once
     merged = max(sum(pieces[c] for c in plan.contributors(i)) for i in pieces)
     estimate = Sums(classes, folds, True).block_bytes(spatial, roi, 0.5, block, "nnunet")
-    assert estimate == (held, merged) and merged > max(pieces.values())
+    planes = classes * folds  # each share holds these float32 planes; the estimate counts one more
+    assert held <= estimate[0] <= held * (planes + 1) / planes
+    assert merged <= estimate[1] <= merged * (planes + 1) / planes and merged > max(pieces.values())
     if folds == 2:
         assert estimate[0] > Sums(classes, 1, True).block_bytes(spatial, roi, 0.5, block, "nnunet")[0]
     # the default block keeps them within the budget; past it, the least a block can hold
