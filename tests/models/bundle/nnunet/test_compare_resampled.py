@@ -33,52 +33,41 @@ def resampled_case(data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path
     return folder
 
 
-def test_resampled_case_equals_nnunet_predictor(model3d, resampled_case, tmp_path):
+# configuration: (its model fixture, the fewest labels nnU-Net finds, the uneven cut and its workers)
+CONFIGURATIONS = {
+    "3d": ("model3d", 5, {"workers": 2, "block_size": [50, 61, 17]}),
+    # nnU-Net's 2-D configuration has a 2-entry spacing: DefaultPreprocessor resamples each case to 3 x 3
+    # mm in-plane and keeps its 4 mm between slices, and the export takes the logits back the same way;
+    # tilewise's ``target_spacing`` keeps that axis (None). The small 2-D model finds liver and vertebrae
+    # here (as on the plans' grid, test_compare.py).
+    "2d": ("model2d", 3, {"block_size": [70, 45, 9]}),
+}
+
+
+@pytest.mark.parametrize("configuration", list(CONFIGURATIONS))
+def test_resampled_case_equals_nnunet_predictor(configuration, resampled_case, tmp_path, request):
+    fixture, fewest_labels, cut_options = CONFIGURATIONS[configuration]
+    model = request.getfixturevalue(fixture)
     case = resampled_case / "ts_r_0000.nii.gz"
-    exact_seg, exact_p = nnunet_predict(model3d, [[case]], mirroring=False, probabilities=True)[0]
-    assert len(np.unique(exact_seg)) >= 5, "nnU-Net's labels lack structure"
-    ours = _tilewise(model3d, resampled_case, tmp_path / "one", names=("ts_r",), folds=[0], mirroring=False,
+    exact_seg, exact_p = nnunet_predict(model, [[case]], mirroring=False, probabilities=True)[0]
+    assert len(np.unique(exact_seg)) >= fewest_labels, "nnU-Net's labels lack structure"
+    ours = _tilewise(model, resampled_case, tmp_path / "one", names=("ts_r",), folds=[0], mirroring=False,
                      probabilities=True)["ts_r"]  # fmt: skip
     assert ours.shape == exact_seg.shape == nib.load(case).shape
     agreement = float((ours == exact_seg).mean())
     dices = {k: dice(ours, exact_seg, k) for k in range(6)}
+    differ = int((ours != exact_seg).sum())
+    print(f"ts_r {configuration} labels vs nnU-Net: {differ} voxels differ, Dice {dices}")
     assert agreement >= 0.9995 and min(dices.values()) >= 0.999, (agreement, dices)
-    print(f"ts_r labels vs nnU-Net: {int((ours != exact_seg).sum())} voxels differ, Dice {dices}")
     # measured: identical (normalised then resampled input within 1 float32 ulp of nnU-Net's)
-    assert int((ours != exact_seg).sum()) <= 2, int((ours != exact_seg).sum())
+    assert differ <= 2, differ
     img = nib.load(tmp_path / "one" / "ts_r_0000_probabilities.nii.gz")
     probs = np.moveaxis(np.asarray(img.dataobj, dtype=np.float32), -1, 0)
     gap = float(np.abs(probs - exact_p).max())
-    print(f"ts_r probabilities vs nnU-Net: max abs difference {gap:.5f}")
+    print(f"ts_r {configuration} probabilities vs nnU-Net: max abs difference {gap:.5f}")
     # float32 on disk (from the exact scores); the float16 logits nnU-Net stores after resampling flip
-    # by one float16 step where tilewise's float64 sums round the other way: 0.00097 measured
+    # by one float16 step where tilewise's float64 sums round the other way: 0.00097 measured (3-D)
     assert gap <= 2e-3, gap
-    cut = _tilewise(model3d, resampled_case, tmp_path / "cut", names=("ts_r",), folds=[0], mirroring=False,
-                    workers=2, block_size=[50, 61, 17])["ts_r"]  # fmt: skip
-    np.testing.assert_array_equal(cut, ours)
-
-
-def test_2d_configuration_on_the_resampled_case_equals_nnunet_predictor(model2d, resampled_case, tmp_path):
-    """nnU-Net's 2-D configuration has a 2-entry spacing: DefaultPreprocessor resamples each case to 3 x 3
-    mm in-plane and keeps its 4 mm between slices, and the export takes the logits back the same way.
-    tilewise's ``target_spacing`` keeps that axis (None); an uneven block cut gives the one-block result."""
-    case = resampled_case / "ts_r_0000.nii.gz"
-    exact_seg, exact_p = nnunet_predict(model2d, [[case]], mirroring=False, probabilities=True)[0]
-    # the small 2-D model finds liver and vertebrae here (as on the plans' grid, test_compare.py)
-    assert len(np.unique(exact_seg)) >= 3, "nnU-Net's labels lack structure"
-    ours = _tilewise(model2d, resampled_case, tmp_path / "one", names=("ts_r",), folds=[0], mirroring=False,
-                     probabilities=True)["ts_r"]  # fmt: skip
-    assert ours.shape == exact_seg.shape == nib.load(case).shape
-    agreement = float((ours == exact_seg).mean())
-    dices = {k: dice(ours, exact_seg, k) for k in range(6)}
-    print(f"ts_r 2-D labels vs nnU-Net: {int((ours != exact_seg).sum())} voxels differ, Dice {dices}")
-    assert agreement >= 0.9995 and min(dices.values()) >= 0.999, (agreement, dices)
-    assert int((ours != exact_seg).sum()) <= 2, int((ours != exact_seg).sum())
-    img = nib.load(tmp_path / "one" / "ts_r_0000_probabilities.nii.gz")
-    probs = np.moveaxis(np.asarray(img.dataobj, dtype=np.float32), -1, 0)
-    gap = float(np.abs(probs - exact_p).max())
-    print(f"ts_r 2-D probabilities vs nnU-Net: max abs difference {gap:.5f}")
-    assert gap <= 2e-3, gap
-    cut = _tilewise(model2d, resampled_case, tmp_path / "cut", names=("ts_r",), folds=[0], mirroring=False,
-                    block_size=[70, 45, 9])["ts_r"]  # fmt: skip
+    cut = _tilewise(model, resampled_case, tmp_path / "cut", names=("ts_r",), folds=[0], mirroring=False,
+                    **cut_options)["ts_r"]  # fmt: skip
     np.testing.assert_array_equal(cut, ours)
