@@ -32,7 +32,9 @@ from pipeline.formats.zarr_reader import fast_compressor, storage_options
 
 MAX_VOXELS = 2**34  # beyond this a header is far likelier corrupt than real
 _MAX_GZIP_RATIO = 1100  # deflate's best case is ~1032:1, so a .nii.gz cannot hold more than this
-CACHE_THRESHOLD_BYTES = 256 * 2**20
+# A .nii.gz above this (uncompressed) is read from a zarr cache, not held whole: a case held whole
+# sat beside the block pass's buffers for the whole run (256 MB of a 512^3 CT's int16 voxels).
+CACHE_THRESHOLD_BYTES = 64 * 2**20
 _SLAB_BYTES = 64 * 2**20
 
 
