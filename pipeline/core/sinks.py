@@ -11,6 +11,7 @@ from pipeline.core.blending import finalise, finalise_into, nnunet_finalise
 from pipeline.core.box import Box
 
 ARGMAX_SLAB_PIXELS = 1 << 20  # pixels per argmax slab: an 8 MB int64 temporary
+HALF_SLAB_PIXELS = 1 << 20  # pixels of float16 sums finished at once: a few MB of float32 scores per class
 
 
 class Sink(Protocol):
@@ -26,6 +27,19 @@ def half_scores(sums: np.ndarray, weight: np.ndarray, folds: int) -> tuple[np.nd
     """nnU-Net's float16 sums (``folds * K`` planes) as finished float32 scores with a unit weight, so
     the float32 path below (argmax, division) takes them as they are."""
     return nnunet_finalise(sums, weight, folds), (weight > 0).astype(np.float32)
+
+
+def slabs(box: Box, pixels: int) -> list[tuple[Box, tuple[slice, ...]]]:
+    """``box`` cut along its first axis into parts of about ``pixels`` each, with each part's slices
+    relative to ``box``."""
+    step = max(1, pixels // max(1, math.prod(box.shape[1:])))
+    parts = []
+    for a in range(0, box.shape[0], step):
+        b = min(a + step, box.shape[0])
+        start = (box.start[0] + a, *box.start[1:])
+        stop = (box.start[0] + b, *box.stop[1:])
+        parts.append((Box(start, stop), (slice(a, b), *(slice(None),) * (box.ndim - 1))))
+    return parts
 
 
 def read_padded(array: Any, box: Box, fill: float = 0.0, dtype: Any = np.float32) -> np.ndarray:
@@ -170,8 +184,15 @@ class LabelSink:
         self.activation = activation  # of the blended scores, for the probabilities only
 
     def write(self, box: Box, sums: np.ndarray, weight: np.ndarray) -> None:
-        if sums.dtype == np.float16:
-            sums, weight = half_scores(sums, weight, self.folds)
+        if sums.dtype != np.float16:
+            self._write(box, sums, weight)
+            return
+        # float16 sums are finished slab by slab: a whole block's float32 scores (and float16
+        # quotients) would be the largest buffers of an nnU-Net block (300 MB for a 512x512x32 slab)
+        for part, where in slabs(box, HALF_SLAB_PIXELS):
+            self._write(part, *half_scores(sums[(slice(None), *where)], weight[where], self.folds))
+
+    def _write(self, box: Box, sums: np.ndarray, weight: np.ndarray) -> None:
         where = box.slices(self.origin)
         self.out[where] = argmax_labels(sums, weight, self.nodata_label)
         if self.probabilities is not None:

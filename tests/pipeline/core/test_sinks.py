@@ -38,3 +38,38 @@ def test_argmax_labels_of_a_strided_view_in_slabs(monkeypatch):
     view = block[:, 7:101, 3:80]  # as the engine passes an accumulator's interior
     labels = argmax_labels(view, np.ones(view.shape[1:], np.float32), 255)
     np.testing.assert_array_equal(labels, np.argmax(view, axis=0))
+
+
+def test_float16_sums_finished_in_slabs_equal_one_pass(monkeypatch):
+    """nnU-Net's float16 sums (two folds apart) finished slab by slab give the labels and uint8
+    probabilities of the whole box finished at once, into a canvas offset from the scene's origin."""
+    import pipeline.core.sinks as sinks
+    from pipeline.core.blending import nnunet_finalise
+    from pipeline.core.box import Box
+
+    rng = np.random.default_rng(5)
+    shape = (23, 9, 7)
+    sums = (rng.random((2 * 3, *shape)) * 4).astype(np.float16)
+    weight = (rng.random(shape) * 2).astype(np.float16)
+    weight[rng.random(shape) < 0.05] = 0  # uncovered voxels: nodata labels, zero probabilities
+    box = Box((5, 2, 1), (5 + shape[0], 2 + shape[1], 1 + shape[2]))
+    scores = nnunet_finalise(sums, weight, folds=2)
+    expected = np.argmax(np.nan_to_num(scores, nan=-np.inf), axis=0).astype(np.uint8)
+    expected[weight <= 0] = 255
+
+    def written() -> tuple[np.ndarray, np.ndarray]:
+        labels = np.zeros((30, 12, 9), np.uint8)
+        probs = np.zeros((3, 30, 12, 9), np.uint8)
+        sink = sinks.LabelSink(labels, probabilities=probs, origin=(3, 1, 0), activation="none", folds=2)
+        sink.write(box, sums.copy(), weight.copy())
+        return labels, probs
+
+    whole = written()
+    monkeypatch.setattr(sinks, "HALF_SLAB_PIXELS", 2 * 9 * 7 + 5)  # two planes a slab, a ragged last one
+    assert len(sinks.slabs(box, sinks.HALF_SLAB_PIXELS)) == 12
+    cut = written()
+    inside = (slice(2, 25), slice(1, 10), slice(1, 8))
+    np.testing.assert_array_equal(cut[0][inside], expected)
+    np.testing.assert_array_equal(cut[0], whole[0])
+    np.testing.assert_array_equal(cut[1], whole[1])
+    assert cut[1][(slice(None), *inside)].any()
