@@ -169,10 +169,11 @@ def compute_blocks(
             pieces = finish_block(plan, block_input, acc, channels, sink)
         inner = block.interior.slices(block.write.start)
         own = labels[inner], None if probs is None else probs[(slice(None), *inner)]
+        held = [pieces]  # let go once on disk: the merges below read what they need from there
 
         def write() -> None:
             with stages.timed("write_blocks"):
-                store.put_block(block.index, block.interior, *own, pieces)
+                store.put_block(block.index, block.interior, *own, held.pop())
             stats.blocks += 1
             if on_block is not None:
                 on_block(block.index)
@@ -234,7 +235,7 @@ def merge_block(task: SceneTask, index: Index, store: WorkStore | None = None) -
     if task.accumulate_order is not None:
         weights = importance_map(plan.roi, task.blend, task.sigma_scale, task.overlap)
         ordered = (weights, task.accumulate_order)
-    merge_seams(plan, block, task.sums_channels, sink, store.pieces, ordered)
+    merge_seams(plan, block, task.sums_channels, sink, lambda c: store.pieces(c, block.seam), ordered)
     store.labels()[block.write.slices()] = labels
     if probs is not None:
         out = store.probabilities()

@@ -21,6 +21,7 @@ import shutil
 import struct
 import zipfile
 from collections import OrderedDict
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -37,6 +38,10 @@ Index = tuple[int, ...]
 # chunk with the fill value first, a pass over each block on the writer thread for a chunk that is
 # almost never empty (a missing chunk and a written one read back the same).
 _WRITE_ALL = {"write_empty_chunks": True}
+# A block file larger than this is not kept in memory between its write and the merges that read it:
+# an nnU-Net slab's window shares (~260 MB for a 512x512x32 slab) held for two blocks were a fifth of a
+# 512^3 job's peak. Those merges read only the shares they need, from the page cache.
+CACHE_ENTRY_BYTES = 64 * 2**20
 
 
 def _name(index: Index) -> str:
@@ -54,18 +59,21 @@ def _atomic_bytes(path: Path, write: Any) -> None:
         raise
 
 
-def _load_stored_npz(path: Path) -> dict[str, np.ndarray]:
+def _load_stored_npz(path: Path, keep: Callable[[str], bool] | None = None) -> dict[str, np.ndarray]:
     """The arrays of an uncompressed ``.npz`` (what ``np.savez`` writes), read straight from the file.
 
     ``np.load`` reads each member through ``zipfile``, which checks its CRC-32 and copies it through
     Python bytes: a merge reads the partial sums of up to ``2^d`` blocks, and that took 0.8 s of CPU
     in an 8192² job. A block file is only ever seen complete (atomic rename), so the members are read
     where their local headers say they start; a compressed member goes through ``np.load`` as before.
+    ``keep``: which members to read (by name), all by default.
     """
     arrays: dict[str, np.ndarray] = {}
     with open(path, "rb") as fh, zipfile.ZipFile(fh) as archive:
         for info in archive.infolist():
             name = info.filename.removesuffix(".npy")
+            if keep is not None and not keep(name):
+                continue
             if info.compress_type != zipfile.ZIP_STORED:
                 with archive.open(info) as member:
                     arrays[name] = np.lib.format.read_array(member, allow_pickle=False)
@@ -105,6 +113,10 @@ def gdal_name(array: Any) -> str | None:
     if getattr(meta, "zarr_format", None) != 2 or root is None:
         return None
     return f'ZARR:"{root}"'
+
+
+def _meets(a: Box, b: Box) -> bool:
+    return not a.intersect(b).empty
 
 
 class WorkStore:
@@ -188,26 +200,43 @@ class WorkStore:
         for i, (_, sums, *_rank) in enumerate(pieces):
             arrays[f"piece{i}"] = sums
         _atomic_bytes(self.block_path(index), lambda fh: np.savez(fh, **arrays))
-        self._remember(index, arrays)
+        if sum(a.nbytes for a in arrays.values()) <= CACHE_ENTRY_BYTES:
+            self._remember(index, arrays)
 
-    def get_block(self, index: Index) -> dict[str, Any]:
+    def _cached(self, index: Index) -> dict[str, Any] | None:
+        """The block's arrays if in memory, or read whole and kept when the file is small."""
         if index in self._cache:
             self._cache.move_to_end(index)
             return self._cache[index]
-        arrays = _load_stored_npz(self.block_path(index))
+        path = self.block_path(index)
+        if path.stat().st_size > CACHE_ENTRY_BYTES:
+            return None
+        arrays = _load_stored_npz(path)
         self._remember(index, arrays)
         return arrays
 
-    def pieces(self, index: Index) -> list[SeamPiece]:
-        data = self.get_block(index)
-        boxes = data["boxes"]
-        out: list[SeamPiece] = [
-            (Box(tuple(map(int, b[0])), tuple(map(int, b[1]))), data[f"piece{i}"])
-            for i, b in enumerate(boxes)
-        ]
+    def get_block(self, index: Index) -> dict[str, Any]:
+        """The block's own results (``interior``, ``labels``, ``probs``); its shares only when cached."""
+        data = self._cached(index)
+        if data is None:
+            data = _load_stored_npz(self.block_path(index), lambda name: not name.startswith("piece"))
+        return data
+
+    def pieces(self, index: Index, within: Sequence[Box] | None = None) -> list[SeamPiece]:
+        """The block's seam shares: those overlapping ``within`` (all by default). A block file too big
+        to keep reads only these from disk."""
+        data = self._cached(index)
+        if data is None:
+            data = self.get_block(index)
+        boxes = [Box(tuple(map(int, b[0])), tuple(map(int, b[1]))) for b in data["boxes"]]
+        wanted = [i for i, box in enumerate(boxes) if within is None or any(_meets(box, w) for w in within)]
+        if any(f"piece{i}" not in data for i in wanted):
+            names = {f"piece{i}" for i in wanted}
+            data = {**data, **_load_stored_npz(self.block_path(index), names.__contains__)}
         if "ranks" in data:
-            out = [(box, sums, tuple(map(int, r))) for (box, sums), r in zip(out, data["ranks"], strict=True)]
-        return out
+            ranks = [tuple(map(int, r)) for r in data["ranks"]]
+            return [(boxes[i], data[f"piece{i}"], ranks[i]) for i in wanted]  # type: ignore[misc]
+        return [(boxes[i], data[f"piece{i}"]) for i in wanted]
 
     def drop_block(self, index: Index) -> None:
         self._cache.pop(index, None)

@@ -46,3 +46,33 @@ def test_a_chunk_of_fill_values_is_written_and_reads_back(tmp_path):
     store.labels()[0:32, 0:32] = np.zeros((32, 32), np.uint8)
     assert (tmp_path / "work" / "labels.zarr" / "0.0").exists()
     np.testing.assert_array_equal(store.labels("r")[0:32, 0:32], 0)
+
+
+def test_a_big_block_file_is_not_kept_and_merges_read_only_their_shares(tmp_path, monkeypatch):
+    """A block file over ``CACHE_ENTRY_BYTES`` (an nnU-Net slab's window shares) is read back from disk,
+    and only the shares that meet the merging block's seam bands."""
+    import pipeline.execution.workstore as workstore
+
+    monkeypatch.setattr(workstore, "CACHE_ENTRY_BYTES", 20_000)
+    store = WorkStore(tmp_path / "work")
+    store.prepare({"t": 1}, (64, 64, 64), (32, 64, 64), 2, False)
+    rng = np.random.default_rng(1)
+    below, above = Box((24, 0, 0), (32, 64, 64)), Box((64, 0, 0), (72, 64, 64))
+    pieces = [(below, rng.random((2, 8, 64, 64)).astype(np.float32), (24, 0, 0)),
+              (below, rng.random((2, 8, 64, 64)).astype(np.float32), (24, 0, 8)),
+              (above, rng.random((3, 8, 64, 64)).astype(np.float16), (0, 0, 0))]  # fmt: skip
+    labels = rng.integers(0, 2, (32, 64, 64)).astype(np.uint8)
+    store.put_block((1, 0, 0), Box((32, 0, 0), (64, 64, 64)), labels, None, pieces)
+    assert not store._cache
+    own = store.get_block((1, 0, 0))
+    assert not any(name.startswith("piece") for name in own)
+    np.testing.assert_array_equal(own["labels"], labels)
+    got = store.pieces((1, 0, 0), [Box((16, 0, 0), (30, 64, 64))])
+    assert [(b, r) for b, _, r in got] == [(b, r) for b, _, r in pieces[:2]]
+    for (_, a, _), (_, b, _) in zip(got, pieces[:2], strict=True):
+        np.testing.assert_array_equal(a, b)
+    (lead,) = store.pieces((1, 0, 0), [Box((64, 0, 0), (70, 64, 64))])
+    assert lead[1].dtype == np.float16 and lead[2] == (0, 0, 0)
+    np.testing.assert_array_equal(lead[1], pieces[2][1])
+    assert len(store.pieces((1, 0, 0))) == 3
+    assert not store._cache
