@@ -84,6 +84,7 @@ def side_tilewise(
     from pipeline.job.config import JobConfig
     from pipeline.job.skeleton import run_job
 
+    samples = _sample_rss()
     t = time.perf_counter()
     options = {"folds": [0], "mirroring": mirroring == "1", "accumulate": accumulate}
     cfg = {"input": case, "output": out, "model": model, "model_options": options,
@@ -92,7 +93,25 @@ def side_tilewise(
         cfg["tiling"] = {"block_size": [int(block)] * 3}
     (result,) = run_job(JobConfig.model_validate(cfg))
     assert result.status == "ok", result.reason
-    return {"seconds": time.perf_counter() - t, "peak_rss_mb": _peak_mb()}
+    step = max(1, len(samples) // 20)
+    timeline = [round(max(samples[i : i + step])) for i in range(0, len(samples), step)]
+    return {"seconds": time.perf_counter() - t, "peak_rss_mb": _peak_mb(), "rss_mb_per_5pct": timeline}
+
+
+def _sample_rss() -> list[float]:
+    """RSS (MB) once a second on a daemon thread, for where in the run the peak falls."""
+    import threading
+
+    samples: list[float] = []
+
+    def sample() -> None:
+        while True:
+            with open("/proc/self/statm") as fh:
+                samples.append(int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20)
+            time.sleep(1.0)
+
+    threading.Thread(target=sample, daemon=True).start()
+    return samples
 
 
 def _fresh(side: str, *args: str, timeout: float | None = None) -> dict[str, float]:
