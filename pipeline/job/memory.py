@@ -92,6 +92,10 @@ def unseen_activations(architecture: dict[str, Any]) -> str:
     return f"{kind} model: its activations are not counted" if kind else ""
 
 
+# pipeline.core.sinks.HALF_SLAB_PIXELS, which the plan cannot import (it loads torch)
+HALF_SLAB_PIXELS = 1 << 20
+
+
 @dataclass(frozen=True)
 class Sums:
     """How a model's blocks accumulate: float32 sums of ``classes`` (``Accumulator``), or nnU-Net's
@@ -215,7 +219,9 @@ def estimate_peak_mb(
     # 8192² and 16384² scenes with a 1x1 model peak ~570 MB above the baseline with 1792² blocks
     # (numpy's share seen by tracemalloc, the rest torch's), flat in the scene size.
     held, merged = sums if sums is not None else (4.0 * (classes + 1) * footprint,) * 2
-    blocks = held + merged + footprint * (3 * channels * itemsize + 4 * (classes + 2 * channels))
+    # float32 scores: of the whole block, or of one slab at a time for float16 sums (``LabelSink``)
+    scores = 4 * classes * (footprint if sums is None else min(footprint, HALF_SLAB_PIXELS))
+    blocks = held + merged + footprint * (3 * channels * itemsize + 8 * channels) + scores
     window = math.prod(roi)
     outputs_per_window = channels + classes * folds + _activation_planes(architecture, dims)
     batches = lanes * batch_size * window * 4 * outputs_per_window

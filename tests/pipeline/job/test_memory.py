@@ -84,3 +84,11 @@ def test_plan_of_an_nnunet_ensemble_counts_the_second_folds_sums(data, tmp_path,
     spatial, roi, block = (102, 95, 28), (48, 48, 16), (48, 48, 16)
     one, two = (sum(Sums(6, f, True).block_bytes(spatial, roi, 0.5, block, "nnunet")) for f in (1, 2))
     assert peaks["0,1"] - peaks["0"] >= (two - one) / 2**20 - 1, peaks  # ~39 MB more
+
+
+def test_the_plan_counts_the_slabs_the_label_sink_finishes():
+    """The plan counts float16 sums' float32 scores one ``LabelSink`` slab at a time, as they are made."""
+    from pipeline.core import sinks
+    from pipeline.job import memory
+
+    assert memory.HALF_SLAB_PIXELS == sinks.HALF_SLAB_PIXELS
