@@ -2,7 +2,7 @@
 
     PYTHONPATH=$PWD .venv/bin/python benchmarks/bench_nnunet.py speed MODEL_FOLDER CASE_0000.nii.gz
     PYTHONPATH=$PWD .venv/bin/python benchmarks/bench_nnunet.py memory MODEL_FOLDER --edge 512 \
-        [--block EDGE] [--nnunet-timeout 3600] [--accumulate nnunet|float32]
+        [--block EDGE] [--nnunet-timeout 3600 [--nnunet-only]] [--accumulate nnunet|float32]
 
 ``speed``: seconds per case (model load, preprocessing, sliding window, export; step 0.5, mirroring on,
 fold 0) and peak RSS, sides alternated ``--repeat`` times (order matters on a shared machine).
@@ -68,8 +68,10 @@ def side_nnunet(model: str, case: str, out: str, mirroring: str = "1") -> dict[s
         allow_tqdm=False,
     )
     p.initialize_from_trained_model_folder(model, use_folds=(0,), checkpoint_name="checkpoint_final.pth")
+    Path(out).mkdir(parents=True, exist_ok=True)  # nnU-Net writes its arguments there first
+    loaded = _peak_mb()  # torch, nnunetv2 and the model: what the case's buffers come on top of
     p.predict_from_files_sequential([[case]], out, save_probabilities=False, overwrite=True)
-    return {"seconds": time.perf_counter() - t, "peak_rss_mb": _peak_mb()}
+    return {"seconds": time.perf_counter() - t, "peak_rss_mb": _peak_mb(), "loaded_rss_mb": loaded}
 
 
 def side_tilewise(
@@ -147,7 +149,9 @@ def nnunet_buffers_mb(shape: tuple[int, ...], classes: int) -> float:
     return (data + logits + export + labels) / 2**20
 
 
-def memory(model: str, edge: int, block: int | None, nnunet_timeout: float | None, accumulate: str) -> None:
+def memory(
+    model: str, edge: int, block: int | None, nnunet_timeout: float | None, accumulate: str, nnunet_only: bool
+) -> None:
     import nibabel as nib
     import numpy as np
     from scipy.ndimage import zoom
@@ -161,7 +165,11 @@ def memory(model: str, edge: int, block: int | None, nnunet_timeout: float | Non
         nib.save(nib.Nifti1Image(big, src.affine), case)
         del x, big
         out = str(Path(tmp) / "out")
-        ours = _fresh("tilewise", model, str(case), out, str(block or ""), "0", accumulate)
+        ours = (
+            None
+            if nnunet_only
+            else _fresh("tilewise", model, str(case), out, str(block or ""), "0", accumulate)
+        )
         print(json.dumps({"edge": edge, "tilewise": ours}), flush=True)
         theirs: dict[str, object] = {"computed_from_buffers_mb": nnunet_buffers_mb((edge,) * 3, 6)}
         if nnunet_timeout:
@@ -172,7 +180,7 @@ def memory(model: str, edge: int, block: int | None, nnunet_timeout: float | Non
                 theirs["measured"] = f"did not finish within {nnunet_timeout:g} s"
         measured = theirs.get("measured")
         peak = measured["peak_rss_mb"] if isinstance(measured, dict) else theirs["computed_from_buffers_mb"]
-        ratio = ours["peak_rss_mb"] / float(peak)  # type: ignore[arg-type]
+        ratio = None if ours is None else ours["peak_rss_mb"] / float(peak)  # type: ignore[arg-type]
     print(json.dumps({"edge": edge, "nnunet": theirs, "ratio_tilewise_over_nnunet_rss": ratio}))
 
 
@@ -186,8 +194,11 @@ if __name__ == "__main__":
     ap.add_argument("--block", type=int, default=None, help="block edge; default: the job's own sizing")
     ap.add_argument("--nnunet-timeout", type=float, default=None, help="also run nnUNetPredictor, this long")
     ap.add_argument("--accumulate", choices=["nnunet", "float32"], default="nnunet")
+    ap.add_argument(
+        "--nnunet-only", action="store_true", help="memory: only nnUNetPredictor (with a timeout)"
+    )
     a = ap.parse_args()
     if a.mode == "speed":
         speed(a.model, a.case, a.repeat)
     else:
-        memory(a.model, a.edge, a.block, a.nnunet_timeout, a.accumulate)
+        memory(a.model, a.edge, a.block, a.nnunet_timeout, a.accumulate, a.nnunet_only)
