@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from functools import lru_cache
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -155,11 +156,30 @@ class Accumulator:
         return np.concatenate([sums, weight[None]])
 
 
+class StoredShare(Protocol):
+    """A share still on disk: the merge reads it when it gets to it, so it holds one share at a time
+    rather than all its contributors' (~260 MB for a 512x512x32 nnU-Net slab)."""
+
+    @property
+    def dtype(self) -> np.dtype[Any]: ...
+
+    @property
+    def shape(self) -> tuple[int, ...]: ...
+
+    def load(self) -> np.ndarray: ...
+
+
 # One window's share of a seam: box, its float32 products ``(C, *box)`` (``C + 1`` with the weight
 # plane where nodata zeroed it; else the weight is the importance map's, recomputed), its rank. Or a
 # block's leading share: box, its float16 sums and weight ``(C + 1, *box)``, rank unused.
-Piece = tuple[Box, np.ndarray, tuple[int, ...]]
-SeamPiece = tuple[Box, np.ndarray] | Piece  # partial float32 sums and weight, or a share in nnU-Net's order
+Piece = tuple[Box, np.ndarray | StoredShare, tuple[int, ...]]
+# partial float32 sums and weight, or a share in nnU-Net's order
+SeamPiece = tuple[Box, np.ndarray | StoredShare] | Piece
+
+
+def loaded(piece: np.ndarray | StoredShare) -> np.ndarray:
+    """The share's values, read now if it is still on disk."""
+    return piece if isinstance(piece, np.ndarray) else piece.load()
 
 
 class HalfAccumulator(Accumulator):
@@ -255,7 +275,7 @@ def replay(
         overlap = box.intersect(band)
         if overlap.empty:
             continue
-        part = torch.from_numpy(piece[(slice(None), *overlap.slices(box.start))])
+        part = torch.from_numpy(loaded(piece)[(slice(None), *overlap.slices(box.start))])
         where = overlap.slices(band.start)
         if piece.dtype == np.float16:  # a block's leading sums: nothing comes before them
             sums[(slice(None), *where)].copy_(part[:channels])

@@ -14,7 +14,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from pipeline.core.blending import Accumulator, HalfAccumulator, SeamPiece, replay
+from pipeline.core.blending import Accumulator, HalfAccumulator, SeamPiece, loaded, replay
 from pipeline.core.sinks import Sink
 from pipeline.core.tiling import Block, BlockPlan
 from pipeline.engine.runner import BlockInput
@@ -130,7 +130,7 @@ def merge_seams(
         for box, partial in contributions:
             overlap = box.intersect(band)
             if not overlap.empty:
-                sums[(slice(None), *overlap.slices(band.start))] += partial[
+                sums[(slice(None), *overlap.slices(band.start))] += loaded(partial)[
                     (slice(None), *overlap.slices(box.start))
                 ]
         sink.write(band, sums[:-1], sums[-1])

@@ -16,12 +16,14 @@ absent; a rerun redoes exactly the blocks whose file is absent.
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import struct
 import zipfile
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -59,6 +61,23 @@ def _atomic_bytes(path: Path, write: Any) -> None:
         raise
 
 
+@dataclass(frozen=True)
+class StoredArray:
+    """An uncompressed member of a block file, read only when asked (``StoredShare``)."""
+
+    path: Path
+    offset: int  # of the data, past the member's .npy header
+    dtype: np.dtype[Any]
+    shape: tuple[int, ...]
+    fortran_order: bool
+
+    def load(self) -> np.ndarray:
+        with open(self.path, "rb") as fh:
+            fh.seek(self.offset)
+            flat = np.fromfile(fh, dtype=self.dtype, count=math.prod(self.shape))
+        return flat.reshape(self.shape, order="F" if self.fortran_order else "C")
+
+
 def _load_stored_npz(path: Path, keep: Callable[[str], bool] | None = None) -> dict[str, np.ndarray]:
     """The arrays of an uncompressed ``.npz`` (what ``np.savez`` writes), read straight from the file.
 
@@ -68,7 +87,14 @@ def _load_stored_npz(path: Path, keep: Callable[[str], bool] | None = None) -> d
     where their local headers say they start; a compressed member goes through ``np.load`` as before.
     ``keep``: which members to read (by name), all by default.
     """
-    arrays: dict[str, np.ndarray] = {}
+    return _members(path, keep, lazy=False)  # type: ignore[return-value]
+
+
+def _members(
+    path: Path, keep: Callable[[str], bool] | None, *, lazy: bool
+) -> dict[str, np.ndarray | StoredArray]:
+    """The members ``keep`` names, read now, or (``lazy``, uncompressed ones) where their data lies."""
+    arrays: dict[str, np.ndarray | StoredArray] = {}
     with open(path, "rb") as fh, zipfile.ZipFile(fh) as archive:
         for info in archive.infolist():
             name = info.filename.removesuffix(".npy")
@@ -82,7 +108,15 @@ def _load_stored_npz(path: Path, keep: Callable[[str], bool] | None = None) -> d
             local = fh.read(30)  # the local file header: its name and extra field lengths end it
             name_len, extra_len = struct.unpack("<HH", local[26:30])
             fh.seek(info.header_offset + 30 + name_len + extra_len)
-            arrays[name] = np.lib.format.read_array(fh, allow_pickle=False)
+            if not lazy:
+                arrays[name] = np.lib.format.read_array(fh, allow_pickle=False)
+                continue
+            version = np.lib.format.read_magic(fh)
+            if version == (1, 0):
+                shape, fortran, dtype = np.lib.format.read_array_header_1_0(fh)
+            else:
+                shape, fortran, dtype = np.lib.format.read_array_header_2_0(fh)
+            arrays[name] = StoredArray(path, fh.tell(), dtype, tuple(shape), fortran)
     return arrays
 
 
@@ -223,16 +257,16 @@ class WorkStore:
         return data
 
     def pieces(self, index: Index, within: Sequence[Box] | None = None) -> list[SeamPiece]:
-        """The block's seam shares: those overlapping ``within`` (all by default). A block file too big
-        to keep reads only these from disk."""
+        """The block's seam shares: those overlapping ``within`` (all by default). Of a block file too big
+        to keep, each share stays on disk until the merge reads it (``StoredArray``)."""
         data = self._cached(index)
         if data is None:
             data = self.get_block(index)
         boxes = [Box(tuple(map(int, b[0])), tuple(map(int, b[1]))) for b in data["boxes"]]
         wanted = [i for i, box in enumerate(boxes) if within is None or any(_meets(box, w) for w in within)]
-        if any(f"piece{i}" not in data for i in wanted):
+        if any(f"piece{i}" not in data for i in wanted):  # a big file: each share read when merged
             names = {f"piece{i}" for i in wanted}
-            data = {**data, **_load_stored_npz(self.block_path(index), names.__contains__)}
+            data = {**data, **_members(self.block_path(index), names.__contains__, lazy=True)}
         if "ranks" in data:
             ranks = [tuple(map(int, r)) for r in data["ranks"]]
             return [(boxes[i], data[f"piece{i}"], ranks[i]) for i in wanted]  # type: ignore[misc]
