@@ -138,40 +138,70 @@ def speed(model: str, case: str, repeat: int) -> None:
 
 
 def nnunet_buffers_mb(shape: tuple[int, ...], classes: int) -> float:
-    """What nnUNetPredictor holds at once for a one-channel case of ``shape`` (no resampling)."""
+    """What nnUNetPredictor's own buffers hold at once for a one-channel case of ``shape``, labels only
+    and no resampling: the float32 input (alive until export), the float16 logits and weight sums, then
+    at export numpy's argmax of the float16 logits (int64) and the uint8 labels (twice: cropped and
+    reverted). It leaves out its process (torch, the model) and preprocessing's copies: see ``fitted``."""
     voxels = 1
     for n in shape:
         voxels *= n
     data = 4 * voxels  # preprocessed float32 input
     logits = 2 * classes * voxels + 2 * voxels  # float16 logits and gaussian weight sums
-    export = 4 * classes * voxels + 4 * classes * voxels  # float32 logits, then their softmax
-    labels = voxels  # uint8 segmentation
-    return (data + logits + export + labels) / 2**20
+    export = 8 * voxels + 2 * voxels  # int64 argmax, uint8 labels and their uncropped copy
+    return (data + logits + export) / 2**20
 
 
-def memory(
-    model: str, edge: int, block: int | None, nnunet_timeout: float | None, accumulate: str, nnunet_only: bool
-) -> None:
+def fitted(peaks: dict[int, float], edge: int) -> float:
+    """nnU-Net's peak RSS at ``edge``³ from peaks measured at smaller edges: a straight line in the voxel
+    count through them (least squares), as its buffers all grow with the case."""
+    import numpy as np
+
+    x = np.array([float(e) ** 3 for e in peaks])
+    slope, intercept = np.polyfit(x, np.array(list(peaks.values())), 1)
+    return float(intercept + slope * float(edge) ** 3)
+
+
+def _case(data: Path, edge: int, folder: Path) -> Path:
+    """A real CT upsampled to ``edge``³ (linear), as int16, at the file's own spacing."""
     import nibabel as nib
     import numpy as np
     from scipy.ndimage import zoom
 
-    data = Path(os.environ.get("TILEWISE_DATA", ROOT.parent / "shared" / "data"))  # as the tests find it
     src = nib.load(data / "medical" / "totalsegmentator" / "example_ct_sm.nii.gz")
+    x = np.asanyarray(src.dataobj).astype(np.float32)
+    big = zoom(x, [edge / n for n in x.shape], order=1).astype(np.int16)
+    case = folder / f"big{edge}_0000.nii.gz"
+    nib.save(nib.Nifti1Image(big, src.affine), case)
+    return case
+
+
+def memory(
+    model: str,
+    edge: int,
+    block: int | None,
+    nnunet_timeout: float | None,
+    accumulate: str,
+    nnunet_only: bool,
+    fit_edges: list[int],
+) -> None:
+    data = Path(os.environ.get("TILEWISE_DATA", ROOT.parent / "shared" / "data"))  # as the tests find it
     with tempfile.TemporaryDirectory() as tmp:
-        x = np.asanyarray(src.dataobj).astype(np.float32)
-        big = zoom(x, [edge / n for n in x.shape], order=1).astype(np.int16)
-        case = Path(tmp) / "big_0000.nii.gz"
-        nib.save(nib.Nifti1Image(big, src.affine), case)
-        del x, big
-        out = str(Path(tmp) / "out")
-        ours = (
-            None
-            if nnunet_only
-            else _fresh("tilewise", model, str(case), out, str(block or ""), "0", accumulate)
-        )
-        print(json.dumps({"edge": edge, "tilewise": ours}), flush=True)
         theirs: dict[str, object] = {"computed_from_buffers_mb": nnunet_buffers_mb((edge,) * 3, 6)}
+        if fit_edges:  # nnU-Net measured on smaller cases, extrapolated to this one
+            peaks = {}
+            for e in fit_edges:
+                small = _case(data, e, Path(tmp))
+                run = _fresh("nnunet", model, str(small), str(Path(tmp) / f"nn{e}"), "0")
+                print(json.dumps({"edge": e, "nnunet": run}), flush=True)
+                peaks[e] = run["peak_rss_mb"]
+                small.unlink()
+            theirs["fitted_mb"] = fitted(peaks, edge)
+        case = _case(data, edge, Path(tmp))
+        out = str(Path(tmp) / "out")
+        ours = None
+        if not nnunet_only:
+            ours = _fresh("tilewise", model, str(case), out, str(block or ""), "0", accumulate)
+        print(json.dumps({"edge": edge, "tilewise": ours}), flush=True)
         if nnunet_timeout:
             try:
                 theirs["measured"] = _fresh("nnunet", model, str(case), str(Path(tmp) / "nn"), "0",
@@ -179,7 +209,8 @@ def memory(
             except subprocess.TimeoutExpired:
                 theirs["measured"] = f"did not finish within {nnunet_timeout:g} s"
         measured = theirs.get("measured")
-        peak = measured["peak_rss_mb"] if isinstance(measured, dict) else theirs["computed_from_buffers_mb"]
+        peak = measured["peak_rss_mb"] if isinstance(measured, dict) else theirs.get("fitted_mb")
+        peak = peak or theirs["computed_from_buffers_mb"]
         ratio = None if ours is None else ours["peak_rss_mb"] / float(peak)  # type: ignore[arg-type]
     print(json.dumps({"edge": edge, "nnunet": theirs, "ratio_tilewise_over_nnunet_rss": ratio}))
 
@@ -194,11 +225,11 @@ if __name__ == "__main__":
     ap.add_argument("--block", type=int, default=None, help="block edge; default: the job's own sizing")
     ap.add_argument("--nnunet-timeout", type=float, default=None, help="also run nnUNetPredictor, this long")
     ap.add_argument("--accumulate", choices=["nnunet", "float32"], default="nnunet")
-    ap.add_argument(
-        "--nnunet-only", action="store_true", help="memory: only nnUNetPredictor (with a timeout)"
-    )
+    ap.add_argument("--nnunet-only", action="store_true", help="memory: only nnU-Net's side")
+    ap.add_argument("--nnunet-fit", default="", help="memory: edges to measure nnU-Net at, extrapolated")
     a = ap.parse_args()
     if a.mode == "speed":
         speed(a.model, a.case, a.repeat)
     else:
-        memory(a.model, a.edge, a.block, a.nnunet_timeout, a.accumulate, a.nnunet_only)
+        fit = [int(e) for e in a.nnunet_fit.split(",") if e]
+        memory(a.model, a.edge, a.block, a.nnunet_timeout, a.accumulate, a.nnunet_only, fit)
