@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from pipeline.engine.buffers import BufferPool
 from pipeline.engine.lanes import cpu_lanes
 from pipeline.engine.subpixel import SubPixelUpsampling
 
@@ -92,6 +93,11 @@ class Predictor:
             )
         self.tta = tta
         self.activation = activation
+        # CPU: the activation writes into kept buffers (the model's own output is then freed at once,
+        # and its memory is what the next batch's model output gets); a buffer comes back once the
+        # caller lets go of the result. Enough for every batch a runner holds: lanes in flight, one
+        # queued, one blending.
+        self._results = BufferPool(2 * self.lanes + 2) if self.device.type == "cpu" and not self.amp else None
         self.calls = 0
         self.windows = 0
         self._count_lock = threading.Lock()  # lanes call concurrently
@@ -100,25 +106,29 @@ class Predictor:
         """The batch as a CPU tensor (CUDA batches go through ``_on_stream``)."""
         return torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32))
 
-    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+    def _forward(self, x: torch.Tensor, pool: BufferPool | None = None) -> torch.Tensor:
+        """The model's float32 output, activated; with ``pool``, into one of its buffers."""
         out = self.model(x)
         if isinstance(out, (tuple, list)):
             out = out[0]
         out = out.float()
+        if self.activation == "none":
+            return out
+        dest = None
+        if pool is not None and out.is_contiguous():  # the same kernel on the same layout: the same bits
+            dest = torch.from_numpy(pool.take(tuple(out.shape)))
         if self.activation == "softmax":
-            out = torch.softmax(out, dim=1)
-        elif self.activation == "sigmoid":
-            out = torch.sigmoid(out)
-        return out
+            return torch.softmax(out, dim=1) if dest is None else torch.softmax(out, dim=1, out=dest)
+        return torch.sigmoid(out) if dest is None else torch.sigmoid(out, out=dest)
 
-    def _infer(self, x: torch.Tensor) -> torch.Tensor:
+    def _infer(self, x: torch.Tensor, pool: BufferPool | None = None) -> torch.Tensor:
         with (
             torch.inference_mode(),
             torch.autocast(self.device.type, self.amp_dtype, enabled=self.amp),
             self._subpixel or contextlib.nullcontext(),
         ):
             if not self.tta:
-                return self._forward(x)
+                return self._forward(x, pool)
             spatial = range(2, x.ndim)
             flips = [c for r in range(len(spatial) + 1) for c in itertools.combinations(spatial, r)]
             return sum(
@@ -132,7 +142,7 @@ class Predictor:
             self.windows += int(batch.shape[0])
         if self.streams:
             return self._on_stream(batch)
-        return self._infer(self._to_device(batch)).cpu().numpy()
+        return self._infer(self._to_device(batch), self._results).cpu().numpy()
 
     def _on_stream(self, batch: np.ndarray) -> np.ndarray:
         """One batch on this thread's CUDA stream: pinned in, non-blocking copies, pinned out."""
