@@ -11,16 +11,29 @@ once nothing refers to it: every numpy view of it, and every tensor made from on
 ``torch.from_numpy``, holds a reference to that flat array, so its reference count says when the last
 user is gone. Whoever keeps a result (a test, a caller of ``Predictor``) therefore keeps its memory:
 nothing still referenced is ever written again. When every kept buffer is in use, a fresh, unkept
-array is handed out, so memory stays bounded by ``keep`` buffers of the largest size asked for.
+array is handed out.
+
+The pools live as long as one ``BlockRunner.run``, which hands its pool for results to the predictor
+through ``batch_results`` (a context variable, so that a predictor wrapped by stage timers still
+finds it); a ``Predictor`` called on its own allocates its results as before. Buffers larger than
+glibc's mmap threshold (``MAX_KEPT_BYTES``) are not kept: a 3-D network's batch can be 100 MB, and
+holding it idle while a block is finalised would raise the peak; its model dwarfs the faults anyway.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import sys
 import threading
+from collections.abc import Iterator
+from contextvars import ContextVar
 
 import numpy as np
+
+from pipeline.engine.allocator import MMAP_THRESHOLD_BYTES
+
+MAX_KEPT_BYTES = MMAP_THRESHOLD_BYTES
 
 
 def _refs(items: list[np.ndarray], i: int) -> int:
@@ -42,6 +55,8 @@ class BufferPool:
         """An uninitialised C-contiguous array: a kept buffer nothing refers to, else a fresh one."""
         dtype = np.dtype(dtype)
         nbytes = math.prod(shape) * dtype.itemsize
+        if nbytes > MAX_KEPT_BYTES:
+            return np.empty(shape, dtype)
         with self._lock:
             free = [i for i in range(len(self._flats)) if _refs(self._flats, i) == _IDLE]
             fits = [i for i in free if self._flats[i].nbytes >= nbytes]
@@ -62,3 +77,21 @@ class BufferPool:
         """Bytes the pool keeps."""
         with self._lock:
             return sum(flat.nbytes for flat in self._flats)
+
+
+_results: ContextVar[BufferPool | None] = ContextVar("tilewise_batch_results", default=None)
+
+
+@contextlib.contextmanager
+def batch_results(pool: BufferPool | None) -> Iterator[None]:
+    """Within this block, ``Predictor`` writes its activated outputs into buffers of ``pool``."""
+    token = _results.set(pool)
+    try:
+        yield
+    finally:
+        _results.reset(token)
+
+
+def results_pool() -> BufferPool | None:
+    """The pool ``batch_results`` set for this thread, if any."""
+    return _results.get()

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from pipeline.engine.buffers import BufferPool
+from pipeline.engine.buffers import BufferPool, results_pool
 from pipeline.engine.lanes import cpu_lanes
 from pipeline.engine.subpixel import SubPixelUpsampling
 
@@ -38,7 +38,9 @@ class Predictor:
     thread: ``BlockRunner`` runs that many lanes), with page-locked host buffers for the batch and
     its result and non-blocking copies both ways, under autocast (bf16 where supported, else fp16);
     so one batch's copies overlap another's kernels. Outputs always come back as float32. With
-    ``compile`` one stream is used (compilation is not meant to run from two threads at once).
+    ``compile`` one stream is used (compilation is not meant to run from two threads at once). On
+    CPU inside a ``BlockRunner``, the activation writes into the runner's kept result buffers
+    (:mod:`pipeline.engine.buffers`) instead of fresh memory.
 
     ``lanes``: on CPU, how many batches an ``nn.Module`` runs at once, one thread each
     (:mod:`pipeline.engine.lanes`); ``None`` is torch's thread count. The module's ``forward`` is then called
@@ -93,11 +95,6 @@ class Predictor:
             )
         self.tta = tta
         self.activation = activation
-        # CPU: the activation writes into kept buffers (the model's own output is then freed at once,
-        # and its memory is what the next batch's model output gets); a buffer comes back once the
-        # caller lets go of the result. Enough for every batch a runner holds: lanes in flight, one
-        # queued, one blending.
-        self._results = BufferPool(2 * self.lanes + 2) if self.device.type == "cpu" and not self.amp else None
         self.calls = 0
         self.windows = 0
         self._count_lock = threading.Lock()  # lanes call concurrently
@@ -142,7 +139,10 @@ class Predictor:
             self.windows += int(batch.shape[0])
         if self.streams:
             return self._on_stream(batch)
-        return self._infer(self._to_device(batch), self._results).cpu().numpy()
+        # in a runner, the activation writes into its kept buffers (pipeline.engine.buffers): the
+        # model's own output is freed at once, and the next batch's model output gets that memory
+        pool = None if self.amp else results_pool()
+        return self._infer(self._to_device(batch), pool).cpu().numpy()
 
     def _on_stream(self, batch: np.ndarray) -> np.ndarray:
         """One batch on this thread's CUDA stream: pinned in, non-blocking copies, pinned out."""

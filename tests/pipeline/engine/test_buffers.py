@@ -4,10 +4,11 @@ results a caller keeps are never overwritten, and a run's outputs do not depend 
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from pipeline import infer_array
-from pipeline.engine.buffers import BufferPool
+from pipeline.engine.buffers import MAX_KEPT_BYTES, BufferPool, batch_results
 from pipeline.engine.predictor import Predictor
 
 
@@ -39,23 +40,38 @@ def test_predictor_results_kept_by_the_caller_are_never_overwritten():
     net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(8, 4, 1))
     rng = np.random.default_rng(0)
     batches = [rng.normal(size=(2, 3, 16, 16)).astype(np.float32) for _ in range(12)]
-    with torch.inference_mode():
-        expected = [torch.softmax(net(torch.from_numpy(b)), dim=1).numpy() for b in batches]
+    pool = BufferPool(keep=4)
     for activation, fn in (("softmax", lambda t: torch.softmax(t, dim=1)), ("sigmoid", torch.sigmoid)):
         predict = Predictor(net, activation=activation, lanes=1)
-        kept = [predict(b) for b in batches]  # more results held than the pool keeps buffers
+        with batch_results(pool):
+            kept = [predict(b) for b in batches]  # more results held than the pool keeps buffers
         with torch.inference_mode():
             want = [fn(net(torch.from_numpy(b))).numpy() for b in batches]
         for got, ref in zip(kept, want, strict=True):
             np.testing.assert_array_equal(got, ref)
+        assert pool.nbytes == 4 * 2 * 4 * 16 * 16 * 4
+        del kept
     predict = Predictor(net, activation="softmax", lanes=1)
-    first = predict(batches[0])
-    address = first.ctypes.data
-    np.testing.assert_array_equal(first, expected[0])
-    del first
-    again = predict(batches[1])  # the first result was let go: its buffer is used again
+    with batch_results(pool):
+        first = predict(batches[0])
+        address = first.ctypes.data
+        del first
+        again = predict(batches[1])  # the first result was let go: its buffer is used again
     assert again.ctypes.data == address
-    np.testing.assert_array_equal(again, expected[1])
+    np.testing.assert_array_equal(again, _softmax(net, batches[1]))
+    outside = predict(batches[2])  # no runner's pool: a result of its own, as ever
+    assert not np.shares_memory(outside, again)
+
+
+def _softmax(net: torch.nn.Module, batch: np.ndarray) -> np.ndarray:
+    with torch.inference_mode():
+        return torch.softmax(net(torch.from_numpy(batch)), dim=1).numpy()
+
+
+def test_batches_larger_than_the_mmap_threshold_are_not_kept():
+    pool = BufferPool(keep=2)
+    big = pool.take((MAX_KEPT_BYTES // 4 + 1,))
+    assert big.size and pool.nbytes == 0
 
 
 class _Copy(torch.nn.Module):
@@ -63,12 +79,13 @@ class _Copy(torch.nn.Module):
         return x.clone()
 
 
-def test_a_model_that_hands_back_its_input_gets_the_same_scores_as_one_that_copies_it():
-    """The batch input buffer is only reused once the prediction made of it has been blended."""
+@pytest.mark.parametrize("activation", ["none", "softmax"])
+def test_a_model_that_hands_back_its_input_gets_the_same_scores_as_one_that_copies_it(activation):
+    """A batch's input and result buffers are only used again once its prediction has been blended."""
     rng = np.random.default_rng(1)
     image = rng.normal(size=(2, 200, 170)).astype(np.float32)
     runs = []
     for model in (torch.nn.Identity(), _Copy()):
-        predict = Predictor(model, lanes=2)  # two batches in flight side by side
+        predict = Predictor(model, lanes=2, activation=activation)  # two batches in flight side by side
         runs.append(infer_array(image, predict, patch_size=32, overlap=0.25, batch_size=2, block_size=64))
     np.testing.assert_array_equal(runs[0], runs[1])
