@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from pipeline.engine.buffers import BufferPool, results_pool
 from pipeline.engine.lanes import cpu_lanes
 from pipeline.engine.subpixel import SubPixelUpsampling
 
@@ -37,7 +38,9 @@ class Predictor:
     thread: ``BlockRunner`` runs that many lanes), with page-locked host buffers for the batch and
     its result and non-blocking copies both ways, under autocast (bf16 where supported, else fp16);
     so one batch's copies overlap another's kernels. Outputs always come back as float32. With
-    ``compile`` one stream is used (compilation is not meant to run from two threads at once).
+    ``compile`` one stream is used (compilation is not meant to run from two threads at once). On
+    CPU inside a ``BlockRunner``, the activation writes into the runner's kept result buffers
+    (:mod:`pipeline.engine.buffers`) instead of fresh memory.
 
     ``lanes``: on CPU, how many batches an ``nn.Module`` runs at once, one thread each
     (:mod:`pipeline.engine.lanes`); ``None`` is torch's thread count. The module's ``forward`` is then called
@@ -100,25 +103,29 @@ class Predictor:
         """The batch as a CPU tensor (CUDA batches go through ``_on_stream``)."""
         return torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32))
 
-    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+    def _forward(self, x: torch.Tensor, pool: BufferPool | None = None) -> torch.Tensor:
+        """The model's float32 output, activated; with ``pool``, into one of its buffers."""
         out = self.model(x)
         if isinstance(out, (tuple, list)):
             out = out[0]
         out = out.float()
+        if self.activation == "none":
+            return out
+        dest = None
+        if pool is not None and out.is_contiguous():  # the same kernel on the same layout: the same bits
+            dest = torch.from_numpy(pool.take(tuple(out.shape)))
         if self.activation == "softmax":
-            out = torch.softmax(out, dim=1)
-        elif self.activation == "sigmoid":
-            out = torch.sigmoid(out)
-        return out
+            return torch.softmax(out, dim=1) if dest is None else torch.softmax(out, dim=1, out=dest)
+        return torch.sigmoid(out) if dest is None else torch.sigmoid(out, out=dest)
 
-    def _infer(self, x: torch.Tensor) -> torch.Tensor:
+    def _infer(self, x: torch.Tensor, pool: BufferPool | None = None) -> torch.Tensor:
         with (
             torch.inference_mode(),
             torch.autocast(self.device.type, self.amp_dtype, enabled=self.amp),
             self._subpixel or contextlib.nullcontext(),
         ):
             if not self.tta:
-                return self._forward(x)
+                return self._forward(x, pool)
             spatial = range(2, x.ndim)
             flips = [c for r in range(len(spatial) + 1) for c in itertools.combinations(spatial, r)]
             return sum(
@@ -132,7 +139,10 @@ class Predictor:
             self.windows += int(batch.shape[0])
         if self.streams:
             return self._on_stream(batch)
-        return self._infer(self._to_device(batch)).cpu().numpy()
+        # in a runner, the activation writes into its kept buffers (pipeline.engine.buffers): the
+        # model's own output is freed at once, and the next batch's model output gets that memory
+        pool = None if self.amp else results_pool()
+        return self._infer(self._to_device(batch), pool).cpu().numpy()
 
     def _on_stream(self, batch: np.ndarray) -> np.ndarray:
         """One batch on this thread's CUDA stream: pinned in, non-blocking copies, pinned out."""

@@ -24,6 +24,7 @@ from pipeline.core.box import Box
 from pipeline.core.tile_order import leading_spill
 from pipeline.core.tiling import Block, BlockPlan
 from pipeline.engine.allocator import ensure_malloc_tuned, release_free_memory
+from pipeline.engine.buffers import BufferPool, batch_results
 from pipeline.engine.lanes import CallerThreads, Lanes, lanes_for
 
 
@@ -84,8 +85,9 @@ class _Open:
 _Batch = list[tuple[_Open, Box]]
 
 
-def assemble(batch: _Batch) -> np.ndarray:
-    """The batch's model input ``(B, C, *roi)``: each window normalised straight into its slot.
+def assemble(batch: _Batch, pool: BufferPool | None = None) -> np.ndarray:
+    """The batch's model input ``(B, C, *roi)``: each window normalised straight into its slot (of a
+    buffer from ``pool``, used again once the model is done with it: :mod:`pipeline.engine.buffers`).
 
     Runs in the lane that runs the batch, so normalising (elementwise, the same values wherever it
     runs) is spread over the lanes instead of queueing on the thread that blends.
@@ -96,7 +98,8 @@ def assemble(batch: _Batch) -> np.ndarray:
     if len(kinds) == 1 and None not in kinds:
         (dtype,) = kinds
         roi = batch[0][1].shape
-        out = np.empty((len(batch), inputs[0].image.shape[0], *roi), dtype=dtype)
+        shape = (len(batch), inputs[0].image.shape[0], *roi)
+        out = np.empty(shape, dtype) if pool is None else pool.take(shape, dtype)
         for slot, (entry, window) in zip(out, batch, strict=True):
             entry.block_input.patch(window, slot)
         return out
@@ -138,6 +141,8 @@ class BlockRunner:
     _notify: Callable[[], None] | None = field(default=None, init=False)
     _narrow: bool = field(default=True, init=False)
     _spare: torch.Tensor | None = field(default=None, init=False)  # a retired block's accumulator memory
+    _inputs: BufferPool | None = field(default=None, init=False)  # batch inputs, used again
+    _results: BufferPool | None = field(default=None, init=False)  # the predictor's activated outputs
 
     def __post_init__(self) -> None:
         ensure_malloc_tuned()  # before the first block: freed buffers are kept for the next one
@@ -149,11 +154,15 @@ class BlockRunner:
         streams = int(getattr(self.predict, "streams", 0) or 0)  # CUDA: a batch in flight per stream
         self._narrow = not streams  # the caller's CPU threads blend for the GPU: keep them all
         self._lanes = Lanes(streams or lanes_for(available, self.batch_size * int(np.prod(self.plan.roi))))
+        # batch buffers used again for this run (pipeline.engine.buffers): inputs, a batch per lane
+        # and one being assembled; results, also one queued and one being blended
+        self._inputs = BufferPool(self._lanes.count + 1)
+        self._results = BufferPool(self._lanes.count + 2)
         self._spare = None  # never carried from one run to the next (a sink may have kept the sums)
         try:
             self._run(inputs)
         finally:
-            self._spare = None
+            self._spare = self._inputs = self._results = None
             for _, future in self._in_flight:  # after an error: queued batches never start
                 future.cancel()
             self._in_flight.clear()
@@ -198,7 +207,8 @@ class BlockRunner:
             self._collect()
 
     def _predict_batch(self, batch: _Batch) -> np.ndarray:
-        return self.predict(assemble(batch))
+        with batch_results(self._results):
+            return self.predict(assemble(batch, self._inputs))
 
     def _collect(self) -> None:
         """Blend the oldest batch in flight (batches are blended in the order they went in)."""
