@@ -2,15 +2,17 @@
 
     PYTHONPATH=$PWD .venv/bin/python benchmarks/bench_nnunet.py speed MODEL_FOLDER CASE_0000.nii.gz
     PYTHONPATH=$PWD .venv/bin/python benchmarks/bench_nnunet.py memory MODEL_FOLDER --edge 512 \
-        [--block EDGE] [--nnunet-timeout 3600 [--nnunet-only]] [--accumulate nnunet|float32]
+        [--block EDGE] [--nnunet-timeout 3600] [--nnunet-fit 64,256] [--nnunet-only] \
+        [--accumulate nnunet|float32]
 
 ``speed``: seconds per case (model load, preprocessing, sliding window, export; step 0.5, mirroring on,
 fold 0) and peak RSS, sides alternated ``--repeat`` times (order matters on a shared machine).
 ``memory``: a real CT upsampled to ``edge``³ at the plans' spacing; peak RSS writing labels only
 (no mirroring, fold 0), tilewise and then nnUNetPredictor, each in its own fresh process. nnU-Net's is
-measured when ``--nnunet-timeout`` is given and it finishes within it; otherwise (or also) its peak
-computed from the buffers its predictor allocates for such a case (float32 input, float16 logits and
-weights, float32 logits and probabilities at export, the label map) is printed, labelled as computed.
+measured when ``--nnunet-timeout`` is given and it finishes within it. ``--nnunet-fit`` measures it on
+smaller cases instead and extrapolates its peak linearly in voxels (``fitted``); the ratio takes the
+measured peak, else the fitted one, else its buffers as counted from its code (``nnunet_buffers_mb``,
+printed in any case, labelled as computed). ``--nnunet-only`` skips tilewise's side.
 
 Measured (``speed``, ``--repeat 2``, on the shared 2-core machine while other jobs ran, so absolute
 times are inflated and noisy): the test model's 3d_fullres, unseen CT case ts_a (112x93x30, written by
@@ -18,22 +20,16 @@ times are inflated and noisy): the test model's 3d_fullres, unseen CT case ts_a 
 680 MB; tilewise 58.3 s and 49.6 s, peak RSS 413-418 MB; best-of ratio tilewise/nnU-Net 0.26 (float32
 sums, batches of 4). With nnU-Net's float16 sums and one window per pass (the default since), ``--repeat
 1`` with the machine less loaded: nnUNetPredictor 44.3 s, 633 MB; tilewise 35.2 s, 499 MB; ratio 0.80.
+Again (``--repeat 2``, heavily loaded): nnUNetPredictor 102.1 s and 76.2 s, 677-679 MB; tilewise 68.8 s
+and 44.2 s, 514-516 MB; best-of ratio 0.58.
 
-Measured (``memory``, tilewise side; test model 3d_fullres, fold 0, no mirroring, labels only, nnU-Net's
-float16 sums, the default blocks: slabs across the network's first axis; the shared 2-core machine under
-other jobs' load, so times are inflated, and the model is ~97 % of them): edge 192 (1127 windows, 2
-slabs) 396 s, peak RSS 747 MB; edge 256 (3100 windows, 4 slabs) 1187 s, 985 MB. nnU-Net's buffers
-compute to 452 MB and 1072 MB there: at these sizes tilewise's own ~500 MB (torch, the model) dominates.
-Edge 512 (27783 windows, 16 slabs of 512x512x32) needs 1-2 h of model time here; its RSS, sampled each
-second over the first 13 slabs (stopped for the deadline): 0.94-1.0 GB computing slab 0, then peaks of
-1882, 2397, 2514 and 2580 MB (2^20 bytes) as slabs 1-4 merged, unchanged through slabs 5-12 (a plateau,
-RSS 2.2-2.4 GB between merges). Against nnU-Net's 8576 MB computed from its buffers that is a ratio of
-0.30, at the issue's bound, and 2580 MB is over 2.5 GB (2560 MB): not met yet. What it holds: ~950 MB
-before any block (torch, the model, the case's 256 MB of int16 voxels, kept whole below the reader's
-256 MB cache threshold), a slab's 147 MB of float16 sums, ~200 MB of window products per slab, held twice
-(the slab computing and the one its write and seam merge still hold), the interior's float32 scores
-while finalised, and ~500 MB more that grew over slabs 1-4: likely freed window products kept by glibc
-(2 arenas, 256 MB trim threshold: allocator.py).
+Measured (``memory --edge 512``, tilewise side; test model 3d_fullres, fold 0, no mirroring, labels only,
+nnU-Net's float16 sums, the default blocks: 16 slabs of 512x512x32; the shared 2-core machine under other
+jobs' load): 27783 windows, 3684 s, peak RSS 1274 MB (2^20 bytes), flat: 0.8 GB on the first slab, then
+1.13-1.25 GB to the end (``rss_mb_per_5pct``). nnU-Net's side (``--nnunet-only --nnunet-fit``, and
+``--nnunet-timeout`` at 256): peak RSS 649 MB at 64³, 1219 MB at 256³ (1059 s, 548 MB once loaded); the
+line through them gives 5278 MB at 512³, so a ratio of 0.24. Its buffers alone compute to 3584 MB at
+512³, which undercounts it (448 MB of buffers against 671 MB measured over its loaded process at 256³).
 """
 
 from __future__ import annotations
