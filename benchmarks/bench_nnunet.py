@@ -28,7 +28,8 @@ nnU-Net's float16 sums, the default blocks: 16 slabs of 512x512x32; the shared 2
 jobs' load): 27783 windows, 3684 s, peak RSS 1274 MB (2^20 bytes), flat: 0.8 GB on the first slab, then
 1.13-1.25 GB to the end (``rss_mb_per_5pct``). nnU-Net's side (``--nnunet-only --nnunet-fit``, and
 ``--nnunet-timeout`` at 256): peak RSS 649 MB at 64³, 1219 MB at 256³ (1059 s, 548 MB once loaded); the
-line through them gives 5278 MB at 512³, so a ratio of 0.24. Its buffers alone compute to 3584 MB at
+line through them gives 5278 MB at 512³, so a ratio of 0.24. At 320³ it measured 1818 MB (712 s), a
+little above the line; through all three, 5457 MB (0.23). Its buffers alone compute to 3584 MB at
 512³, which undercounts it (448 MB of buffers against 671 MB measured over its loaded process at 256³).
 """
 
