@@ -30,24 +30,26 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROOT, child_peak_rss_mb, make_conv1x1_bundle, make_scene
+from common import ROOT, child_peak_rss_mb, children_cpu_s, make_conv1x1_bundle, make_scene
 
 OUT = ROOT / "benchmarks" / "out"
 
 
 def _run(scene: Path, out: Path, *extra: str) -> dict:
-    """One `tilewise run` in a fresh process: wall, peak RSS, the report's stage timings."""
+    """One `tilewise run` in a fresh process: wall, CPU (all its processes), peak RSS, the report's
+    stage timings. ``cores`` (CPU / wall) says how much of the machine the run kept busy."""
     shutil.rmtree(out, ignore_errors=True)
     bundle = make_conv1x1_bundle(OUT / "bundle-conv1x1")
     cmd = [sys.executable, "-m", "flows.cli", "run", str(scene), str(out), "-m", str(bundle), *extra]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     env.pop("PREFECT_API_URL", None)  # a plain one-off run
-    t = time.perf_counter()
+    t, cpu = time.perf_counter(), children_cpu_s()
     peak, _ = child_peak_rss_mb(cmd, cwd=str(ROOT), env=env)
-    wall = time.perf_counter() - t
+    wall, cpu = time.perf_counter() - t, children_cpu_s() - cpu
     (report,) = out.rglob("*_report.json")
     timings = json.loads(report.read_text())["timings_s"]
-    return {"wall_s": round(wall, 1), "peak_rss_mb": round(peak), "blocks_s": timings.get("blocks_s"),
+    return {"wall_s": round(wall, 1), "cpu_s": round(cpu, 1), "cores": round(cpu / wall, 2),
+            "peak_rss_mb": round(peak), "blocks_s": timings.get("blocks_s"),
             "outputs_s": timings.get("outputs_s")}  # fmt: skip
 
 

@@ -67,6 +67,13 @@ def make_bundle(path: Path, channels: int, features: list[int], patch: int = 256
     return path
 
 
+def children_cpu_s() -> float:
+    """User + system CPU seconds of every child process waited for so far (their own children
+    included once reaped): the difference around a command is what it used, Dask workers and all."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def child_peak_rss_mb(cmd: list[str], **kwargs: object) -> tuple[float, subprocess.CompletedProcess[str]]:
     """Run ``cmd`` and return the peak RSS of the largest child process since this one started (MB)."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss

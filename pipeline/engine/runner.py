@@ -71,6 +71,10 @@ def window_is_empty(window: Box, block_input: BlockInput) -> bool:
     if block_input.nodata is None:
         return False
     view = block_input.nodata[window.slices(block_input.block.read.start)]
+    # one valid pixel decides it: most windows of a scene with holes hold data at their centre, so
+    # look there before reading every pixel of the mask (numpy's ``all`` does not stop early)
+    if not view[tuple(n // 2 for n in view.shape)]:
+        return False
     return bool(view.all())
 
 

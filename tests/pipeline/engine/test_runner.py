@@ -8,15 +8,18 @@ import gc
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from monai.networks.nets import UNet
 
 from pipeline.core.blending import Accumulator, importance_map
+from pipeline.core.box import Box
 from pipeline.core.sinks import ScoreSink, read_padded, read_padded_mask
 from pipeline.core.tiling import Block, BlockPlan
 from pipeline.engine.arrays import sweep
 from pipeline.engine.predictor import Predictor
 from pipeline.engine.prefetch import Prefetch
-from pipeline.engine.runner import BlockInput, BlockRunner
+from pipeline.engine.runner import BlockInput, BlockRunner, window_is_empty
 from tests.pipeline.formats.sample_data import S2_STACK, read_window
 
 
@@ -97,3 +100,21 @@ def test_raw_blocks_prepared_per_window_give_identical_scores(s2, predictor):
     assert stats.windows_skipped > 0
     np.testing.assert_array_equal(results[0], results[1])
     assert np.isnan(results[0][:, -1, 0]).all() and np.isfinite(results[0][:, 0, 0]).all()
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    holes=st.lists(st.tuples(st.integers(0, 23), st.integers(0, 23), st.integers(1, 24)), max_size=6),
+    start=st.tuples(st.integers(0, 8), st.integers(0, 8)),
+)
+def test_a_window_is_empty_exactly_when_all_its_pixels_are_nodata(holes, start):
+    """The centre-pixel shortcut never changes the answer: empty iff every pixel is nodata."""
+    nodata = np.zeros((24, 24), dtype=bool)
+    for r, c, n in holes:
+        nodata[r : r + n, c : c + n] = True
+    whole = Box((0, 0), (24, 24))
+    block = Block((0, 0), ((0, 1), (0, 1)), whole, whole, whole)
+    block_input = BlockInput(block, np.zeros((1, 24, 24), np.float32), nodata)
+    window = Box(start, (start[0] + 16, start[1] + 16))
+    expected = bool(nodata[start[0] : start[0] + 16, start[1] : start[1] + 16].all())
+    assert window_is_empty(window, block_input) is expected
