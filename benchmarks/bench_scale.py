@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROOT, child_peak_rss_mb, children_cpu_s, make_conv1x1_bundle, make_scene
+from common import ROOT, child_usage, make_conv1x1_bundle, make_scene
 
 OUT = ROOT / "benchmarks" / "out"
 
@@ -43,9 +43,9 @@ def _run(scene: Path, out: Path, *extra: str) -> dict:
     cmd = [sys.executable, "-m", "flows.cli", "run", str(scene), str(out), "-m", str(bundle), *extra]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     env.pop("PREFECT_API_URL", None)  # a plain one-off run
-    t, cpu = time.perf_counter(), children_cpu_s()
-    peak, _ = child_peak_rss_mb(cmd, cwd=str(ROOT), env=env)
-    wall, cpu = time.perf_counter() - t, children_cpu_s() - cpu
+    t = time.perf_counter()
+    peak, cpu, _ = child_usage(cmd, cwd=str(ROOT), env=env)
+    wall = time.perf_counter() - t
     (report,) = out.rglob("*_report.json")
     timings = json.loads(report.read_text())["timings_s"]
     return {"wall_s": round(wall, 1), "cpu_s": round(cpu, 1), "cores": round(cpu / wall, 2),

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import os
-import resource
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -67,22 +67,30 @@ def make_bundle(path: Path, channels: int, features: list[int], patch: int = 256
     return path
 
 
-def children_cpu_s() -> float:
-    """User + system CPU seconds of every child process waited for so far (their own children
-    included once reaped): the difference around a command is what it used, Dask workers and all."""
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
+def child_usage(cmd: list[str], **kwargs: object) -> tuple[float, float, subprocess.CompletedProcess[str]]:
+    """Run ``cmd``; return its peak RSS (MB), its CPU seconds (user + system) and its output.
 
-
-def child_peak_rss_mb(cmd: list[str], **kwargs: object) -> tuple[float, subprocess.CompletedProcess[str]]:
-    """Run ``cmd`` and return the peak RSS of the largest child process since this one started (MB)."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    done = subprocess.run(cmd, capture_output=True, text=True, **kwargs)  # type: ignore[call-overload]
-    after = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    Both come from ``wait4`` on this one command, so they count it and the processes it waited for (its
+    Dask workers, say) and nothing else. ``RUSAGE_CHILDREN``'s ``ru_maxrss`` is the largest of every child
+    so far: in an alternating comparison the larger side's peak would be reported for both.
+    """
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=err, text=True, **kwargs)  # type: ignore[call-overload]
+        _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        err.seek(0)
+        done = subprocess.CompletedProcess(cmd, proc.returncode, out.read(), err.read())
     if done.returncode != 0:
         sys.stderr.write(done.stdout + done.stderr)
         raise SystemExit(f"command failed: {' '.join(cmd)}")
-    return max(after, before) / 1024, done
+    return usage.ru_maxrss / 1024, usage.ru_utime + usage.ru_stime, done
+
+
+def child_peak_rss_mb(cmd: list[str], **kwargs: object) -> tuple[float, subprocess.CompletedProcess[str]]:
+    """Run ``cmd`` and return its own peak RSS (MB, :func:`child_usage`) and its output."""
+    peak, _, done = child_usage(cmd, **kwargs)
+    return peak, done
 
 
 def make_conv1x1_bundle(path: Path) -> Path:
