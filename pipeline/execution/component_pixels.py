@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 
 SLAB_PIXELS = 2**18  # pixels the per-pixel steps handle at once: their temporaries stay a few MB
+PASS_BYTES_PER_PIXEL = 16  # what one pass holds of its block: ids, labels, identities, masks
 
 
 def label_block(

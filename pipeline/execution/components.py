@@ -28,6 +28,7 @@ The result is identical to the reference for any chunking and any mapper (proper
 from __future__ import annotations
 
 import itertools
+import math
 import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -36,7 +37,9 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.engine.allocator import release_free_memory
 from pipeline.execution.component_pixels import (
+    PASS_BYTES_PER_PIXEL,
     apply_classes,
     best_per_class,
     decide,
@@ -129,6 +132,18 @@ def _chunk_grid(labels: Any) -> list[tuple[Index, tuple[slice, ...]]]:
     return out
 
 
+def _let_go(sl: tuple[slice, ...]) -> None:
+    """Count a finished pass's block buffers toward the allocator's next trim.
+
+    After the block pass the engine's allocator keeps up to 256 MB of freed heap for the next block
+    (``pipeline.engine.allocator``). The passes' buffers (int32 and int64 ids, not float sums) did not
+    reuse it, and each of the two threads' arenas kept its own: the clean-up raised a 8192² run's peak
+    from ~705 to 815 MB, and a 32768² run's from 714 to 848 MB. Trimmed as blocks pass, as the block
+    pass does, the 8192² clean-up peaked within 35 MB of the run without it.
+    """
+    release_free_memory(PASS_BYTES_PER_PIXEL * math.prod(s.stop - s.start for s in sl))
+
+
 def summarise(
     labels: Any, sl: tuple[slice, ...], shape: tuple[int, ...], keep_largest: bool, nodata: int
 ) -> Summary:
@@ -155,6 +170,8 @@ def summarise(
     if keep_largest:
         inner = np.setdiff1d(np.arange(1, count + 1), face_ids)
         best_per_class(best, classes[inner], sizes[inner], first[inner], inner)
+    del block, ids
+    _let_go(sl)
     return Summary(count, faces, face_ids, sizes[face_ids], classes[face_ids], first[face_ids], best)
 
 
@@ -186,6 +203,8 @@ def settle(
             new[i - table.base] = k
         apply_classes(result, new, ids)
     out[sl] = result
+    del block, ids, pad_id, pad_rm, result
+    _let_go(sl)
     return int(gone.sum()), *rows
 
 
@@ -203,6 +222,8 @@ def fix(
     result = np.asarray(out[sl]).copy()
     apply_classes(result, table.fixed(fixes, len(classes) - 1), ids)
     out[sl] = result
+    del ids, result
+    _let_go(sl)
 
 
 def clean_components(
