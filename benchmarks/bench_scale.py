@@ -7,7 +7,8 @@
         Target: tilewise <= 1.3x the bound, peak RSS <= 1.5 GB.
     .venv/bin/python benchmarks/bench_scale.py workers [--edge 32768] [--pairs 2]
         `tilewise run --workers 1` against `--workers 2` (Dask worker processes), finalise included.
-        Target: 2 workers >= 1.7x faster.
+        Target: 2 workers >= 1.7x faster. Each run's ``cores`` (its CPU over its wall) bounds what a
+        machine can show: on 2 cores, 2 workers can be at most 2 / cores(1 worker) times faster.
     .venv/bin/python benchmarks/bench_scale.py mosaic  [--tiles 6] [--tile-edge 16384]
         a TILES x TILES virtual mosaic (a VRT whose sources are one real scene, repeated: it costs no
         disk) of about 10 Gpx: peak RSS and seconds per Gpx, against the `bound` run's figure.
