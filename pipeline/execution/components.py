@@ -333,8 +333,12 @@ def _padded(
     """Global identities and removal of the block's pixels with a one-pixel halo from the neighbouring
     blocks' faces (0 / False outside the scene)."""
     shape = tuple(n + 2 for n in ids.shape)
-    pad_id, pad_rm = np.zeros(shape, np.int64), np.zeros(shape, bool)
     lut, removed = table.luts(len(gone) - 1)
+    # identities are keys of the scene's components: int32 holds them unless the scene has over 2^31
+    # (half the bytes of int64 on the largest array a pass holds)
+    top = max([int(np.abs(lut).max(initial=0))] + [int(np.abs(h[2]).max(initial=0)) for h in halo])
+    dtype = np.int32 if top < np.iinfo(np.int32).max else np.int64
+    pad_id, pad_rm = np.zeros(shape, dtype), np.zeros(shape, bool)
     removed[: len(gone)] |= gone
     step, rest = slab_rows(ids.shape), (slice(1, -1),) * (ids.ndim - 1)
     for a in range(0, ids.shape[0], step):

@@ -9,7 +9,7 @@ import zarr
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pipeline.execution.components import clean_components
+from pipeline.execution.components import Table, _padded, clean_components
 from pipeline.job.outputs import remove_small_objects
 
 NODATA = 255
@@ -80,3 +80,17 @@ def test_slab_by_slab_steps_give_the_same_labels(data, monkeypatch):
         expected = remove_small_objects(values, min_size, NODATA, keep)
         assert (expected != values).any()
         np.testing.assert_array_equal(_blockwise(values, (50, 61), min_size, keep), expected)
+
+
+def test_identities_past_int32_stay_exact():
+    """A scene with over 2^31 components keeps its identities in int64; a smaller one in int32."""
+    ids = np.array([[1, 2], [0, 1]], np.int32)
+    gone = np.array([False, True, False])
+    for base, dtype in ((7, np.int32), (2**31, np.int64)):
+        table = Table(base, np.array([2], np.int64), np.array([-5], np.int64), np.array([True]), [], {})
+        halo = [(0, -1, np.array([base + 40, -3], np.int64), np.array([False, True]))]
+        pad_id, pad_rm = _padded(table, ids, gone, halo)
+        assert pad_id.dtype == dtype
+        assert pad_id[1:-1, 1:-1].tolist() == [[base + 1, -5], [0, base + 1]]
+        assert pad_id[0, 1:-1].tolist() == [base + 40, -3]
+        assert pad_rm[1:-1, 1:-1].tolist() == [[True, True], [False, True]]
