@@ -300,14 +300,17 @@ def clean_components(
             [],
             {k: v[2] for k, v in best.items()},
         )
-    for index, table in tables.items():  # the neighbours' faces, as global identities
+    # the neighbours' faces, as global identities: int32 while the scene's keys fit (each block holds
+    # four faces' worth, all blocks at once)
+    narrow = max(total, roots) < np.iinfo(np.int32).max
+    for index, table in tables.items():
         for axis in range(len(shape)):
             for step, side in ((-1, -1), (1, 0)):
                 other = tuple(i + step * (a == axis) for a, i in enumerate(index))
                 if other in tables:
-                    table.halo.append(
-                        (axis, step, *tables[other].ident(summaries[other].faces[(axis, side)][1]))
-                    )
+                    ident, gone = tables[other].ident(summaries[other].faces[(axis, side)][1])
+                    table.halo.append((axis, step, ident.astype(np.int32) if narrow else ident, gone))
+    del summaries, keys, f_size, f_class, f_first, rows, cols, r, c  # the faces: the tables have them
     settled = mapper(settle, [(labels, out, sl, tables[i], min_size, keep_largest, nodata) for i, sl in grid])
     removed_count = int(r_removed.sum()) + sum(int(s[0]) for s in settled)
     comp, cls, counts = (np.concatenate([s[k] for s in settled]) for k in (1, 2, 3))
