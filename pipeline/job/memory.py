@@ -231,11 +231,11 @@ def estimate_peak_mb(
         outputs = pixels * 6  # labels, and GDAL's int32 copy for polygonising
     elif dims == 3:
         outputs = pixels * 2 + (pixels * classes * 8 if probabilities else 0)  # reoriented copies
-    if clean_up:  # the block-wise component clean-up: a pass's bytes a pixel of a block, on two threads
+    if clean_up:  # the block-wise component clean-up: a pass's bytes a pixel of a block, one thread
         from pipeline.execution.component_pixels import PASS_BYTES_PER_PIXEL
 
         block_pixels = math.prod(min(b, n) for n, b in zip(spatial, block, strict=True))
-        outputs = max(outputs, 2 * PASS_BYTES_PER_PIXEL * block_pixels)
+        outputs = max(outputs, PASS_BYTES_PER_PIXEL * block_pixels)
     return baseline_mb + gdal_cache_mb + max(blocks + batches, outputs) / MB
 
 
