@@ -235,7 +235,7 @@ def clean_components(
 ) -> int:
     """Write ``labels`` (chunked, e.g. zarr) to ``out`` (same shape and chunks) with the components the
     rule removes relabelled; returns the number of removed components. ``mapper`` runs the per-block
-    passes (default: a few threads here); ``labels`` and ``out`` must reach wherever it runs them."""
+    passes (default: one thread here); ``labels`` and ``out`` must reach wherever it runs them."""
     from scipy.sparse import coo_matrix
     from scipy.sparse.csgraph import connected_components
 

@@ -69,7 +69,7 @@ class LocalExecutor:
                 scene.close()
 
     def map(self, fn: Callable[..., Any], calls: Sequence[tuple[Any, ...]]) -> list[Any]:
-        """Per-block post-processing on a few threads of this process."""
+        """Per-block post-processing in this process, one block at a time (memory: ``thread_map``)."""
         return thread_map()(fn, calls)
 
     def _predictor(self, task: SceneTask) -> Callable[[Any], Any]:
