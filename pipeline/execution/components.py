@@ -96,6 +96,9 @@ class Table:
     own_removed: np.ndarray
     halo: list[tuple[int, int, np.ndarray, np.ndarray]]  # (axis, step, identity, removed) of neighbours
     best: dict[int, int]  # class -> global key of its largest component (keep-largest)
+    # the dtype of identities: int32 while the scene's component keys fit, which halves the largest
+    # array a pass holds (its padded identities) and the halos every block holds at once
+    ids_dtype: type = np.int32
 
     def luts(self, top: int) -> tuple[np.ndarray, np.ndarray]:
         """Per local id up to ``top``: its global identity (border roots negative, inner components
@@ -141,7 +144,7 @@ def _let_go(sl: tuple[slice, ...]) -> None:
 
     After the block pass the engine's allocator keeps up to 256 MB of freed heap for the next block
     (``pipeline.engine.allocator``). The passes' buffers (int32 and int64 ids, not float sums) did not
-    reuse it, and each of the two threads' arenas kept its own: the clean-up raised a 8192² run's peak
+    reuse it, and each thread's arena kept its own (two threads then): the clean-up raised a 8192² run's peak
     from ~705 to 815 MB, and a 32768² run's from 714 to 848 MB. Trimmed as blocks pass, as the block
     pass does, the 8192² clean-up peaked within 35 MB of the run without it.
     """
@@ -293,6 +296,7 @@ def clean_components(
         best_per_class(best, r_class, r_size, r_first, r_ids)
         winners = np.array([best[int(k)][2] for k in r_class], np.int64)
         r_removed |= winners != r_ids
+    ids_dtype = np.int32 if max(total, roots) < np.iinfo(np.int32).max else np.int64
     tables: dict[Index, Table] = {}
     for index, s in summaries.items():
         pos = np.searchsorted(keys, s.face_ids + base[index])
@@ -303,17 +307,15 @@ def clean_components(
             r_removed[root[pos]],
             [],
             {k: v[2] for k, v in best.items()},
+            ids_dtype,
         )
-    # the neighbours' faces, as global identities: int32 while the scene's keys fit (each block holds
-    # four faces' worth, all blocks at once)
-    narrow = max(total, roots) < np.iinfo(np.int32).max
-    for index, table in tables.items():
+    for index, table in tables.items():  # the neighbours' faces, as global identities
         for axis in range(len(shape)):
             for step, side in ((-1, -1), (1, 0)):
                 other = tuple(i + step * (a == axis) for a, i in enumerate(index))
                 if other in tables:
                     ident, gone = tables[other].ident(summaries[other].faces[(axis, side)][1])
-                    table.halo.append((axis, step, ident.astype(np.int32) if narrow else ident, gone))
+                    table.halo.append((axis, step, ident.astype(ids_dtype), gone))
     del summaries, keys, f_size, f_class, f_first, rows, cols, r, c  # the faces: the tables have them
     settled = mapper(settle, [(labels, out, sl, tables[i], min_size, keep_largest, nodata) for i, sl in grid])
     removed_count = int(r_removed.sum()) + sum(int(s[0]) for s in settled)
@@ -341,11 +343,7 @@ def _padded(
     blocks' faces (0 / False outside the scene)."""
     shape = tuple(n + 2 for n in ids.shape)
     lut, removed = table.luts(len(gone) - 1)
-    # identities are keys of the scene's components: int32 holds them unless the scene has over 2^31
-    # (half the bytes of int64 on the largest array a pass holds)
-    top = max([int(np.abs(lut).max(initial=0))] + [int(np.abs(h[2]).max(initial=0)) for h in halo])
-    dtype = np.int32 if top < np.iinfo(np.int32).max else np.int64
-    pad_id, pad_rm = np.zeros(shape, dtype), np.zeros(shape, bool)
+    pad_id, pad_rm = np.zeros(shape, table.ids_dtype), np.zeros(shape, bool)
     removed[: len(gone)] |= gone
     step, rest = slab_rows(ids.shape), (slice(1, -1),) * (ids.ndim - 1)
     for a in range(0, ids.shape[0], step):

@@ -83,11 +83,12 @@ def test_slab_by_slab_steps_give_the_same_labels(data, monkeypatch):
 
 
 def test_identities_past_int32_stay_exact():
-    """A scene with over 2^31 components keeps its identities in int64; a smaller one in int32."""
+    """Identities are exact in the table's dtype: int64 for a scene with over 2^31 components, else int32."""
     ids = np.array([[1, 2], [0, 1]], np.int32)
     gone = np.array([False, True, False])
     for base, dtype in ((7, np.int32), (2**31, np.int64)):
-        table = Table(base, np.array([2], np.int64), np.array([-5], np.int64), np.array([True]), [], {})
+        own = np.array([2], np.int64), np.array([-5], np.int64), np.array([True])
+        table = Table(base, *own, [], {}, dtype)
         halo = [(0, -1, np.array([base + 40, -3], np.int64), np.array([False, True]))]
         pad_id, pad_rm = _padded(table, ids, gone, halo)
         assert pad_id.dtype == dtype
