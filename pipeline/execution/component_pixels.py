@@ -138,6 +138,21 @@ def _ring_slab(
     return uniq[0], uniq[1], counts
 
 
+def unique_pairs(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The distinct ``(a[i], b[i])`` pairs of non-negative ids, sorted. A seam's pixels mostly repeat
+    a few pairs (one per component crossing it), so the union-find is given those, not one edge per
+    seam pixel: at 100k² that was ~10 M edges, a few hundred MB in the caller."""
+    a, b = np.asarray(a, np.int64).ravel(), np.asarray(b, np.int64).ravel()
+    if not a.size:
+        return a, b
+    width = int(b.max()) + 1
+    if int(a.max()) < np.iinfo(np.int64).max // width:  # one int64 code per pair
+        codes = np.unique(a * width + b)
+        return codes // width, codes % width
+    pairs = np.unique(np.stack([a, b]), axis=1)
+    return pairs[0], pairs[1]
+
+
 def decide(ids: np.ndarray, cls: np.ndarray, counts: np.ndarray) -> dict[int, int]:
     """Per component, the most frequent class (ties: the lowest)."""
     order = np.lexsort((cls, -counts, ids))

@@ -14,14 +14,16 @@ the executor), and only small tables travel back and forth:
 1. ``summarise`` (per block): label the block's components (``scipy.ndimage.label`` per class); send
    back its faces (labels and component ids, one pixel deep), its face components' sizes, classes and
    first pixels, and per class its largest inner component;
-2. the caller joins face components across block borders with a connected-components pass over the
-   face pairs (union-find over the seams), decides every joined component, and gives each block its
-   own table: its face components' fate and its neighbours' faces as global identities;
+2. the caller joins face components across block borders with a connected-components pass over each
+   seam's distinct pairs (union-find over the seams), decides every joined component, and gives each
+   block its own table: its face components' fate, and its neighbours' faces (their local ids) with
+   theirs, which the block maps to global identities itself;
 3. ``settle`` (per block): label again, decide the block's own components, write the block, and send
    back the neighbour-class counts of removed components that cross a border;
 4. ``fix`` (per block holding such a component, once its counts are complete): rewrite it.
 
-Memory: one block per thread or worker, and the tables (faces and face components) in the caller.
+Memory: one block per thread or worker, and the tables in the caller: each face's ids once (8 bytes a
+seam pixel) and the face components.
 The result is identical to the reference for any chunking and any mapper (property-tested).
 """
 
@@ -46,6 +48,7 @@ from pipeline.execution.component_pixels import (
     label_block,
     ring_counts,
     slab_rows,
+    unique_pairs,
 )
 
 Index = tuple[int, ...]
@@ -79,10 +82,11 @@ class Summary:
 
     count: int  # local components (ids 1..count)
     faces: dict[Face, tuple[np.ndarray, np.ndarray]]  # labels and local ids, one pixel deep
-    face_ids: np.ndarray  # sorted local ids of the components on a face
-    face_size: np.ndarray
-    face_class: np.ndarray
-    face_first: np.ndarray  # global raster index of the first pixel (keep-largest tie-break)
+    # per component on a face, in the narrowest dtypes that hold them: the caller keeps every block's
+    face_ids: np.ndarray  # sorted local ids (int32)
+    face_size: np.ndarray  # pixels in this block (int32)
+    face_class: np.ndarray  # the label's dtype
+    face_first: np.ndarray  # global raster index of the first pixel (keep-largest only, else empty)
     best: dict[int, tuple[int, int, int]] = field(default_factory=dict)  # class -> (size, -first, local)
 
 
@@ -94,11 +98,18 @@ class Table:
     own_ids: np.ndarray  # sorted local ids on a face
     own_root: np.ndarray  # their joined component: -(root + 1)
     own_removed: np.ndarray
-    halo: list[tuple[int, int, np.ndarray, np.ndarray]]  # (axis, step, identity, removed) of neighbours
+    # per neighbour: (axis, step, its own table without halo or best, its facing face's local ids). The
+    # block maps those to global identities itself: the caller then holds each face once, shared by
+    # the two tables that need it, rather than a second, mapped copy per block (~10 bytes per seam pixel)
+    halo: list[tuple[int, int, Table, np.ndarray]]
     best: dict[int, int]  # class -> global key of its largest component (keep-largest)
     # the dtype of identities: int32 while the scene's component keys fit, which halves the largest
-    # array a pass holds (its padded identities) and the halos every block holds at once
+    # array a pass holds (its padded identities)
     ids_dtype: type = np.int32
+
+    def bare(self) -> Table:
+        """This block's identities alone (the arrays shared, not copied): what a neighbour needs."""
+        return Table(self.base, self.own_ids, self.own_root, self.own_removed, [], {}, self.ids_dtype)
 
     def luts(self, top: int) -> tuple[np.ndarray, np.ndarray]:
         """Per local id up to ``top``: its global identity (border roots negative, inner components
@@ -160,11 +171,7 @@ def summarise(
     count = len(classes) - 1
     sizes = np.bincount(ids.ravel(), minlength=count + 1)
     origin = tuple(s.start for s in sl)
-    first = (
-        global_first(local_first, block.shape, origin, shape)
-        if keep_largest
-        else np.zeros(count + 1, np.int64)
-    )
+    first = global_first(local_first, block.shape, origin, shape) if keep_largest else None
     faces: dict[Face, tuple[np.ndarray, np.ndarray]] = {}
     for axis in range(block.ndim):
         for side in (0, -1):
@@ -172,14 +179,16 @@ def summarise(
             take[axis] = side
             faces[(axis, side)] = (block[tuple(take)].copy(), ids[tuple(take)].copy())
     on_face = np.unique(np.concatenate([f[1].ravel() for f in faces.values()]))
-    face_ids = on_face[on_face > 0].astype(np.int64)
+    face_ids = on_face[on_face > 0].astype(np.int32)
     best: dict[int, tuple[int, int, int]] = {}
-    if keep_largest:
+    if first is not None:
         inner = np.setdiff1d(np.arange(1, count + 1), face_ids)
         best_per_class(best, classes[inner], sizes[inner], first[inner], inner)
+    face_class = classes[face_ids].astype(block.dtype)
     del block, ids
     _let_go(sl)
-    return Summary(count, faces, face_ids, sizes[face_ids], classes[face_ids], first[face_ids], best)
+    face_first = first[face_ids] if first is not None else np.zeros(0, np.int64)
+    return Summary(count, faces, face_ids, sizes[face_ids].astype(np.int32), face_class, face_first, best)
 
 
 def settle(
@@ -261,15 +270,17 @@ def clean_components(
             if k not in best or (n, negf) > best[k][:2]:
                 best[k] = (n, negf, local + total)
         total += s.count + 1
-    keys = np.concatenate([s.face_ids + base[i] for i, s in summaries.items()] or [np.zeros(0, np.int64)])
+    empty = np.zeros(0, np.int64)
+    keys = np.concatenate([s.face_ids.astype(np.int64) + base[i] for i, s in summaries.items()] or [empty])
     order = np.argsort(keys)
     keys = keys[order]
-    f_size, f_class, f_first = (
-        np.concatenate([getattr(s, name) for s in summaries.values()] or [np.zeros(0, np.int64)])[order]
-        for name in ("face_size", "face_class", "face_first")
+    f_size, f_class = (
+        np.concatenate([getattr(s, name) for s in summaries.values()] or [empty])[order]
+        for name in ("face_size", "face_class")
     )
-    # union over the seams: a face pixel and the pixel across the border, same class
-    rows, cols = [], []
+    # union over the seams: a face pixel and the pixel across the border, same class; each seam's
+    # distinct pairs only (the edges were one per seam pixel: ~10 M, a few hundred MB, at 100k²)
+    rows, cols = [empty], [empty]
     for index, s in summaries.items():
         for axis in range(len(shape)):
             upper = tuple(i + (a == axis) for a, i in enumerate(index))
@@ -278,21 +289,25 @@ def clean_components(
             lab_a, id_a = s.faces[(axis, -1)]
             lab_b, id_b = summaries[upper].faces[(axis, 0)]
             same = (lab_a == lab_b) & (lab_a != nodata)
-            rows.append(np.searchsorted(keys, id_a[same] + base[index]))
-            cols.append(np.searchsorted(keys, id_b[same] + base[upper]))
+            pair_a, pair_b = unique_pairs(id_a[same], id_b[same])
+            rows.append(np.searchsorted(keys, pair_a + base[index]))
+            cols.append(np.searchsorted(keys, pair_b + base[upper]))
     n = len(keys)
-    r = np.concatenate(rows) if rows else np.zeros(0, np.int64)
-    c = np.concatenate(cols) if cols else np.zeros(0, np.int64)
-    _, root = connected_components(coo_matrix((np.ones(len(r)), (r, c)), shape=(n, n)), directed=False)
+    r, c = np.concatenate(rows), np.concatenate(cols)
+    del rows, cols
+    edges = coo_matrix((np.ones(len(r), np.int8), (r, c)), shape=(n, n))
+    _, root = connected_components(edges, directed=False)
+    del edges, r, c
     roots = int(root.max()) + 1 if n else 0
     r_size = np.bincount(root, weights=f_size, minlength=roots).astype(np.int64)
-    r_first = np.full(roots, np.iinfo(np.int64).max, np.int64)
-    np.minimum.at(r_first, root, f_first)
     r_class = np.zeros(roots, np.int64)
     r_class[root] = f_class
     r_ids = -(np.arange(roots) + 1)  # border roots are -1, -2, ...
     r_removed = r_size < min_size
     if keep_largest:
+        f_first = np.concatenate([s.face_first for s in summaries.values()] or [empty])[order]
+        r_first = np.full(roots, np.iinfo(np.int64).max, np.int64)
+        np.minimum.at(r_first, root, f_first)
         best_per_class(best, r_class, r_size, r_first, r_ids)
         winners = np.array([best[int(k)][2] for k in r_class], np.int64)
         r_removed |= winners != r_ids
@@ -309,14 +324,14 @@ def clean_components(
             {k: v[2] for k, v in best.items()},
             ids_dtype,
         )
-    for index, table in tables.items():  # the neighbours' faces, as global identities
+    bare = {index: table.bare() for index, table in tables.items()}
+    for index, table in tables.items():  # the neighbours' faces: their local ids, with their tables
         for axis in range(len(shape)):
             for step, side in ((-1, -1), (1, 0)):
                 other = tuple(i + step * (a == axis) for a, i in enumerate(index))
                 if other in tables:
-                    ident, gone = tables[other].ident(summaries[other].faces[(axis, side)][1])
-                    table.halo.append((axis, step, ident.astype(ids_dtype), gone))
-    del summaries, keys, f_size, f_class, f_first, rows, cols, r, c  # the faces: the tables have them
+                    table.halo.append((axis, step, bare[other], summaries[other].faces[(axis, side)][1]))
+    del summaries, bare, keys, order, f_size, f_class  # the faces' labels; their ids live on in the halos
     settled = mapper(settle, [(labels, out, sl, tables[i], min_size, keep_largest, nodata) for i, sl in grid])
     removed_count = int(r_removed.sum()) + sum(int(s[0]) for s in settled)
     comp, cls, counts = (np.concatenate([s[k] for s in settled]) for k in (1, 2, 3))
@@ -337,7 +352,7 @@ def clean_components(
 
 
 def _padded(
-    table: Table, ids: np.ndarray, gone: np.ndarray, halo: list[tuple[int, int, np.ndarray, np.ndarray]]
+    table: Table, ids: np.ndarray, gone: np.ndarray, halo: list[tuple[int, int, Table, np.ndarray]]
 ) -> tuple[np.ndarray, np.ndarray]:
     """Global identities and removal of the block's pixels with a one-pixel halo from the neighbouring
     blocks' faces (0 / False outside the scene)."""
@@ -350,7 +365,8 @@ def _padded(
         part = ids[a : a + step]
         pad_id[(slice(1 + a, 1 + a + len(part)), *rest)] = lut[part]
         pad_rm[(slice(1 + a, 1 + a + len(part)), *rest)] = removed[part]
-    for axis, step, nb_id, nb_rm in halo:
+    for axis, step, neighbour, face in halo:
+        nb_id, nb_rm = neighbour.ident(face)
         where = [slice(1, -1)] * ids.ndim
         where[axis] = 0 if step < 0 else -1
         pad_id[tuple(where)], pad_rm[tuple(where)] = nb_id, nb_rm

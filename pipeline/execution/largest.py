@@ -32,6 +32,8 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.execution.component_pixels import unique_pairs
+
 Index = tuple[int, ...]
 Mapper = Callable[[Callable[..., Any], Sequence[tuple[Any, ...]]], list[Any]]
 UNION = 0  # the one group of a rule that is not independent
@@ -255,8 +257,9 @@ def _seam_pairs(
                 ]
                 hit = (a > 0) & (b > 0)
                 hit[hit] = group[a[hit]] == group[b[hit]]
-                rows.append(a[hit])
-                cols.append(b[hit])
+                pair_a, pair_b = unique_pairs(a[hit], b[hit])  # a seam's pixels repeat a few pairs
+                rows.append(pair_a)
+                cols.append(pair_b)
     return np.concatenate(rows), np.concatenate(cols)
 
 

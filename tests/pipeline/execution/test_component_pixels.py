@@ -7,6 +7,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import rasterio
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from scipy import ndimage
 
 import pipeline.execution.component_pixels as pixels
@@ -27,3 +29,30 @@ def test_labels_and_first_pixels(data, monkeypatch, slab):
     values, where = np.unique(ids.ravel(), return_index=True)
     np.testing.assert_array_equal(first[values[1:]], where[1:])
     np.testing.assert_array_equal(classes[ids[block != 255]], block[block != 255])
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.integers(1, 62).flatmap(
+        lambda bits: st.lists(st.tuples(st.integers(0, 2**bits), st.integers(0, 2**20)))
+    )
+)
+def test_unique_pairs_are_the_distinct_pairs_sorted(pairs):
+    # small ids take one int64 code per pair; ids too large for that take the stacked unique
+    a = np.array([p[0] for p in pairs], np.int64)
+    b = np.array([p[1] for p in pairs], np.int64)
+    got_a, got_b = pixels.unique_pairs(a, b)
+    assert got_a.dtype == got_b.dtype == np.int64
+    assert list(zip(got_a.tolist(), got_b.tolist(), strict=True)) == sorted(set(zip(a.tolist(), b.tolist())))
+
+
+def test_a_seams_pixels_become_its_few_crossing_pairs(data):
+    with rasterio.open(data / LAND_COVER) as f:
+        block = f.read(1)
+    ids, _, _ = pixels.label_block(block, 255)
+    up, down = ids[383], ids[384]  # a cut through the middle: each pixel pairs the components either side
+    same = block[383] == block[384]
+    got_a, got_b = pixels.unique_pairs(up[same], down[same])
+    crossing = set(zip(up[same].tolist(), down[same].tolist(), strict=True))
+    assert set(zip(got_a.tolist(), got_b.tolist(), strict=True)) == crossing
+    assert len(got_a) == len(crossing) < same.sum() / 4

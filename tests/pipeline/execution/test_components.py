@@ -3,6 +3,8 @@ for random label arrays and random block cuts, in 2-D and 3-D, and on a real lab
 
 from __future__ import annotations
 
+import tracemalloc
+
 import numpy as np
 import rasterio
 import zarr
@@ -89,9 +91,43 @@ def test_identities_past_int32_stay_exact():
     for base, dtype in ((7, np.int32), (2**31, np.int64)):
         own = np.array([2], np.int64), np.array([-5], np.int64), np.array([True])
         table = Table(base, *own, [], {}, dtype)
-        halo = [(0, -1, np.array([base + 40, -3], np.int64), np.array([False, True]))]
+        # the neighbour above: its local id 1 an inner component, its id 2 the removed border root -3
+        neighbour = Table(
+            base + 39, np.array([2], np.int32), np.array([-3], np.int32), np.array([True]), [], {}, dtype
+        )
+        halo = [(0, -1, neighbour, np.array([1, 2], np.int32))]
         pad_id, pad_rm = _padded(table, ids, gone, halo)
         assert pad_id.dtype == dtype
         assert pad_id[1:-1, 1:-1].tolist() == [[base + 1, -5], [0, base + 1]]
         assert pad_id[0, 1:-1].tolist() == [base + 40, -3]
         assert pad_rm[1:-1, 1:-1].tolist() == [[True, True], [False, True]]
+
+
+def test_the_callers_tables_grow_with_crossing_components_not_seam_pixels(tmp_path):
+    """Sixteen one-row blocks of 100k pixels: fifteen seams of 100k pixels, each crossed by 20 stripes.
+    The caller joins the stripes from their distinct pairs (not an edge per seam pixel: 1.5 M here)
+    and holds each face once (not again, mapped, in each neighbour's table): its peak stays within
+    twice the faces' bytes, one block's pass included (it was 6.8 times: 104 MB for 15 MB of faces)."""
+    import scipy.sparse.csgraph  # noqa: F401  (imported by the clean-up: not a cost of this scene)
+
+    blocks, width = 16, 100_000
+    values = np.broadcast_to(((np.arange(width) // 5000) % 3).astype(np.uint8), (blocks, width)).copy()
+    values[:, 7] = 1  # a one-pixel-wide column, 16 pixels: to remove
+    chunks = (1, width)
+    src = zarr.create_array(
+        store=str(tmp_path / "src.zarr"), shape=values.shape, dtype="uint8", chunks=chunks
+    )
+    src[...] = values
+    out = zarr.create_array(
+        store=str(tmp_path / "out.zarr"), shape=values.shape, dtype="uint8", chunks=chunks
+    )
+    faces_bytes = blocks * 2 * width * (1 + 4)  # each block's upper and lower face: labels and int32 ids
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        removed = clean_components(src, out, min_size=blocks + 1, keep_largest=False, nodata=NODATA)
+        peak = tracemalloc.get_traced_memory()[1] - before
+    finally:
+        tracemalloc.stop()
+    assert removed == 1 and (out[:, 7] == 0).all() and (out[:, 8:] == values[:, 8:]).all()
+    assert peak < 2 * faces_bytes, f"{peak / 2**20:.1f} MB for {faces_bytes / 2**20:.1f} MB of faces"
