@@ -21,7 +21,7 @@ def label_block(
     ids = np.zeros(block.shape, np.int32)
     comp = np.empty(block.shape, np.int32)
     classes, firsts = [0], [np.full(1, -1, np.int64)]
-    for value in np.unique(block):
+    for value in distinct_values(block):
         if value == nodata:
             continue
         mask = block == value
@@ -31,6 +31,19 @@ def label_block(
         if first:
             firsts.append(first_in_raster_order(comp, n))
     return ids, np.array(classes, np.int64), np.concatenate(firsts) if first else np.zeros(0, np.int64)
+
+
+def distinct_values(block: np.ndarray) -> np.ndarray:
+    """``np.unique(block)``; for labels of up to 16 bits a count per value, a slab at a time: one pass
+    over the block instead of a sort of a copy of it (~11 % of the clean-up's time at 1792² blocks)."""
+    if block.dtype.kind != "u" or block.dtype.itemsize > 2:
+        return np.unique(block)
+    seen = np.zeros(1 << (8 * block.dtype.itemsize), bool)
+    flat = block.reshape(-1)
+    for a in range(0, flat.size, SLAB_PIXELS):
+        counts = np.bincount(flat[a : a + SLAB_PIXELS])
+        seen[: len(counts)] |= counts > 0
+    return np.flatnonzero(seen).astype(block.dtype)
 
 
 def first_in_raster_order(comp: np.ndarray, n: int) -> np.ndarray:
@@ -106,8 +119,8 @@ def ring_counts(
     comp, cls, counts = (np.concatenate([p[k] for p in parts]) for k in range(3))
     if not comp.size:
         return comp, cls, counts
-    pairs, inverse = np.unique(np.stack([comp, cls]), axis=1, return_inverse=True)
-    return pairs[0], pairs[1], np.bincount(inverse.ravel(), weights=counts).astype(np.int64)
+    comp, cls, inverse = unique_pairs(comp, cls, return_inverse=True)
+    return comp, cls, np.bincount(inverse, weights=counts, minlength=len(comp)).astype(np.int64)
 
 
 def _ring_slab(
@@ -134,23 +147,30 @@ def _ring_slab(
     if not comp.size:
         empty = np.zeros(0, np.int64)
         return empty, empty, empty
-    uniq, counts = np.unique(np.stack([comp, cls.astype(np.int64)]), axis=1, return_counts=True)
-    return uniq[0], uniq[1], counts
+    comp, cls, inverse = unique_pairs(comp, cls, return_inverse=True)
+    return comp, cls, np.bincount(inverse, minlength=len(comp))
 
 
-def unique_pairs(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The distinct ``(a[i], b[i])`` pairs of non-negative ids, sorted. A seam's pixels mostly repeat
-    a few pairs (one per component crossing it), so the union-find is given those, not one edge per
-    seam pixel: at 100k² that was ~10 M edges, a few hundred MB in the caller."""
+def unique_pairs(a: np.ndarray, b: np.ndarray, return_inverse: bool = False) -> tuple[np.ndarray, ...]:
+    """The distinct ``(a[i], b[i])`` pairs of integers (``b`` non-negative), sorted as tuples, as two
+    arrays; with ``return_inverse`` also each input pair's position among them.
+
+    One int64 code per pair when they fit (``np.unique(np.stack(...), axis=1)`` sorts the pairs as
+    records: ~3x slower). A seam's pixels mostly repeat a few pairs (one per component crossing it),
+    so the union-find is given those, not one edge per seam pixel: at 100k² that was ~10 M edges, a
+    few hundred MB in the caller."""
     a, b = np.asarray(a, np.int64).ravel(), np.asarray(b, np.int64).ravel()
     if not a.size:
-        return a, b
+        return (a, b, np.zeros(0, np.intp)) if return_inverse else (a, b)
     width = int(b.max()) + 1
-    if int(a.max()) < np.iinfo(np.int64).max // width:  # one int64 code per pair
-        codes = np.unique(a * width + b)
-        return codes // width, codes % width
-    pairs = np.unique(np.stack([a, b]), axis=1)
-    return pairs[0], pairs[1]
+    i64 = np.iinfo(np.int64)
+    if i64.min // width < int(a.min()) and int(a.max()) < i64.max // width:  # a * width + b fits
+        codes, inverse = np.unique(a * width + b, return_inverse=True)
+        pair_a, pair_b = codes // width, codes % width  # floor division: right for negative a too
+    else:
+        pairs, inverse = np.unique(np.stack([a, b]), axis=1, return_inverse=True)
+        pair_a, pair_b = pairs[0], pairs[1]
+    return (pair_a, pair_b, inverse.ravel()) if return_inverse else (pair_a, pair_b)
 
 
 def decide(ids: np.ndarray, cls: np.ndarray, counts: np.ndarray) -> dict[int, int]:

@@ -336,9 +336,9 @@ def clean_components(
     removed_count = int(r_removed.sum()) + sum(int(s[0]) for s in settled)
     comp, cls, counts = (np.concatenate([s[k] for s in settled]) for k in (1, 2, 3))
     if comp.size:  # the neighbour classes of removed border components, summed over the blocks
-        pairs, inverse = np.unique(np.stack([comp, cls]), axis=1, return_inverse=True)
-        totals = np.bincount(inverse.ravel(), weights=counts).astype(np.int64)
-        decided = decide(pairs[0], pairs[1], totals)
+        pair_comp, pair_cls, inverse = unique_pairs(comp, cls, return_inverse=True)
+        totals = np.bincount(inverse, weights=counts, minlength=len(pair_comp)).astype(np.int64)
+        decided = decide(pair_comp, pair_cls, totals)
         fix_ids = np.array(sorted(decided), np.int64)
         fix_cls = np.array([decided[int(i)] for i in fix_ids], np.uint8)
         calls = []

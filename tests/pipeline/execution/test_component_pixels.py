@@ -34,16 +34,37 @@ def test_labels_and_first_pixels(data, monkeypatch, slab):
 @settings(max_examples=200, deadline=None)
 @given(
     st.integers(1, 62).flatmap(
-        lambda bits: st.lists(st.tuples(st.integers(0, 2**bits), st.integers(0, 2**20)))
+        lambda bits: st.lists(st.tuples(st.integers(-(2**bits), 2**bits), st.integers(0, 2**20)))
     )
 )
 def test_unique_pairs_are_the_distinct_pairs_sorted(pairs):
-    # small ids take one int64 code per pair; ids too large for that take the stacked unique
+    # small ids take one int64 code per pair (negative first ids too: border roots); ids too large
+    # for that take the stacked unique
     a = np.array([p[0] for p in pairs], np.int64)
     b = np.array([p[1] for p in pairs], np.int64)
-    got_a, got_b = pixels.unique_pairs(a, b)
+    got_a, got_b, inverse = pixels.unique_pairs(a, b, return_inverse=True)
     assert got_a.dtype == got_b.dtype == np.int64
     assert list(zip(got_a.tolist(), got_b.tolist(), strict=True)) == sorted(set(zip(a.tolist(), b.tolist())))
+    np.testing.assert_array_equal(got_a[inverse], a)
+    np.testing.assert_array_equal(got_b[inverse], b)
+    only_a, only_b = pixels.unique_pairs(a, b)
+    np.testing.assert_array_equal(only_a, got_a)
+    np.testing.assert_array_equal(only_b, got_b)
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    st.sampled_from([np.uint8, np.uint16, np.int16, np.int32]),
+    st.lists(st.integers(0, 2**15 - 1), min_size=1, max_size=300),
+    st.sampled_from([7, 64, 2**18]),
+)
+def test_distinct_values_are_numpys_unique(dtype, values, slab):
+    block = np.array(values).astype(dtype).reshape(-1, 1)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(pixels, "SLAB_PIXELS", slab)
+        got = pixels.distinct_values(block)
+    assert got.dtype == block.dtype
+    np.testing.assert_array_equal(got, np.unique(block))
 
 
 def test_a_seams_pixels_become_its_few_crossing_pairs(data):
